@@ -1,0 +1,46 @@
+"""Shared fixtures. Real-data tests fail (never skip) when the shared CIFAR-100 is missing."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-100-jpg.tar.gz"
+DEFAULT_EXTRACT = ROOT / ".data" / "cifar-100"
+
+
+def _find_real_cifar() -> Path:
+    env = os.environ.get("HIERCLS_DATA_DIR")
+    if env:
+        path = Path(env)
+        if not (path / "train").is_dir():
+            pytest.fail(f"HIERCLS_DATA_DIR={env} has no train/ folder; run .ci/run to extract the data")
+        return path
+    if (DEFAULT_EXTRACT / ".complete").exists():
+        return DEFAULT_EXTRACT
+    if SHARED_ARCHIVE.exists():
+        DEFAULT_EXTRACT.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(SHARED_ARCHIVE) as tar:
+            tar.extractall(DEFAULT_EXTRACT.parent, filter="data")
+        (DEFAULT_EXTRACT / ".complete").touch()
+        return DEFAULT_EXTRACT
+    pytest.fail(
+        f"real CIFAR-100 not found: set HIERCLS_DATA_DIR or put the shared archive at {SHARED_ARCHIVE} "
+        "(.ci/run extracts it)"
+    )
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """The extracted shared CIFAR-100 (ImageFolder layout: train/<id>/*.jpg, val/<id>/*.jpg)."""
+    return _find_real_cifar()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_cache() -> None:
+    """Keep the decode cache of test sessions in the ignored .data/cache folder, not in the home folder."""
+    os.environ.setdefault("HIERCLS_CACHE_DIR", str(ROOT / ".data" / "cache"))
