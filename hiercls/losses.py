@@ -1,0 +1,523 @@
+"""Hierarchy-aware classification losses.
+
+Every loss is a ``torch.nn.Module`` built by :func:`build_loss` from a name (the original project's
+``--loss`` strings) and a :class:`~hiercls.hierarchy.Hierarchy`, and is called as
+``loss(logits, targets)``:
+
+* ``logits``: float tensor ``[N, C]`` (unnormalised class scores, ``C = hierarchy.num_classes``);
+  float16/bfloat16 inputs are computed in float32.
+* ``targets``: integer tensor ``[N]`` of class labels in ``0..C-1``.
+* returns a 0-dim tensor: the mean over the batch.
+
+Every loss has ``set_epoch(e)`` (``e`` the fractional epoch, completed optimiser steps / steps per
+epoch, from 0), a no-op except for ``simple-hierarchy``. The only state is that epoch, which the engine
+sets every step: the precomputed tensors are non-persistent buffers (they follow ``.to(device)`` but stay
+out of ``state_dict()``, which is empty).
+
+========================== =================================================== ============================
+name                       formula                                             parameters (defaults)
+========================== =================================================== ============================
+cross-entropy              ``-log p(y)``                                        none
+hierarchical-cross-entropy HXE, Bertinetto et al. (CVPR 2020) eq. 4             ``alpha=0.1``,
+                                                                                ``normalize=False``
+soft-labels                KL(soft target || softmax), Bertinetto et al. eq. 5  ``beta=10``
+simple-hierarchy           weighted fine CE + coarse (superclass) CE,           ``lambda_fine=1``,
+                           ramped in over epochs (the original project's)       ``lambda_coarse=1``,
+                                                                                starts 0, ramps 0,
+                                                                                ``coarse_level=None``
+========================== =================================================== ============================
+
+Bertinetto, Mueller, Tertikas, Samangooei, Lord: "Making Better Mistakes: Leveraging Class Hierarchies
+with Deep Networks", CVPR 2020.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hiercls.hierarchy import CIFAR100_CLASSES, cifar100_superclass_labels
+from hiercls.registry import Registry
+
+__all__ = [
+    "LOSSES",
+    "CrossEntropyLoss",
+    "HierarchicalCrossEntropyLoss",
+    "HierarchyLoss",
+    "SimpleHierarchyLoss",
+    "SoftLabelsLoss",
+    "build_loss",
+    "hxe_edge_weights",
+    "loss_params",
+    "ramp_weight",
+    "soft_label_targets",
+]
+
+LOSSES: Registry = Registry("loss")
+"""Loss classes, called as ``cls(hierarchy, **params)``; use :func:`build_loss`."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+def _number(name: str, value: Any, *, low: float, low_open: bool = False) -> float:
+    """``value`` as a finite float ``>= low`` (``> low`` if ``low_open``), else ValueError with the range."""
+    valid = f"{'(' if low_open else '['}{low}, inf)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} is not a number; valid range {valid}")
+    v = float(value)
+    if not math.isfinite(v) or (v <= low if low_open else v < low):
+        raise ValueError(f"{name}={value!r} is out of range; valid range {valid}")
+    return v
+
+
+def _compute_dtype(logits: torch.Tensor) -> torch.Tensor:
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float()
+    return logits
+
+
+def _zero_with_graph(logits: torch.Tensor) -> torch.Tensor:
+    """An exact 0 that is connected to ``logits`` with an exactly-zero gradient (even for inf/NaN logits)."""
+    return logits.masked_fill(torch.ones_like(logits, dtype=torch.bool), 0.0).sum()
+
+
+def ramp_weight(epoch: float, start: float, ramp: float) -> float:
+    """Weight of a loss term that is switched on at ``start`` and ramped up linearly over ``ramp`` epochs.
+
+    ``w(e) = clip((e - start) / ramp, 0, 1)``; with ``ramp = 0`` a step: ``w = 1`` for ``e >= start``
+    and 0 before. This is the original project's ``SimpleHierarchyLoss._calculate_weight``.
+
+    Args:
+        epoch: fractional epoch ``e`` (epochs, float).
+        start: first epoch of the term (epochs, ``>= 0``).
+        ramp: ramp length in epochs (``>= 0``).
+
+    Returns:
+        A Python float in ``[0, 1]``.
+    """
+    if epoch < start:
+        return 0.0
+    if ramp == 0 or epoch >= start + ramp:
+        return 1.0
+    return (epoch - start) / ramp
+
+
+class HierarchyLoss(nn.Module):
+    """Base class: holds the fractional epoch and checks input shapes.
+
+    Raises (in ``forward``):
+        ValueError: ``logits`` not ``[N, C]`` with ``C = num_classes`` or ``targets`` not ``[N]``.
+    """
+
+    def __init__(self, num_classes: int | None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.epoch = 0.0
+
+    def set_epoch(self, epoch: float) -> None:
+        """Set the fractional epoch (completed optimiser steps / steps per epoch) used by the loss.
+
+        Raises:
+            ValueError: a non-finite or negative epoch.
+        """
+        self.epoch = _number("epoch", epoch, low=0.0)
+
+    def _check(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
+        if self.num_classes is not None and logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"logits have {logits.shape[1]} classes but the hierarchy has {self.num_classes}"
+            )
+        if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"targets must be [N] with N = {logits.shape[0]}, got shape {tuple(targets.shape)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------------
+# cross-entropy
+# --------------------------------------------------------------------------------------------------------
+
+
+@LOSSES.register("cross-entropy")
+class CrossEntropyLoss(HierarchyLoss):
+    """Flat cross-entropy ``-log softmax(logits)[y]``, mean over the batch (``F.cross_entropy``).
+
+    Args:
+        hierarchy: only used for the class count check; may be None.
+
+    Call: ``logits`` float ``[N, C]``, ``targets`` long ``[N]`` -> scalar.
+    """
+
+    def __init__(self, hierarchy=None) -> None:
+        super().__init__(None if hierarchy is None else hierarchy.num_classes)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check(logits, targets)
+        return F.cross_entropy(_compute_dtype(logits), targets)
+
+
+# --------------------------------------------------------------------------------------------------------
+# hierarchical cross-entropy
+# --------------------------------------------------------------------------------------------------------
+
+
+def hxe_edge_weights(hierarchy, alpha: float, normalize: bool = False) -> torch.Tensor:
+    """HXE weight ``lambda(n) = exp(-alpha * depth(n))`` of the edge above every node ``n``.
+
+    ``depth`` counts edges from the root (root 0), as the reference code's
+    ``get_exponential_weighting`` does (``exp(-value * len(treeposition))``). With ``normalize`` the
+    weights are divided by their sum over *all* N nodes, the root included, as the reference does.
+
+    Args:
+        hierarchy: a :class:`~hiercls.hierarchy.Hierarchy`.
+        alpha: decay, ``>= 0``.
+        normalize: divide by the sum over all nodes.
+
+    Returns:
+        float64 tensor ``[N]`` (the root's entry is unused by the loss).
+    """
+    w = torch.exp(-float(alpha) * hierarchy.depth.to(torch.float64))
+    if normalize:
+        w = w / w.sum()
+    return w
+
+
+@LOSSES.register("hierarchical-cross-entropy")
+class HierarchicalCrossEntropyLoss(HierarchyLoss):
+    """Hierarchical cross-entropy (HXE), Bertinetto et al., "Making Better Mistakes", CVPR 2020, eq. 4.
+
+    For a sample of class ``y`` with leaf-to-root path ``y = C_0, C_1, ..., C_h = root``::
+
+        L = - sum_{l=0}^{h-1} lambda(C_l) * log p(C_l | C_{l+1}),
+        p(C_l | C_{l+1}) = p(C_l) / p(C_{l+1}),   p(node) = sum of softmax(logits) over the leaves below,
+        lambda(C) = exp(-alpha * depth(C))         (depth in edges from the root).
+
+    Information is discounted down the hierarchy, so a larger ``alpha`` weighs the coarse decisions more.
+    Unnormalised (the default) and ``alpha = 0`` the sum telescopes to ``-log p(y)``: plain
+    cross-entropy. ``normalize=True`` divides every lambda by the sum of lambda over all nodes (root
+    included) -- what the reference code (``get_exponential_weighting(normalize=True)``, its default)
+    does; it rescales the loss by a constant for a given tree and alpha.
+
+    Computed in log space: ``log p(node) - log p(parent)`` with ``log p(node) = logsumexp`` of the
+    logits of the leaves below the node (the softmax normaliser cancels), so the loss stays finite and
+    exact for confidently wrong predictions. Vectorised: the path of every class is precomputed as
+    padded ``[C, K]`` index/weight tensors (K = deepest leaf depth); the forward is one masked
+    logsumexp ``[N, internal nodes, C]`` and two gathers. Works on unbalanced trees.
+
+    Args:
+        hierarchy: the class hierarchy (``membership``, ``parent_index``, ``depth``).
+        alpha: decay, ``>= 0`` (default 0.1, the original project's ``--alpha`` default).
+        normalize: see above (default False).
+
+    Call: ``logits`` float ``[N, C]``, ``targets`` long ``[N]`` -> scalar mean over the batch.
+
+    Raises:
+        ValueError: ``alpha < 0`` or not finite, ``normalize`` not a bool; bad input shapes in forward.
+    """
+
+    def __init__(self, hierarchy, *, alpha: float = 0.1, normalize: bool = False) -> None:
+        super().__init__(hierarchy.num_classes)
+        self.alpha = _number("alpha", alpha, low=0.0)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize={normalize!r} is invalid; valid: True or False")
+        self.normalize = normalize
+
+        c = hierarchy.num_classes
+        parent = hierarchy.parent_index.tolist()
+        root = parent.index(-1)
+        weights = hxe_edge_weights(hierarchy, self.alpha, normalize).tolist()
+        paths = []
+        for leaf in range(c):
+            path, node = [], leaf
+            while parent[node] >= 0:
+                path.append(node)
+                node = parent[node]
+            paths.append(path)
+        k = max(1, max(len(p) for p in paths))
+        nodes = torch.full((c, k), root, dtype=torch.long)
+        parents = torch.full((c, k), root, dtype=torch.long)
+        lam = torch.zeros(c, k, dtype=torch.float64)
+        for leaf, path in enumerate(paths):
+            for j, node in enumerate(path):
+                nodes[leaf, j] = node
+                parents[leaf, j] = parent[node]
+                lam[leaf, j] = weights[node]
+        self.register_buffer("path_nodes", nodes, persistent=False)
+        self.register_buffer("path_parents", parents, persistent=False)
+        self.register_buffer("path_weights", lam, persistent=False)
+        # internal nodes follow the C leaves in hierarchy.nodes; a leaf's log-mass is its own logit
+        self.register_buffer("internal_membership", hierarchy.membership[c:].clone(), persistent=False)
+
+    def node_log_mass(self, logits: torch.Tensor) -> torch.Tensor:
+        """``log sum_{c under n} exp(logits[:, c])`` for every node ``n``: float ``[N_batch, N_nodes]``.
+
+        Equals ``log p(n)`` up to the per-sample constant ``logsumexp(logits)``.
+        """
+        mask = self.internal_membership.to(logits.device)
+        masked = logits.unsqueeze(1).masked_fill(~mask.unsqueeze(0), float("-inf"))
+        return torch.cat([logits, masked.logsumexp(dim=2)], dim=1)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of every sample, float ``[N]`` (``forward`` is its mean)."""
+        self._check(logits, targets)
+        x = _compute_dtype(logits)
+        mass = self.node_log_mass(x)
+        t = targets.to(self.path_nodes.device)
+        nodes = self.path_nodes[t].to(x.device)
+        parents = self.path_parents[t].to(x.device)
+        lam = self.path_weights[t].to(device=x.device, dtype=x.dtype)
+        log_cond = mass.gather(1, nodes) - mass.gather(1, parents)
+        return -(lam * log_cond).sum(dim=1)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, normalize={self.normalize}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# soft labels
+# --------------------------------------------------------------------------------------------------------
+
+
+def soft_label_targets(hierarchy, beta: float) -> torch.Tensor:
+    """Soft-label target distributions, Bertinetto et al. (CVPR 2020) eq. 5.
+
+    Row ``y`` is ``softmax_C(-beta * d(C, y) / d_max)``: ``y(C)`` proportional to
+    ``exp(-beta * d(C, y) / d_max)`` with ``d`` the LCA-height distance and ``d_max`` its maximum.
+    Entries may underflow to exactly 0 for large ``beta``; rows sum to 1.
+
+    Args:
+        hierarchy: the class hierarchy (``distances``, ``max_distance``).
+        beta: hardness, ``> 0`` (larger: closer to one-hot).
+
+    Returns:
+        float64 tensor ``[C, C]``, row = true class.
+
+    Raises:
+        ValueError: ``beta <= 0`` or not finite.
+    """
+    beta = _number("beta", beta, low=0.0, low_open=True)
+    d = hierarchy.distances.to(torch.float64)
+    d_max = max(int(hierarchy.max_distance), 1)
+    return torch.softmax(-beta * d / d_max, dim=1)
+
+
+@LOSSES.register("soft-labels")
+class SoftLabelsLoss(HierarchyLoss):
+    """Soft-label loss, Bertinetto et al., "Making Better Mistakes", CVPR 2020, eq. 5.
+
+    ``L = KL(y || q) = sum_C y(C) * (log y(C) - log q(C))`` with ``q = softmax(logits)`` and ``y`` the
+    soft target of the true class (:func:`soft_label_targets`), averaged over the batch: this is
+    ``nn.KLDivLoss(reduction="batchmean")``, the true per-sample KL the original project used. (The
+    reference code of the paper used ``KLDivLoss()``'s default ``mean``, which also divides by C, so
+    its values are C times smaller.) ``0 * log 0`` counts as 0, also where the logit is ``-inf``: the
+    value and the gradient stay finite when target entries underflow. With one-hot targets (very large
+    ``beta``) the loss is the cross-entropy.
+
+    Args:
+        hierarchy: the class hierarchy.
+        beta: hardness, ``> 0``; default 10, in the range the paper swept (4..30). The original
+            project's ``--beta`` default 0 (uniform targets) is out of range here.
+
+    Call: ``logits`` float ``[N, C]``, ``targets`` long ``[N]`` -> scalar.
+
+    Raises:
+        ValueError: ``beta <= 0`` or not finite; bad input shapes in forward.
+    """
+
+    def __init__(self, hierarchy, *, beta: float = 10.0) -> None:
+        super().__init__(hierarchy.num_classes)
+        self.beta = _number("beta", beta, low=0.0, low_open=True)
+        self.register_buffer("soft_targets", soft_label_targets(hierarchy, self.beta), persistent=False)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """KL divergence of every sample, float ``[N]``."""
+        self._check(logits, targets)
+        x = _compute_dtype(logits)
+        y = self.soft_targets[targets.to(self.soft_targets.device)].to(device=x.device, dtype=x.dtype)
+        log_q = F.log_softmax(x, dim=1)
+        zero = y == 0
+        # mask before multiplying: 0 * (-inf) would be NaN in the value and the gradient
+        cross = (y * log_q.masked_fill(zero, 0.0)).sum(dim=1)
+        neg_entropy = torch.xlogy(y, y).sum(dim=1)
+        return neg_entropy - cross
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# simple hierarchy (fine + coarse cross-entropy)
+# --------------------------------------------------------------------------------------------------------
+
+
+@LOSSES.register("simple-hierarchy")
+class SimpleHierarchyLoss(HierarchyLoss):
+    """The original project's combined fine + coarse cross-entropy, with epoch-dependent ramps.
+
+    ``L(e) = lambda_fine * w_f(e) * CE_fine + lambda_coarse * w_c(e) * CE_coarse`` with
+    ``w(e) = clip((e - start) / ramp, 0, 1)`` (:func:`ramp_weight`; ramp 0 is a step at ``start``) and
+    ``e`` the fractional epoch from :meth:`set_epoch`. ``CE_fine = -log softmax(logits)[y]``;
+    ``CE_coarse = -log P(g(y))`` with ``P(g) = sum over the classes c of group g of softmax(logits)[c]``,
+    computed as the logsumexp of the fine log-probabilities over the group (not a sum of logits, as the
+    original code did, and without assuming ``label // 5``). Groups are
+    ``hierarchy.coarse_labels(coarse_level)``. A term whose weight is 0 (before its start, or lambda 0)
+    is skipped: it adds exactly 0 and no gradient, even where it would be non-finite.
+
+    Args:
+        hierarchy: the class hierarchy.
+        lambda_fine, lambda_coarse: term weights, ``>= 0`` (original defaults 1, 1).
+        fine_loss_start_epoch, coarse_loss_start_epoch: epochs, ``>= 0`` (defaults 0).
+        fine_loss_ramp_epochs, coarse_loss_ramp_epochs: epochs, ``>= 0`` (defaults 0).
+        coarse_level: depth (edges from the root, ``>= 1``) of the coarse groups; None: the 20 official
+            CIFAR-100 superclasses, i.e. ``hierarchy.default_coarse_level`` (4 on ``cifar100-l5``, 1 on
+            ``cifar100-coarse``), or the official superclass table for a CIFAR-100 tree without such a
+            level (``cifar100-wordnet``).
+
+    Call: ``logits`` float ``[N, C]``, ``targets`` long ``[N]`` -> scalar.
+
+    Raises:
+        ValueError: a negative or non-finite lambda/start/ramp; ``coarse_level`` None on a non-CIFAR-100
+            hierarchy without official superclasses, or outside ``1..tree height``.
+    """
+
+    def __init__(
+        self,
+        hierarchy,
+        *,
+        lambda_fine: float = 1.0,
+        lambda_coarse: float = 1.0,
+        fine_loss_start_epoch: float = 0.0,
+        fine_loss_ramp_epochs: float = 0.0,
+        coarse_loss_start_epoch: float = 0.0,
+        coarse_loss_ramp_epochs: float = 0.0,
+        coarse_level: int | None = None,
+    ) -> None:
+        super().__init__(hierarchy.num_classes)
+        self.lambda_fine = _number("lambda_fine", lambda_fine, low=0.0)
+        self.lambda_coarse = _number("lambda_coarse", lambda_coarse, low=0.0)
+        self.fine_loss_start_epoch = _number("fine_loss_start_epoch", fine_loss_start_epoch, low=0.0)
+        self.fine_loss_ramp_epochs = _number("fine_loss_ramp_epochs", fine_loss_ramp_epochs, low=0.0)
+        self.coarse_loss_start_epoch = _number("coarse_loss_start_epoch", coarse_loss_start_epoch, low=0.0)
+        self.coarse_loss_ramp_epochs = _number("coarse_loss_ramp_epochs", coarse_loss_ramp_epochs, low=0.0)
+        height = getattr(hierarchy, "tree_height", None)
+        valid = f"1..{height}" if height is not None else "1..tree height"
+        if coarse_level is None:
+            coarse_level = getattr(hierarchy, "default_coarse_level", None)
+        if coarse_level is None:
+            # A tree without a superclass level (cifar100-wordnet): the 20 official superclasses,
+            # which only exist when the classes are CIFAR-100's in the official order.
+            if list(getattr(hierarchy, "classes", [])) != list(CIFAR100_CLASSES):
+                raise ValueError(
+                    f"hierarchy {getattr(hierarchy, 'name', '')!r} has no official superclass level; "
+                    f"pass coarse_level (a depth in {valid})"
+                )
+            groups = cifar100_superclass_labels()
+        elif (
+            isinstance(coarse_level, bool)
+            or not isinstance(coarse_level, int)
+            or coarse_level < 1
+            or (height is not None and coarse_level > height)
+        ):
+            raise ValueError(f"coarse_level={coarse_level!r} is out of range; valid range {valid}")
+        else:
+            groups = hierarchy.coarse_labels(coarse_level)
+        self.coarse_level = coarse_level
+        self.register_buffer("groups", groups.clone(), persistent=False)
+
+    def weights(self, epoch: float | None = None) -> tuple[float, float]:
+        """``(lambda_fine * w_f(e), lambda_coarse * w_c(e))`` at ``epoch`` (default: the current epoch)."""
+        e = self.epoch if epoch is None else epoch
+        wf = ramp_weight(e, self.fine_loss_start_epoch, self.fine_loss_ramp_epochs)
+        wc = ramp_weight(e, self.coarse_loss_start_epoch, self.coarse_loss_ramp_epochs)
+        return self.lambda_fine * wf, self.lambda_coarse * wc
+
+    def coarse_log_prob(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``log P(group of the target)`` for every sample, float ``[N]``."""
+        x = _compute_dtype(logits)
+        log_p = F.log_softmax(x, dim=1)
+        groups = self.groups.to(x.device)
+        same = groups.unsqueeze(0) == groups[targets.to(x.device)].unsqueeze(1)
+        return log_p.masked_fill(~same, float("-inf")).logsumexp(dim=1)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check(logits, targets)
+        x = _compute_dtype(logits)
+        wf, wc = self.weights()
+        total = None
+        if wf > 0:
+            term = wf * F.cross_entropy(x, targets)
+            total = term
+        if wc > 0:
+            term = wc * -self.coarse_log_prob(x, targets).mean()
+            total = term if total is None else total + term
+        return _zero_with_graph(x) if total is None else total
+
+    def extra_repr(self) -> str:
+        return (
+            f"lambda_fine={self.lambda_fine}, lambda_coarse={self.lambda_coarse}, "
+            f"fine_start={self.fine_loss_start_epoch}, fine_ramp={self.fine_loss_ramp_epochs}, "
+            f"coarse_start={self.coarse_loss_start_epoch}, coarse_ramp={self.coarse_loss_ramp_epochs}, "
+            f"coarse_level={self.coarse_level}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# factory
+# --------------------------------------------------------------------------------------------------------
+
+
+def loss_params(name: str) -> dict[str, Any]:
+    """The parameters of loss ``name`` and their defaults (``hierarchy`` excluded).
+
+    Raises:
+        ValueError: unknown loss name (the message lists the valid ones).
+    """
+    cls = LOSSES.get(name)
+    sig = inspect.signature(cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "hierarchy")}
+
+
+def build_loss(name: str, hierarchy, **params: Any) -> nn.Module:
+    """Build loss ``name`` for ``hierarchy``.
+
+    Args:
+        name: ``cross-entropy``, ``hierarchical-cross-entropy``, ``soft-labels`` or ``simple-hierarchy``.
+        hierarchy: a :class:`~hiercls.hierarchy.Hierarchy` (ignored by ``cross-entropy`` apart from the
+            class count check; may be None there).
+        **params: the loss's parameters (see the module table); omitted ones take their defaults.
+
+    Returns:
+        An ``nn.Module`` called as ``loss(logits [N, C] float, targets [N] long) -> scalar`` (batch mean),
+        with ``set_epoch(e: float)``.
+
+    Raises:
+        ValueError: unknown loss name (lists the valid ones), unknown parameter (names it and the valid
+            ones), or an out-of-range value (names it and the valid range).
+    """
+    cls = LOSSES.get(name)
+    valid = loss_params(name)
+    for key in params:
+        if key not in valid:
+            listed = ", ".join(sorted(valid)) or "none"
+            raise ValueError(
+                f"unknown parameter {key!r} for loss {LOSSES.canonical(name)!r}; valid: {listed}"
+            )
+    if hierarchy is None and LOSSES.canonical(name) != "cross-entropy":
+        raise ValueError(f"loss {LOSSES.canonical(name)!r} needs a hierarchy")
+    return cls(hierarchy, **params)
