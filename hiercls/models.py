@@ -1,0 +1,257 @@
+"""CIFAR-sized (32x32 input) classification networks, built by name through :data:`MODELS`.
+
+Every model maps float32 images [B, 3, 32, 32] to logits float32 [B, num_classes].
+
+Registered names: ``plainnet`` (Plain-11), ``resnet18`` (alias ``ResNet18``), ``wrn28-10``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from hiercls.registry import Registry
+
+__all__ = ["MODELS", "PlainNet11", "PreActWideResNet", "ResNetCifar", "build_model", "count_parameters"]
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def build_model(name: str, num_classes: int = 100) -> nn.Module:
+    """Build the registered model ``name`` (or an alias) with ``num_classes`` outputs.
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones) or ``num_classes`` < 1.
+    """
+    factory = MODELS.get(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return factory(num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _init_weights(model: nn.Module) -> None:
+    """He (Kaiming) normal init for conv / linear weights (fan_out for convs), zero biases, BN = identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain-11
+# --------------------------------------------------------------------------------------------------
+
+
+class PlainNet11(nn.Module):
+    """Plain-11, the CIFAR network of Barz & Denzler.
+
+    References: B. Barz and J. Denzler, "Deep Learning is not a Matter of Depth but of Good
+    Training", ICPRAI 2018 (where Plain-11 is introduced), and "Hierarchy-based Image Embeddings for
+    Semantic Image Retrieval", WACV 2019 (which uses it for CIFAR-100); the layout follows their
+    Keras code (github.com/cvjena/semantic-embeddings, ``PlainNet`` with its default ``filters``),
+    re-written here in PyTorch:
+
+    * 3x3 "same" convolutions with 64, 64 | avg-pool 2 | 128, 128, 128 | avg-pool 2 |
+      256, 256, 256 | avg-pool 2 | 512 channels, each conv followed by ReLU and then batch norm
+      (their order: activation before BN; the conv keeps its bias, as in Keras);
+    * global average pooling, a 512-unit fully-connected layer with ReLU then batch norm;
+    * a linear output layer (9 conv + 2 fc = 11 weight layers).
+
+    Their L2 weight decay of 5e-4 belongs to the optimiser here, not the model.
+    """
+
+    LAYOUT: tuple[int | str, ...] = (64, 64, "ap", 128, 128, 128, "ap", 256, 256, 256, "ap", 512)
+
+    def __init__(self, num_classes: int = 100, fc_width: int = 512) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for item in self.LAYOUT:
+            if item == "ap":
+                layers.append(nn.AvgPool2d(2))
+            else:
+                assert isinstance(item, int)
+                layers += [nn.Conv2d(in_ch, item, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(item)]
+                in_ch = item
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.embedding = nn.Sequential(
+            nn.Linear(in_ch, fc_width), nn.ReLU(inplace=True), nn.BatchNorm1d(fc_width)
+        )
+        self.classifier = nn.Linear(fc_width, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 [B, 3, H, W] -> logits [B, num_classes]."""
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.embedding(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet-18, CIFAR variant
+# --------------------------------------------------------------------------------------------------
+
+
+class _BasicBlock(nn.Module):
+    """He et al. (2016) basic block: conv3x3-BN-ReLU-conv3x3-BN plus (projected) shortcut, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            # Option B of He et al.: 1x1 projection with batch norm on dimension changes.
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet with basic blocks for 32x32 inputs (He et al., "Deep Residual Learning for Image
+    Recognition", CVPR 2016), in the common CIFAR adaptation: a 3x3 stride-1 stem without max-pool,
+    four stages of widths 64, 128, 256, 512 (strides 1, 2, 2, 2), global average pooling and a
+    linear classifier. ``blocks=(2, 2, 2, 2)`` is ResNet-18 (11.22M parameters with 100 classes).
+    """
+
+    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 100) -> None:
+        super().__init__()
+        widths = (64, 128, 256, 512)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
+        stages: list[nn.Module] = []
+        in_ch = 64
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            stage = [_BasicBlock(in_ch, width, stride)] + [_BasicBlock(width, width, 1) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*stage))
+            in_ch = width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(in_ch, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 [B, 3, H, W] -> logits [B, num_classes]."""
+        x = self.pool(self.stages(self.stem(x))).flatten(1)
+        return self.classifier(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Wide ResNet
+# --------------------------------------------------------------------------------------------------
+
+
+class _PreActBlock(nn.Module):
+    """Wide-ResNet block: BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus shortcut.
+
+    When the shape changes the shortcut is a 1x1 conv applied to the pre-activated input (the first
+    BN-ReLU is shared), as in Zagoruyko & Komodakis' reference code.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.relu = nn.ReLU(inplace=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.projection: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.projection = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.relu(self.bn1(x))
+        shortcut = x if self.projection is None else self.projection(act)
+        out = self.conv1(act)
+        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
+        return out + shortcut
+
+
+class PreActWideResNet(nn.Module):
+    """Wide Residual Network WRN-``depth``-``widen`` (Zagoruyko & Komodakis, "Wide Residual
+    Networks", BMVC 2016): a 3x3 conv with 16 channels, three groups of (depth - 4) / 6 pre-activation
+    basic blocks with 16k, 32k, 64k channels (strides 1, 2, 2), BN-ReLU, global average pooling and a
+    linear classifier. WRN-28-10: widths 16, 160, 320, 640, 36.5M parameters with 100 classes.
+    """
+
+    def __init__(
+        self, depth: int = 28, widen: int = 10, num_classes: int = 100, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        widths = (16 * widen, 32 * widen, 64 * widen)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        groups: list[nn.Module] = []
+        in_ch = 16
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks = [_PreActBlock(in_ch, width, stride, dropout)]
+            blocks += [_PreActBlock(width, width, 1, dropout) for _ in range(n - 1)]
+            groups.append(nn.Sequential(*blocks))
+            in_ch = width
+        self.groups = nn.Sequential(*groups)
+        self.head = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Linear(in_ch, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 [B, 3, H, W] -> logits [B, num_classes]."""
+        x = self.head(self.groups(self.stem(x))).flatten(1)
+        return self.classifier(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry entries
+# --------------------------------------------------------------------------------------------------
+
+
+@MODELS.register("plainnet")
+def plainnet(num_classes: int = 100) -> nn.Module:
+    """Plain-11 of Barz & Denzler (the original project's CIFAR default); see :class:`PlainNet11`."""
+    return PlainNet11(num_classes=num_classes)
+
+
+@MODELS.register("resnet18", aliases=("ResNet18",))
+def resnet18(num_classes: int = 100) -> nn.Module:
+    """CIFAR ResNet-18 (3x3 stem, no max-pool); see :class:`ResNetCifar`."""
+    return ResNetCifar((2, 2, 2, 2), num_classes=num_classes)
+
+
+@MODELS.register("wrn28-10")
+def wrn28_10(num_classes: int = 100) -> nn.Module:
+    """WideResNet-28-10 without dropout; see :class:`PreActWideResNet`."""
+    return PreActWideResNet(28, 10, num_classes=num_classes, dropout=0.0)
+
+
+if __name__ == "__main__":  # pragma: no cover - quick size report
+    for model_name in MODELS:
+        net = build_model(model_name)
+        shape = tuple(net(torch.zeros(2, 3, 32, 32)).shape)
+        print(f"{model_name}: {count_parameters(net):,} parameters, output {shape}")
