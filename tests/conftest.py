@@ -44,3 +44,27 @@ def cifar_dir() -> Path:
 def _repo_cache() -> None:
     """Keep the decode cache of test sessions in the ignored .data/cache folder, not in the home folder."""
     os.environ.setdefault("HIERCLS_CACHE_DIR", str(ROOT / ".data" / "cache"))
+
+
+@pytest.fixture(scope="session")
+def cifar(cifar_dir: Path):
+    """The real CIFAR-100 decoded once per test session (uint8 tensors)."""
+    from hiercls.data import load_cifar100
+
+    return load_cifar100(cifar_dir, download=False)
+
+
+@pytest.fixture
+def tiny_run(cifar_dir: Path, tmp_path: Path):
+    """A factory of small real-data TrainConfigs: 200 training and 100 val images, no test pass."""
+    from hiercls.config import TrainConfig
+
+    def make(**changes):
+        values = dict(
+            data_dir=str(cifar_dir), max_train_samples=200, val_size=100, epochs=1, batch_size=50,
+            eval_batch_size=100, evaluate_test=False, out_folder=str(tmp_path / "run"), device="cpu",
+        )
+        values.update(changes)
+        return TrainConfig.from_dict(values)
+
+    return make

@@ -1,0 +1,320 @@
+"""The typed training configuration: defaults < YAML < command line, validated before any work.
+
+One frozen :class:`TrainConfig` flows from the entry point (``python -m hiercls.train``, a search
+trial, an exported config) inward. Loss and schedule parameters are flat keys with the original
+project's names (``alpha``, ``beta``, ``lambda_fine``, ``coarse_loss_start_epoch``, ``t0``, ...); a
+key left at None takes the chosen loss's or schedule's default, and :meth:`TrainConfig.resolved`
+fills those in, so the ``config.yaml`` written next to the results states every value used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "LOSS_KEYS", "SCHEDULE_KEYS", "TrainConfig", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: every problem found is listed in the message."""
+
+
+# Keys passed to the loss / schedule factories when the chosen loss / schedule takes them.
+LOSS_KEYS = (
+    "alpha", "normalize", "beta", "lambda_fine", "lambda_coarse", "fine_loss_start_epoch",
+    "fine_loss_ramp_epochs", "coarse_loss_start_epoch", "coarse_loss_ramp_epochs", "coarse_level",
+)
+SCHEDULE_KEYS = (
+    "t0", "t_mult", "eta_min", "min_lr", "step_size", "milestones", "milestone_fractions", "gamma",
+    "warmup_fraction",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Units: epochs are whole passes over the training split;
+    learning rates are absolute; sizes are image counts.
+
+    Data: ``data_dir`` (CIFAR-100 in torchvision's or the ImageFolder layout), ``download`` (through
+    torchvision when absent), ``hierarchy`` (built-in name or file), ``val_size`` (images held out of the
+    official training set, stratified; 0 = train on all 50,000, no validation), ``max_train_samples``
+    (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels, 0 = off).
+
+    Model and loss: ``architecture`` (model registry name), ``loss`` (loss registry name) and its flat
+    parameters (:data:`LOSS_KEYS`).
+
+    Optimisation: ``optimizer`` (``sgd`` = Nesterov SGD, ``adamw``), ``lr`` (base learning rate; the
+    default 0.05 is the linear scaling rule 0.1 x batch_size / 256 of Goyal et al. (2017) at batch 128;
+    the original project hard-coded 0.1, which leaves Plain-11 near chance for its first epochs),
+    ``momentum``, ``weight_decay``, ``amsgrad`` (adamw only), ``lr_schedule`` and its flat parameters
+    (:data:`SCHEDULE_KEYS`), ``epochs``, ``batch_size``, ``eval_batch_size``.
+
+    Run: ``seed``, ``device`` (``auto`` = CUDA when available, else CPU), ``out_folder``,
+    ``evaluate_test`` (score the official test set at the end; search trials turn it off),
+    ``num_threads`` (CPU threads for torch, None = torch's default), ``amp`` (bf16 autocast on CUDA).
+    """
+
+    # data
+    data_dir: str = "data"
+    download: bool = True
+    hierarchy: str = "cifar100-l5"
+    val_size: int = 5000
+    max_train_samples: int | None = None
+    cutout: int = 0
+    # model and loss
+    architecture: str = "plainnet"
+    loss: str = "cross-entropy"
+    alpha: float | None = None
+    normalize: bool | None = None
+    beta: float | None = None
+    lambda_fine: float | None = None
+    lambda_coarse: float | None = None
+    fine_loss_start_epoch: float | None = None
+    fine_loss_ramp_epochs: float | None = None
+    coarse_loss_start_epoch: float | None = None
+    coarse_loss_ramp_epochs: float | None = None
+    coarse_level: int | None = None
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    amsgrad: bool = False
+    lr_schedule: str = "cosine"
+    t0: float | None = None
+    t_mult: float | None = None
+    eta_min: float | None = None
+    min_lr: float | None = None
+    step_size: float | None = None
+    milestones: tuple[int, ...] | None = None
+    milestone_fractions: tuple[float, ...] | None = None
+    gamma: float | None = None
+    warmup_fraction: float | None = None
+    epochs: int = 180
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out_folder: str | None = None
+    evaluate_test: bool = True
+    num_threads: int | None = None
+    amp: bool = True
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Every config key, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+        """A config from ``values`` laid over ``base`` (default: the defaults), type-checked.
+
+        Raises:
+            ConfigError: unknown keys (with the valid ones) or values of the wrong type, all listed.
+        """
+        valid = set(cls.field_names())
+        problems = [f"unknown key {k!r}" for k in values if k not in valid]
+        if problems:
+            problems.append("valid keys: " + ", ".join(cls.field_names()))
+            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        merged = dataclasses.asdict(base or cls())
+        merged.update(values)
+        coerced, problems = {}, []
+        for field in dataclasses.fields(cls):
+            try:
+                coerced[field.name] = _coerce(field.name, field.type, merged[field.name])
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+        if problems:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        return cls(**coerced)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (type-checked like :meth:`from_dict`)."""
+        return TrainConfig.from_dict(changes, base=self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-friendly values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_yaml(self) -> str:
+        """The config as YAML, keys in declaration order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------------ derived values
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The parameters of the chosen loss that are set (not None), by its factory's names."""
+        from hiercls.losses import loss_params
+
+        accepted = loss_params(self.loss)
+        return {k: getattr(self, k) for k in LOSS_KEYS if k in accepted and getattr(self, k) is not None}
+
+    def schedule_kwargs(self) -> dict[str, Any]:
+        """The parameters of the chosen schedule that are set (not None)."""
+        from hiercls.schedules import schedule_params
+
+        accepted = schedule_params(self.lr_schedule)
+        out = {k: getattr(self, k) for k in SCHEDULE_KEYS if k in accepted and getattr(self, k) is not None}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def resolved(self) -> TrainConfig:
+        """This config with the chosen loss's and schedule's defaults filled in for unset keys.
+
+        Parameters that the chosen loss or schedule does not take stay as they are (None by default).
+        """
+        from hiercls.losses import loss_params
+        from hiercls.schedules import schedule_params
+
+        changes: dict[str, Any] = {}
+        pairs = ((loss_params(self.loss), LOSS_KEYS), (schedule_params(self.lr_schedule), SCHEDULE_KEYS))
+        for params, keys in pairs:
+            for key in keys:
+                if key in params and getattr(self, key) is None and params[key] is not None:
+                    default = params[key]
+                    changes[key] = tuple(default) if isinstance(default, (list, tuple)) else default
+        return self.replace(**changes) if changes else self
+
+    def validate(self) -> None:
+        """Check names and ranges before any work starts.
+
+        Raises:
+            ConfigError: listing every problem: unknown registry names (with the valid ones), values
+                out of range (negative epochs, batch size 0, ...), and parameters the chosen loss or
+                schedule rejects.
+        """
+        from hiercls.hierarchy import BUILTIN_HIERARCHIES
+        from hiercls.losses import LOSSES, build_loss
+        from hiercls.models import MODELS
+        from hiercls.schedules import SCHEDULES, learning_rate
+
+        problems: list[str] = []
+        for kind, registry, name in (
+            ("architecture", MODELS, self.architecture),
+            ("loss", LOSSES, self.loss),
+            ("lr_schedule", SCHEDULES, self.lr_schedule),
+        ):
+            if name not in registry:
+                problems.append(f"{kind} {name!r} is unknown; valid: {', '.join(registry.names())}")
+        if self.optimizer not in OPTIMIZERS:
+            valid = ", ".join(sorted(OPTIMIZERS))
+            problems.append(f"optimizer {self.optimizer!r} is unknown; valid: {valid}")
+        checks = [
+            ("epochs", self.epochs >= 1, "a positive integer"),
+            ("batch_size", self.batch_size >= 1, "a positive integer"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
+            ("val_size", 0 <= self.val_size < 50_000, "in 0..49999 (0 = no validation split)"),
+            ("cutout", 0 <= self.cutout <= 32, "in 0..32 pixels"),
+            ("seed", self.seed >= 0, ">= 0"),
+        ]
+        if self.max_train_samples is not None:
+            checks.append(("max_train_samples", self.max_train_samples >= 100, "None or at least 100"))
+        if self.num_threads is not None:
+            checks.append(("num_threads", self.num_threads >= 1, "None or a positive integer"))
+        for key, ok, valid in checks:
+            if not ok:
+                problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
+            problems.append(f"device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
+        hierarchy_ok = self.hierarchy in BUILTIN_HIERARCHIES or Path(self.hierarchy).is_file()
+        if not hierarchy_ok:
+            problems.append(
+                f"hierarchy {self.hierarchy!r} is neither a built-in ({', '.join(BUILTIN_HIERARCHIES)}) "
+                "nor an existing file"
+            )
+        if not problems:
+            try:  # the factories' own range checks, on the real hierarchy
+                from hiercls.hierarchy import load_hierarchy
+
+                build_loss(self.loss, load_hierarchy(self.hierarchy), **self.loss_kwargs())
+            except ValueError as err:
+                problems.append(f"loss {self.loss!r}: {err}")
+            try:
+                kwargs = self.schedule_kwargs()
+                learning_rate(self.lr_schedule, 0.0, base_lr=self.lr, epochs=self.epochs, **kwargs)
+            except ValueError as err:
+                problems.append(f"lr_schedule {self.lr_schedule!r}: {err}")
+        if problems:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Check/convert ``value`` for a field declared as ``annotation`` (a string under __future__)."""
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} must not be null")
+    base = annotation.replace(" | None", "")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{name}={value!r} must be true or false")
+    if base == "int":
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            raise TypeError(f"{name}={value!r} must be an integer")
+        return int(value)
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}={value!r} must be a number")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, (str, Path)):
+            raise TypeError(f"{name}={value!r} must be a string")
+        return str(value)
+    if base.startswith("tuple["):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        item_type = "int" if "int" in base else "float"
+        return tuple(_coerce(name, item_type, v) for v in items)
+    raise TypeError(f"{name}: unsupported field type {annotation}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (from ``--set``) to a dict; values are parsed as YAML (``0.1``,
+    ``true``, ``[60, 120]``, ``null``).
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults < the YAML file at ``path`` < ``overrides``.
+
+    A YAML file may carry a ``source:`` block (written by ``analysis.export``); it is ignored here.
+
+    Raises:
+        ConfigError: missing or malformed file, unknown keys, wrong types.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+        loaded.pop("source", None)
+        values.update(loaded)
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,176 @@
+"""``python -m hiercls.train`` and ``python -m hiercls.evaluate`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hiercls.train import build_parser, config_from_args, main
+
+SMALL = ["--max-train-samples", "200", "--val-size", "100", "--batch_size", "50", "--epochs", "1",
+         "--no-test", "--device", "cpu"]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hiercls.train", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def without_timing(history):
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in history]
+
+
+def test_original_flags_and_precedence(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("loss: soft-labels\nbeta: 5\nepochs: 30\nlr: 0.3\n")
+    args = build_parser().parse_args([
+        "--config", str(yaml_file), "--architecture", "ResNet18", "--lambda-fine", "0.5",
+        "--coarse_loss_start_epoch", "3", "--data_path", "/x", "--out_folder", "o", "--epochs", "40",
+        "--set", "lr=0.2", "--set", "milestones=[60, 120, 160]", "--lr_schedule", "cutout",
+    ])
+    config = config_from_args(args)
+    assert config.loss == "soft-labels" and config.beta == 5.0  # from the YAML
+    assert config.epochs == 40  # flag beats YAML
+    assert config.lr == 0.2  # --set beats YAML
+    assert config.architecture == "ResNet18" and config.lambda_fine == 0.5
+    assert config.coarse_loss_start_epoch == 3.0 and config.data_dir == "/x" and config.out_folder == "o"
+    assert config.milestones == (60, 120, 160) and config.lr_schedule == "cutout"
+    hyphen = config_from_args(build_parser().parse_args(["--data-dir", "/y", "--batch-size", "7"]))
+    assert hyphen.data_dir == "/y" and hyphen.batch_size == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--architecture", "vgg"], "architecture 'vgg' is unknown; valid: plainnet, resnet18, wrn28-10"),
+        (["--loss", "focal"], "loss 'focal' is unknown; valid: cross-entropy, hierarchical-cross-entropy"),
+        (["--lr_schedule", "step"], "lr_schedule 'step' is unknown; valid: constant, cosine, cutout"),
+        (["--epochs", "-3"], "epochs=-3 is out of range; valid: a positive integer"),
+        (["--batch_size", "0"], "batch_size=0 is out of range; valid: a positive integer"),
+        (["--hierarchy", "cifar100-l9"], "hierarchy 'cifar100-l9' is neither a built-in"),
+        (["--set", "colour=red"], "unknown key 'colour'"),
+        (["--loss", "hierarchical-cross-entropy", "--alpha", "-1"], "alpha"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(tmp_path, capsys, args, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_data_folder(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o"), *SMALL,
+              "--set", "download=false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "ImageFolder" in err and "cifar-100-python" in err
+
+
+def test_unreadable_image_is_named(tmp_path, capsys) -> None:
+    for split in ("train", "val"):
+        folder = tmp_path / "data" / split / "0"
+        folder.mkdir(parents=True)
+        (folder / "0_0.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(tmp_path / "data"), "--out_folder", str(tmp_path / "o"), *SMALL])
+    assert exit_info.value.code == 2
+    assert "0_0.jpg" in capsys.readouterr().err
+
+
+def test_existing_results_are_never_overwritten(cifar_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "final_test_results.json").write_text('{"test_accuracy": 77.0}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(cifar_dir), "--out_folder", str(out), *SMALL])
+    assert exit_info.value.code == 2
+    assert "already holds results (final_test_results.json)" in capsys.readouterr().err
+    assert json.loads((out / "final_test_results.json").read_text()) == {"test_accuracy": 77.0}
+
+
+def test_end_to_end_with_test_evaluation(cifar_dir, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("--architecture", "plainnet", "--loss", "cross-entropy", "--epochs", "2",
+                   "--max-train-samples", "200", "--val-size", "100", "--batch_size", "50",
+                   "--data_path", str(cifar_dir), "--out_folder", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 2/2" in proc.stdout and "test: accuracy" in proc.stdout
+    results = json.loads((out / "final_test_results.json").read_text())
+    assert results["total_samples"] == 10_000 and results["topk"] == [1, 5, 10, 20, 100]
+    m = results["metrics"]
+    assert results["test_accuracy"] == pytest.approx(100 * (1 - m["top1_error"]))
+    assert results["num_mistakes"] == round(m["top1_error"] * 10_000)
+    assert results["hierarchical_distance_avg"][0] == pytest.approx(m["hdist@1"])
+    assert results["hierarchical_distance_mistakes"][0] == pytest.approx(m["mistake_severity"])
+    assert results["coarse_accuracy"] == pytest.approx(100 * (1 - m["coarse_error"]))
+    assert results["hierarchical_distance_top"][-1] == 0.0  # the true class is always in the top 100
+    assert results["epoch"] == 2 and results["best_val_model"]["epoch"] in (1, 2)
+    # hiercls.evaluate rescores the saved model on the test set without retraining.
+    scored = subprocess.run([sys.executable, "-m", "hiercls.evaluate", str(out), "--split", "test"],
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["top1_error"] == pytest.approx(m["top1_error"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--loss", "hierarchical-cross-entropy", "--alpha", "0.4"],
+        ["--loss", "soft-labels", "--beta", "10"],
+        ["--loss", "simple-hierarchy", "--lambda_fine", "1", "--lambda_coarse", "0.5",
+         "--coarse_loss_start_epoch", "0.5", "--coarse_loss_ramp_epochs", "0.2"],
+    ],
+)
+def test_hierarchy_losses_on_wordnet(cifar_dir, tmp_path, extra) -> None:
+    out = tmp_path / "run"
+    proc = run_cli(*extra, "--hierarchy", "cifar100-wordnet", "--data_path", str(cifar_dir),
+                   "--out_folder", str(out), *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((out / "all_epoch_results.json").read_text())
+    assert history[-1]["status"] == "ok"
+    assert (out / "config.yaml").read_text().count("hierarchy: cifar100-wordnet") == 1
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = run_cli("--data_path", str(cifar_dir), "--out_folder", str(out), *_RESUME_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "all_epoch_results.json").read_text())
+
+
+_RESUME_ARGS = ["--max-train-samples", "1000", "--val-size", "100", "--batch_size", "50", "--epochs", "2",
+                "--no-test", "--device", "cpu", "--num_threads", "1"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, uninterrupted, sig) -> None:
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "hiercls.train", "--data_path", str(cifar_dir), "--out_folder", str(out),
+            *_RESUME_ARGS]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / "all_epoch_results.json"
+    deadline = time.monotonic() + 300
+    while not results.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside epoch 2 (an epoch of 1,000 images takes several seconds)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.kill(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+    assert len(json.loads(results.read_text())) == 1
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    assert without_timing(json.loads(results.read_text())) == without_timing(uninterrupted)
