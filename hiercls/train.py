@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except ConfigError as err:
         parser.error(str(err))
+    # Both signals end the run the same way (also when SIGINT was ignored by a launching shell).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         result = fit(config, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, RunExistsError, DataError) as err:
