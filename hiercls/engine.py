@@ -233,6 +233,8 @@ class _Run:
         self.device = resolve_device(config.device)
         self.cuda = self.device.type == "cuda"
         self.amp = config.amp and self.cuda
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.hierarchy = load_hierarchy(config.hierarchy)

@@ -18,7 +18,7 @@ SMALL = ["--max-train-samples", "200", "--val-size", "100", "--batch_size", "50"
          "--no-test", "--device", "cpu"]
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hiercls.train", *args], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -117,7 +117,7 @@ def test_end_to_end_with_test_evaluation(cifar_dir, tmp_path) -> None:
     assert results["epoch"] == 2 and results["best_val_model"]["epoch"] in (1, 2)
     # hiercls.evaluate rescores the saved model on the test set without retraining.
     scored = subprocess.run([sys.executable, "-m", "hiercls.evaluate", str(out), "--split", "test"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["top1_error"] == pytest.approx(m["top1_error"], abs=1e-9)
 
@@ -170,7 +170,7 @@ def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, uninterrupted, s
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr
     assert len(json.loads(results.read_text())) == 1
-    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     assert without_timing(json.loads(results.read_text())) == without_timing(uninterrupted)
