@@ -160,13 +160,13 @@ def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, uninterrupted, s
             *_RESUME_ARGS]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = out / "all_epoch_results.json"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while not results.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(1.0)  # well inside epoch 2 (an epoch of 1,000 images takes several seconds)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     os.kill(proc.pid, sig)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr
     assert len(json.loads(results.read_text())) == 1
