@@ -105,12 +105,16 @@ def reference_metrics(logits, targets, h: Hierarchy, ks, coarse):
     return result
 
 
+def random_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random logits [n, 100] and targets [n]."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 100, generator=gen), torch.randint(0, 100, (n,), generator=gen)
+
+
 @pytest.mark.parametrize("name", BUILTIN_HIERARCHIES)
 def test_matches_reference_loop(name: str) -> None:
     h = load_hierarchy(name)
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(64, 100, generator=gen)
-    targets = torch.randint(0, 100, (64,), generator=gen)
+    logits, targets = random_batch(64, seed=0)
     coarse = cifar100_superclass_labels()
     ks = (1, 5, 10, 20)
     got = compute_metrics(logits, targets, h, ks, coarse_labels=coarse)
@@ -127,9 +131,7 @@ def test_matches_reference_loop(name: str) -> None:
 @pytest.mark.parametrize("name", BUILTIN_HIERARCHIES)
 def test_hdist1_is_error_times_severity(name: str) -> None:
     h = load_hierarchy(name)
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(500, 100, generator=gen)
-    targets = torch.randint(0, 100, (500,), generator=gen)
+    logits, targets = random_batch(500, seed=1)
     m = compute_metrics(logits, targets, h)
     assert m["hdist@1"] == pytest.approx(m["top1_error"] * m["mistake_severity"], rel=1e-12)
     assert m["crm/hdist@1"] == pytest.approx(m["crm/top1_error"] * m["crm/mistake_severity"], rel=1e-12)
@@ -137,9 +139,7 @@ def test_hdist1_is_error_times_severity(name: str) -> None:
 
 def test_streaming_equals_one_shot() -> None:
     h = load_hierarchy("cifar100-wordnet")
-    gen = torch.Generator().manual_seed(2)
-    logits = torch.randn(10, 100, generator=gen)
-    targets = torch.randint(0, 100, (10,), generator=gen)
+    logits, targets = random_batch(10, seed=2)
     coarse = cifar100_superclass_labels()
     one_shot = compute_metrics(logits, targets, h, coarse_labels=coarse)
     acc = MetricAccumulator(h, coarse_labels=coarse)
