@@ -119,6 +119,7 @@ class TrainConfig:
         Raises:
             ConfigError: unknown keys (with the valid ones) or values of the wrong type, all listed.
         """
+        values = {ALIASES.get(k, k): v for k, v in values.items()}
         valid = set(cls.field_names())
         problems = [f"unknown key {k!r}" for k in values if k not in valid]
         if problems:
@@ -181,15 +182,35 @@ class TrainConfig:
                     changes[key] = tuple(default) if isinstance(default, (list, tuple)) else default
         return self.replace(**changes) if changes else self
 
+    def _inactive_parameters(self) -> list[str]:
+        """Problems for loss / schedule parameters that are set but not taken by the chosen ones."""
+        from hiercls.losses import loss_params
+        from hiercls.schedules import schedule_params
+
+        problems = []
+        for kind, name, accepted, keys in (
+            ("loss", self.loss, loss_params(self.loss), LOSS_KEYS),
+            ("lr_schedule", self.lr_schedule, schedule_params(self.lr_schedule), SCHEDULE_KEYS),
+        ):
+            for key in keys:
+                if getattr(self, key) is not None and key not in accepted:
+                    takes = ", ".join(k for k in keys if k in accepted) or "no parameters"
+                    problems.append(
+                        f"{key}={getattr(self, key)!r} is set, but {kind} {name!r} does not take it "
+                        f"({name} takes: {takes}); choose the {kind} that uses it or unset it"
+                    )
+        return problems
+
     def validate(self) -> None:
         """Check names and ranges before any work starts.
 
         Raises:
             ConfigError: listing every problem: unknown registry names (with the valid ones), values
-                out of range (negative epochs, batch size 0, ...), and parameters the chosen loss or
-                schedule rejects.
+                out of range (negative epochs, batch size 0, ...), an invalid hierarchy, parameters set
+                for a loss or schedule that is not the chosen one, and values the chosen loss or schedule
+                rejects.
         """
-        from hiercls.hierarchy import BUILTIN_HIERARCHIES
+        from hiercls.hierarchy import BUILTIN_HIERARCHIES, load_cifar100_hierarchy
         from hiercls.losses import LOSSES, build_loss
         from hiercls.models import MODELS
         from hiercls.schedules import SCHEDULES, learning_rate
@@ -225,17 +246,22 @@ class TrainConfig:
                 problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
             problems.append(f"device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
-        hierarchy_ok = self.hierarchy in BUILTIN_HIERARCHIES or Path(self.hierarchy).is_file()
-        if not hierarchy_ok:
+        hierarchy = None
+        if self.hierarchy in BUILTIN_HIERARCHIES or Path(self.hierarchy).is_file():
+            try:
+                hierarchy = load_cifar100_hierarchy(self.hierarchy)
+            except ValueError as err:
+                problems.append(f"hierarchy {self.hierarchy!r}: {err}")
+        else:
             problems.append(
                 f"hierarchy {self.hierarchy!r} is neither a built-in ({', '.join(BUILTIN_HIERARCHIES)}) "
                 "nor an existing file"
             )
-        if not problems:
+        if self.loss in LOSSES and self.lr_schedule in SCHEDULES:
+            problems += self._inactive_parameters()
+        if not problems and hierarchy is not None:
             try:  # the factories' own range checks, on the real hierarchy
-                from hiercls.hierarchy import load_hierarchy
-
-                build_loss(self.loss, load_hierarchy(self.hierarchy), **self.loss_kwargs())
+                build_loss(self.loss, hierarchy, **self.loss_kwargs())
             except ValueError as err:
                 problems.append(f"loss {self.loss!r}: {err}")
             try:
@@ -248,6 +274,7 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+ALIASES = {"data_path": "data_dir"}  # the original project's spelling
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
@@ -276,6 +303,8 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             raise TypeError(f"{name}={value!r} must be a string")
         return str(value)
     if base.startswith("tuple["):
+        if isinstance(value, str):  # "60,120,160" as well as the YAML list [60, 120, 160]
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
         items = value if isinstance(value, (list, tuple)) else [value]
         item_type = "int" if "int" in base else "float"
         return tuple(_coerce(name, item_type, v) for v in items)

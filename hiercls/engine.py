@@ -35,7 +35,7 @@ from torch import nn
 
 from hiercls.config import ConfigError, TrainConfig
 from hiercls.data import Cifar100, DeviceLoader, load_cifar100, make_splits
-from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_hierarchy
+from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_cifar100_hierarchy
 from hiercls.losses import build_loss
 from hiercls.metrics import MetricAccumulator
 from hiercls.models import build_model
@@ -110,6 +110,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------- small file helpers
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,6 +124,7 @@ def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are for colleagues too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -210,7 +217,7 @@ def test_results(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "test_loss": metrics["loss"],
-        "test_accuracy": 100.0 * (1.0 - metrics["top1_error"]),
+        "test_accuracy": 100.0 * (metrics["num_samples"] - metrics["num_mistakes"]) / metrics["num_samples"],
         "num_mistakes": metrics["num_mistakes"],
         "total_samples": metrics["num_samples"],
         "topk": list(ks),
@@ -219,7 +226,7 @@ def test_results(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "hierarchical_distance_mistakes": per_k("hdist_mistakes"),
         "hierarchical_precision": per_k("hprecision"),
         "hierarchical_mAP": per_k("mAHP"),
-        "coarse_accuracy": 100.0 * (1.0 - metrics["coarse_error"]),
+        "coarse_accuracy": round(100.0 * (1.0 - metrics["coarse_error"]), 10),
         "metrics": {k: v for k, v in metrics.items() if k not in ("num_samples", "num_mistakes", "loss")},
     }
 
@@ -237,12 +244,7 @@ class _Run:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.hierarchy = load_hierarchy(config.hierarchy)
-        if self.hierarchy.num_classes != 100:
-            raise ConfigError(
-                f"hierarchy {config.hierarchy!r} has {self.hierarchy.num_classes} classes; "
-                "CIFAR-100 needs 100"
-            )
+        self.hierarchy = load_cifar100_hierarchy(config.hierarchy)
         if data is None:
             try:
                 data = load_cifar100(config.data_dir, download=config.download)
@@ -326,19 +328,29 @@ class _Run:
         return float(loss_sum) / seen, True
 
 
-def _prepare_output(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool) -> None:
-    existing = [name for name in RESULT_FILES if (out / name).exists()] + (
-        ["checkpoints/"] if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) else []
-    )
+RESULT_FILES_ONLY = ("all_epoch_results.json", "final_test_results.json", "final_model.pth")
+
+
+def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
+    """Result files in ``out`` (a lone config.yaml from a run that failed before training is not one)."""
+    found = [name for name in RESULT_FILES_ONLY if (out / name).exists()]
+    return found + [f"{ckpt_dir.name}/{p.name}" for p in sorted(ckpt_dir.glob("*.pth"))]
+
+
+def _prepare_output(config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    existing = _existing_results(out, ckpt_dir)
     if resume:
-        saved_path = out / "config.yaml"
-        if not saved_path.exists():
+        if not (ckpt_dir / "last.pth").exists():
             if existing:
-                raise ConfigError(f"cannot resume in {str(out)!r}: it has results but no config.yaml")
-            return  # nothing to resume: a fresh start in an empty folder
+                raise ConfigError(
+                    f"cannot resume in {str(out)!r}: it holds results ({', '.join(existing)}) but no "
+                    f"{ckpt_dir.name}/last.pth; pass --overwrite to start again"
+                )
+            log.warning("nothing to resume in %s (no checkpoint yet): starting a new run", out)
+            return
         from hiercls.config import load_config
 
-        saved = load_config(saved_path).to_dict()
+        saved = load_config(out / "config.yaml").to_dict()
         current = config.to_dict()
         differing = sorted(k for k in current if saved.get(k) != current[k])
         if differing:
@@ -357,7 +369,7 @@ def _prepare_output(config: TrainConfig, out: Path, *, resume: bool, overwrite: 
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)
         for name in ("last.pth", "best.pth"):
-            (out / "checkpoints" / name).unlink(missing_ok=True)
+            (ckpt_dir / name).unlink(missing_ok=True)
 
 
 def default_out_folder(config: TrainConfig) -> Path:
@@ -420,12 +432,10 @@ def fit(
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     config = config.replace(out_folder=str(out))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
-    _prepare_output(config, out, resume=resume, overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_output(config, out, ckpt_dir, resume=resume, overwrite=overwrite)
+    run = _Run(config, data)  # data, model, loss: fails here, before anything is written
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config.to_yaml())
-
-    run = _Run(config, data)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "val_top1_error": math.inf}
     start_epoch = 0

@@ -35,7 +35,13 @@ def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any]]:
         else:
             raise ValueError(f"weights {weights!r} is unknown; valid: last, best")
         if not path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} does not exist (has the run finished an epoch?)")
+            hint = (
+                "the run has not finished: score its last completed epoch with "
+                f"{str(target / 'checkpoints' / 'last.pth')!r}, or its best one with --weights best"
+                if weights == "last"
+                else "no epoch has finished yet"
+            )
+            raise FileNotFoundError(f"{str(path)!r} does not exist ({hint})")
         state = torch.load(path, map_location="cpu", weights_only=True)
         return config, state["model"] if "model" in state else state
     if target.is_file():
@@ -73,7 +79,7 @@ def evaluate_saved(
     """
     from hiercls.data import DeviceLoader, load_cifar100, make_splits
     from hiercls.engine import TEST_KS, evaluate, resolve_device
-    from hiercls.hierarchy import load_hierarchy
+    from hiercls.hierarchy import load_cifar100_hierarchy
     from hiercls.losses import build_loss
     from hiercls.models import build_model
 
@@ -83,7 +89,7 @@ def evaluate_saved(
     changes = {k: v for k, v in (("data_dir", data_dir), ("device", device)) if v is not None}
     config = config.replace(**changes) if changes else config
     run_device = resolve_device(config.device)
-    hierarchy = load_hierarchy(config.hierarchy)
+    hierarchy = load_cifar100_hierarchy(config.hierarchy)
     splits = make_splits(
         load_cifar100(config.data_dir, download=config.download),
         val_size=config.val_size, seed=config.seed, max_train_samples=config.max_train_samples,
@@ -110,9 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints JSON, returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m hiercls.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("target", help="run folder or checkpoint file (.pth)")
-    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="default: test")
     parser.add_argument("--weights", choices=("last", "best"), default="last",
-                        help="for a run folder: final_model.pth (last) or checkpoints/best.pth (best)")
+                        help="for a run folder: final_model.pth (last, the default) or checkpoints/best.pth")
     parser.add_argument("--data-dir", "--data_path", dest="data_dir", help="override the run's data folder")
     parser.add_argument("--device", help="override the run's device")
     args = parser.parse_args(argv)

@@ -37,6 +37,7 @@ __all__ = [
     "Hierarchy",
     "HierarchyError",
     "cifar100_superclass_labels",
+    "load_cifar100_hierarchy",
     "load_hierarchy",
 ]
 
@@ -494,13 +495,17 @@ def load_hierarchy(
     if path.suffix in (".pkl", ".pickle"):
         if not trust_pickle:
             raise HierarchyError(
-                f"refusing to unpickle {key!r}: pickles can run arbitrary code. Convert it to a "
-                "'parent child' text file, or pass trust_pickle=True if you trust its source"
+                f"refusing to unpickle {key!r}: pickles can run arbitrary code. If you trust its source, "
+                "pass trust_pickle=True (--trust-pickle on the command line); Hierarchy.to_nltk / "
+                "format_tree and a 'parent child' text file avoid pickles altogether"
             )
         with path.open("rb") as f:
             tree = pickle.load(f)
         if classes is None:
-            raise HierarchyError(f"{key!r}: an nltk tree carries no label order; pass classes=[...]")
+            raise HierarchyError(
+                f"{key!r}: an nltk tree carries no label order; pass classes "
+                "(--classes FILE on the command line)"
+            )
         return Hierarchy.from_nltk(tree, _read_class_list(classes), name=key)
 
     edges = _parse_edges(path.read_text(encoding="utf-8"), key)
@@ -509,6 +514,8 @@ def load_hierarchy(
     if names is not None:
         if not integer_ids:
             raise HierarchyError(f"{key!r}: a names file needs integer node ids in the edge file")
+        if not Path(names).is_file():
+            raise HierarchyError(f"names file {str(names)!r} does not exist")
         id_to_name: dict[str, str] = {}
         for number, fields in _content_lines(Path(names).read_text(encoding="utf-8")):
             if len(fields) < 2:
@@ -530,16 +537,52 @@ def load_hierarchy(
         if leaf_ids != list(range(len(leaf_ids))):
             raise HierarchyError(
                 f"{key!r}: integer leaf ids are not 0..{len(leaf_ids) - 1} (e.g. {leaf_ids[-1]}), so they "
-                "cannot be labels; pass classes=[...] to give the label order"
+                "cannot be labels; pass classes (--classes FILE on the command line) to give the label order"
             )
         by_id = {int(n): rename[n] for n in nodes}
         class_list = [by_id[i] for i in leaf_ids]
     else:
         raise HierarchyError(
-            f"{key!r}: the label order of its classes is unknown; pass classes (a list of names or a file "
-            "with one class name per line), or use integer leaf ids 0..C-1"
+            f"{key!r}: the label order of its classes is unknown; pass classes (a list of names, or a file "
+            "with one class name per line: --classes FILE on the command line), or use integer leaf ids "
+            "0..C-1. For training on CIFAR-100, leaves named by the official class names need no order."
         )
     return Hierarchy(edges, class_list, name=key)
+
+
+def load_cifar100_hierarchy(name_or_path: str | Path = DEFAULT_HIERARCHY) -> Hierarchy:
+    """A hierarchy over CIFAR-100's classes, in the label order of the data, for training and scoring.
+
+    The label order is the data's, so nothing is guessed: a built-in name loads as usual; a user file
+    with integer leaf ids 0..99 uses them as labels; a user file with names must have exactly the 100
+    official class names as leaves (``apple`` ... ``worm``), which map to their official labels.
+
+    Raises:
+        HierarchyError: unknown name or missing file, an invalid tree, or leaves that are not CIFAR-100's
+            classes (the message names the first unknown or missing class).
+    """
+    key = str(name_or_path)
+    if key in BUILTIN_HIERARCHIES and not Path(key).exists():
+        return _builtin(key)
+    path = Path(key)
+    if not path.is_file() or path.suffix in (".pkl", ".pickle"):
+        return load_hierarchy(path)  # raises the usual clear error
+    edges = _parse_edges(path.read_text(encoding="utf-8"), key)
+    nodes = {n for edge in edges for n in edge}
+    if all(n.lstrip("-").isdigit() for n in nodes):
+        h = load_hierarchy(path)
+    else:
+        leaves = nodes - {p for p, _ in edges}
+        unknown = sorted(leaves - set(CIFAR100_CLASSES))
+        if unknown:
+            raise HierarchyError(
+                f"{key!r}: leaf {unknown[0]!r} is not a CIFAR-100 class name; a named tree for CIFAR-100 "
+                "must have the 100 official class names as leaves (or use integer ids 0..99)"
+            )
+        h = load_hierarchy(path, classes=CIFAR100_CLASSES)
+    if h.num_classes != len(CIFAR100_CLASSES):
+        raise HierarchyError(f"{key!r} has {h.num_classes} classes; CIFAR-100 needs 100")
+    return h
 
 
 # ---------------------------------------------------------------------- CLI
@@ -552,10 +595,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help=f"built-in name ({', '.join(BUILTIN_HIERARCHIES)}) or a 'parent child' file")
     show.add_argument("--classes", help="file with one class name per line, in label order")
     show.add_argument("--names", help="'id name' file for a tree with integer node ids")
+    show.add_argument("--trust-pickle", action="store_true",
+                      help="allow a pickled nltk tree (unpickling runs code: only for files you trust)")
     show.add_argument("--no-tree", action="store_true", help="print only the statistics")
     args = parser.parse_args(argv)
     try:
-        h = load_hierarchy(args.hierarchy, args.classes, names=args.names)
+        h = load_hierarchy(args.hierarchy, args.classes, names=args.names, trust_pickle=args.trust_pickle)
     except HierarchyError as err:
         parser.error(str(err))
     if not args.no_tree:

@@ -42,6 +42,7 @@ import argparse
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -499,30 +500,17 @@ def build_schedule(
 # --------------------------------------------------------------------------------------------------------
 
 
-def _parse_value(text: str) -> Any:
-    """``--set`` values: comma-separated numbers become tuples, then int, float, bool, None or the string."""
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    if "," in text:
-        return tuple(_parse_value(part) for part in text.split(",") if part.strip())
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value)
+    """``--set KEY=VALUE`` items: YAML values (``t0=12``, ``milestones=[60,120,160]``), and comma lists
+    (``milestones=60,120,160``) as tuples, the same forms ``python -m hiercls.train --set`` takes."""
+    import yaml
+
+    from hiercls.config import parse_overrides
+
+    out = parse_overrides(items)
+    for key, value in out.items():
+        if isinstance(value, str) and "," in value:
+            out[key] = tuple(yaml.safe_load(part) for part in value.split(",") if part.strip())
     return out
 
 
@@ -535,8 +523,10 @@ def plot(
     steps_per_epoch: int = 100,
     log_y: bool = False,
     **params: Any,
-) -> None:
+) -> Path:
     """Draw schedule ``name`` over ``epochs`` epochs (sampled per iteration) into the image file ``out``.
+
+    ``out`` without a suffix gets ``.png``; missing parent folders are created. Returns the file written.
 
     Raises:
         ValueError: as :func:`learning_rate`.
@@ -561,8 +551,11 @@ def plot(
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    path = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -574,19 +567,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, required=True)
     p.add_argument("--base-lr", type=float, required=True)
     p.add_argument("--out", required=True, help="image file (PNG)")
-    p.add_argument("--steps-per-epoch", type=int, default=100, help="samples per epoch (default 100)")
+    p.add_argument("--steps-per-epoch", type=int, default=100,
+                   help="learning-rate points drawn per epoch (default 100)")
     p.add_argument("--log", action="store_true", help="logarithmic learning-rate axis")
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="schedule parameter, e.g. t0=12 or milestones=60,120,160 (repeatable)",
+        help="schedule parameter, e.g. t0=12 or milestones=60,120,160 (repeatable; YAML values)",
     )
     args = parser.parse_args(argv)
     try:
         params = _parse_sets(args.set)
-        plot(
+        written = plot(
             args.schedule,
             epochs=args.epochs,
             base_lr=args.base_lr,
@@ -597,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as err:
         parser.error(str(err))
-    print(args.out)
+    print(written)
     return 0
 
 

@@ -38,7 +38,7 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("cutout", (), int, "Cutout square side in pixels (0: off)"),
     ("architecture", (), str, "plainnet, resnet18 (ResNet18), wrn28-10"),
     ("loss", (), str, "cross-entropy, hierarchical-cross-entropy, soft-labels, simple-hierarchy"),
-    ("alpha", (), float, "hierarchical-cross-entropy: weight decay exp(-alpha * depth) of the edges"),
+    ("alpha", (), float, "hierarchical-cross-entropy: edge weights exp(-alpha * depth), larger = coarser"),
     ("beta", (), float, "soft-labels: target sharpness exp(-beta * d / d_max)"),
     ("lambda_fine", (), float, "simple-hierarchy: weight of the fine cross-entropy"),
     ("lambda_coarse", (), float, "simple-hierarchy: weight of the coarse cross-entropy"),
@@ -60,6 +60,21 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
 ]
 
 
+def _default_text(key: str) -> str:
+    """The default shown in --help: the config's, or for loss/schedule parameters their factory's."""
+    from hiercls.losses import LOSSES, loss_params
+    from hiercls.schedules import SCHEDULES, schedule_params
+
+    value = getattr(TrainConfig(), key)
+    if value is not None:
+        return str(value)
+    for registry, params in ((LOSSES, loss_params), (SCHEDULES, schedule_params)):
+        for name in registry.names():
+            if key in params(name) and params(name)[key] is not None:
+                return f"{params(name)[key]} for {name}"
+    return "none"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (flags default to 'not given', so the YAML and defaults show through)."""
     parser = argparse.ArgumentParser(
@@ -67,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one CIFAR-100 classifier with a hierarchy-aware loss.",
         epilog="Precedence: defaults < --config < flags < --set. Resolved config: OUT/config.yaml.",
     )
-    parser.add_argument("--config", help="YAML file of config keys (e.g. exported by analysis.export)")
+    parser.add_argument("--config", help="YAML file of config keys (e.g. an earlier run's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set t0=10 --set milestones=[60,120,160]")
     for key, extra, kind, text in _FLAGS:
+        text = f"{text} (default: {_default_text(key)})"
         spellings = [f"--{key}", *extra]
         if "_" in key:
             spellings.append(f"--{key.replace('_', '-')}")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-100-jpg.tar.gz"
+SHARED = Path(os.environ.get("HIERCLS_SHARED_DIR", ROOT.parent / "shared"))
+SHARED_ARCHIVE = SHARED / "data" / "cifar-100-jpg.tar.gz"
 DEFAULT_EXTRACT = ROOT / ".data" / "cifar-100"
 
 
@@ -32,6 +33,15 @@ def _find_real_cifar() -> Path:
         f"real CIFAR-100 not found: set HIERCLS_DATA_DIR or put the shared archive at {SHARED_ARCHIVE} "
         "(.ci/run extracts it)"
     )
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """../shared/reference: the CIFAR-100 class table and hierarchies the built-ins were encoded from."""
+    path = SHARED / "reference"
+    if not path.is_dir():
+        pytest.fail(f"{path} not found: the tests need ../shared beside the checkout (or HIERCLS_SHARED_DIR)")
+    return path
 
 
 @pytest.fixture(scope="session")

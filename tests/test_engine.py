@@ -13,7 +13,7 @@ import yaml
 
 from hiercls.config import ConfigError, load_config
 from hiercls.data import DeviceLoader
-from hiercls.engine import RunExistsError, _Run, fit
+from hiercls.engine import DataError, RunExistsError, _Run, _umask, fit
 from hiercls.evaluate import evaluate_saved
 from hiercls.losses import LOSSES
 from hiercls.schedules import SCHEDULES
@@ -148,3 +148,25 @@ def test_every_loss_and_schedule_trains_one_epoch(tiny_run, cifar, loss, schedul
     assert 0.0 <= record["val_top1_error"] <= 1.0
     saved = yaml.safe_load((Path(config.out_folder) / "config.yaml").read_text())
     assert saved["loss"] == loss and saved["lr_schedule"] == schedule
+
+
+def test_parameters_of_another_loss_or_schedule_are_refused(tiny_run) -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny_run(alpha=0.4, milestones=[60, 120]).validate()
+    text = str(err.value)
+    assert "alpha=0.4 is set, but loss 'cross-entropy' does not take it" in text
+    assert "milestones=(60, 120) is set, but lr_schedule 'cosine' does not take it" in text
+    ok = tiny_run(loss="hierarchical-cross-entropy", alpha=0.4, lr_schedule="cutout", milestones="60,120")
+    ok.validate()
+    assert ok.milestones == (60, 120)
+
+
+def test_a_failed_start_leaves_nothing_behind(tiny_run, cifar, tmp_path) -> None:
+    bad = tiny_run(data_dir=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(DataError, match="nowhere"):
+        fit(bad)
+    assert not (Path(bad.out_folder) / "config.yaml").exists()
+    good = fit(tiny_run(), data=cifar)  # the same folder, no --overwrite needed
+    assert good["status"] == "ok"
+    mode = (Path(bad.out_folder) / "config.yaml").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask()  # results are as readable as any file the user writes

@@ -19,10 +19,10 @@ from hiercls.hierarchy import (
     Hierarchy,
     HierarchyError,
     cifar100_superclass_labels,
+    load_cifar100_hierarchy,
     load_hierarchy,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 TINY_EDGES = [("root", "A"), ("A", "a1"), ("A", "a2"), ("root", "B"), ("B", "B1"), ("B1", "b1"),
               ("B1", "b2"), ("root", "c")]
 TINY_CLASSES = ["a1", "a2", "b1", "b2", "c"]
@@ -97,8 +97,8 @@ def test_cifar100_wordnet() -> None:
     assert h.default_coarse_level is None
 
 
-def test_wordnet_otter_variant_from_user_file() -> None:
-    folder = REFERENCE / "cifar100-wordnet-hierarchy"
+def test_wordnet_otter_variant_from_user_file(shared_reference: Path) -> None:
+    folder = shared_reference / "cifar100-wordnet-hierarchy"
     variant = folder / "parent-child.otter-under-aquatic-mammal.txt"
     h = load_hierarchy(variant, names=folder / "node-names.txt")
     base = load_hierarchy("cifar100-wordnet")
@@ -134,8 +134,8 @@ def test_official_label_order() -> None:
         assert load_hierarchy(name).classes == list(CIFAR100_CLASSES)
 
 
-def test_superclasses_agree_with_reference_table() -> None:
-    rows = (REFERENCE / "cifar100-classes.tsv").read_text().splitlines()[1:]
+def test_superclasses_agree_with_reference_table(shared_reference: Path) -> None:
+    rows = (shared_reference / "cifar100-classes.tsv").read_text().splitlines()[1:]
     expected = [int(r.split("\t")[2]) for r in rows]
     assert cifar100_superclass_labels().tolist() == expected
     assert list(CIFAR100_CLASSES) == [r.split("\t")[1] for r in rows]
@@ -247,3 +247,26 @@ def test_show_cli() -> None:
         [sys.executable, "-m", "hiercls.hierarchy", "show", "nope"], capture_output=True, text=True
     )
     assert err.returncode == 2 and "unknown hierarchy 'nope'" in err.stderr
+
+
+def test_cifar100_hierarchy_from_named_and_id_files(tmp_path: Path, shared_reference: Path) -> None:
+    wordnet = load_hierarchy("cifar100-wordnet")
+    named = write(tmp_path / "named.txt", "\n".join(f"{p} {c}" for p, c in reversed(_edges(wordnet))))
+    h = load_cifar100_hierarchy(named)  # leaves are the official names: the data's label order applies
+    assert h.classes == list(CIFAR100_CLASSES) and torch.equal(h.distances, wordnet.distances)
+    ids = shared_reference / "cifar100-wordnet-hierarchy" / "parent-child.txt"
+    assert torch.equal(load_cifar100_hierarchy(ids).distances, wordnet.distances)
+    assert load_cifar100_hierarchy("cifar100-coarse").name == "cifar100-coarse"
+    typo = write(tmp_path / "typo.txt", named.read_text().replace(" apple", " appel"))
+    with pytest.raises(HierarchyError, match="leaf 'appel' is not a CIFAR-100 class name"):
+        load_cifar100_hierarchy(typo)
+
+
+def _edges(h: Hierarchy) -> list[tuple[str, str]]:
+    return [(h.nodes[int(p)], h.nodes[i]) for i, p in enumerate(h.parent_index.tolist()) if p >= 0]
+
+
+def test_missing_names_file_is_a_clear_error(tmp_path: Path) -> None:
+    tree = write(tmp_path / "ids.txt", "2 0\n2 1\n")
+    with pytest.raises(HierarchyError, match="names file .*nosuch.txt' does not exist"):
+        load_hierarchy(tree, names=tmp_path / "nosuch.txt")
