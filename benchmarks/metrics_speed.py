@@ -94,7 +94,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hierarchy", default="cifar100-wordnet")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     hierarchy = load_hierarchy(args.hierarchy)
     gen = torch.Generator().manual_seed(0)
