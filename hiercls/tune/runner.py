@@ -1,0 +1,422 @@
+"""Run a search: checks before Ray starts, the Tuner (or ``Tuner.restore``), and the summary.
+
+Order of work in :func:`run_search`:
+
+1. the spec is validated (every problem listed in one :class:`~hiercls.tune.spec.SpecError`); the
+   experiment folder ``storage_path/name`` is checked: a new search refuses an existing experiment,
+   ``resume`` refuses a changed spec (listing the changed keys) or a folder with nothing to restore;
+2. CIFAR-100 is decoded once on the driver (warming the decode cache every trial on this node reads);
+3. Ray starts (or is joined: ``address``), and the per-trial CPU/GPU request is checked against the
+   nodes (a GPU request on a cluster without GPUs fails here instead of leaving trials PENDING);
+4. OptunaSearch (TPE, seeded, define-by-run for conditional spaces, ``points_to_evaluate`` first) under
+   a concurrency limit, with ``ASHAScheduler(time_attr="epoch", max_t=epochs)``; ``multi_objective``
+   uses NSGA-II on (val_top1_error, val_mistake_severity) and no scheduler;
+5. a table of the best trials and ``summary.csv`` in the experiment folder.
+
+Known Ray limits (documented for users): Optuna is told an ASHA-stopped trial's last, early value as a
+COMPLETE trial (so TPE compares epoch-3 values with epoch-30 values); ASHA's rung records are not
+restored by ``Tuner.restore`` (after a resume the first trials reaching a rung are compared with
+fewer or no earlier results, so fewer trials are stopped).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hiercls.tune.space import TRIAL_INDEX
+from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
+
+__all__ = [
+    "SPEC_FILE",
+    "SearchOutcome",
+    "check_experiment",
+    "check_resources",
+    "format_table",
+    "run_search",
+    "summarize",
+]
+
+SPEC_FILE = "search_spec.yaml"
+SUMMARY_FILE = "summary.csv"
+MULTI_METRICS = ("val_top1_error", "val_mistake_severity")
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot run even one trial with the requested resources."""
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    """What a search produced: one row per trial (see :func:`summarize`), the best row (None if every
+    trial failed), whether it was interrupted, and where the results live."""
+
+    experiment_dir: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    interrupted: bool
+    seconds: float
+    pareto: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.rows)
+
+    @property
+    def num_stopped_early(self) -> int:
+        return sum(1 for r in self.rows if r["stopped_early"])
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_experiment(spec: SearchSpec, *, resume: bool) -> None:
+    """Refuse to overwrite an experiment without ``resume``, and a changed spec with it.
+
+    Raises:
+        SpecError: the experiment exists (new search), does not exist or cannot be restored (resume),
+            or its saved spec differs (the changed keys are listed).
+    """
+    from ray import tune
+
+    folder = spec.experiment_dir
+    saved_path = folder / SPEC_FILE
+    exists = folder.is_dir() and any(folder.iterdir())
+    if not resume:
+        if exists:
+            raise SpecError([
+                f"experiment {str(folder)!r} already exists; pass --resume to continue it or choose "
+                "another --name (it is never overwritten)"
+            ])
+        return
+    if not exists:
+        raise SpecError([f"nothing to resume: experiment {str(folder)!r} does not exist"])
+    if not tune.Tuner.can_restore(str(folder)):
+        raise SpecError([
+            f"experiment {str(folder)!r} has no saved Tune state to restore (it stopped before its first "
+            "save); start again under another --name"
+        ])
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        diffs = spec_differences(saved, spec.to_dict())
+        if diffs:
+            raise SpecError([
+                f"refusing to resume {str(folder)!r}: the search specification changed in "
+                f"{len(diffs)} key(s) (resume with the original space and options, or use a new --name)",
+                *diffs,
+            ])
+
+
+def check_resources(cpus: float, gpus: float) -> None:
+    """Fail at once when no node can host one trial (instead of trials PENDING forever).
+
+    Raises:
+        ResourceError: naming the request and what the nodes have.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+    per_node = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in nodes]
+    if not any(c >= cpus and g >= gpus for c, g in per_node):
+        have = ", ".join(f"{c:g} CPU/{g:g} GPU" for c, g in per_node) or "no live nodes"
+        hint = (
+            " This machine (cluster) has no GPU: use --gpus-per-trial 0 to train on CPU."
+            if gpus > 0 and all(g == 0 for _, g in per_node)
+            else " Lower --cpus-per-trial/--gpus-per-trial or add a larger node."
+        )
+        raise ResourceError(
+            f"no node can run a trial that needs {cpus:g} CPU and {gpus:g} GPU (nodes: {have}).{hint}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the search
+def run_search(
+    spec: SearchSpec,
+    *,
+    resume: bool = False,
+    trainable: str = "train",
+    toy_sleep: float = 0.0,
+    echo: Callable[[str], Any] = print,
+    ray_init_kwargs: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> SearchOutcome:
+    """Validate, start (or resume) the search described by ``spec`` and summarise it.
+
+    Args:
+        spec: the search; validated here before anything else happens.
+        resume: continue ``storage_path/name`` with ``Tuner.restore`` (unfinished trials resume from
+            their last checkpoint, errored ones restart).
+        trainable: ``train`` (the real one) or ``toy`` (:mod:`hiercls.tune.toy`: no data, no training).
+        toy_sleep: seconds per toy epoch.
+        echo: where the summary lines go.
+        ray_init_kwargs: extra ``ray.init`` arguments when this call starts Ray.
+        callbacks: ``tune.Callback`` objects for a new search (e.g. timing in the benchmark).
+
+    Raises:
+        SpecError: invalid spec or experiment folder state (before Ray starts).
+        ResourceError: no node can host a trial.
+    """
+    started = time.perf_counter()
+    notes = spec.validate()
+    for note in notes:
+        echo(f"warning: {note}")
+    spec = spec.resolved()
+    if trainable not in ("train", "toy"):
+        raise SpecError([f"trainable {trainable!r} is unknown; valid: train, toy"])
+    check_experiment(spec, resume=resume)
+    cache_dir = None
+    if trainable == "train":
+        cache_dir = _warm_data(spec)
+
+    import ray
+    from ray import tune
+
+    # one checkpoint kept per trial forces an experiment snapshot after every epoch; that is intended
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from hiercls.tune.toy import toy_trial
+    from hiercls.tune.trainable import TrialSetup, train_trial
+
+    own_ray = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True,
+                                  "logging_level": "WARNING"}
+        # "local": a new instance, never a stale cluster found through /tmp/ray/ray_current_cluster
+        kwargs["address"] = spec.address or "local"
+        kwargs.update(ray_init_kwargs or {})
+        ray.init(**kwargs)
+        own_ray = True
+    try:
+        check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+        folder = spec.experiment_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (folder / SPEC_FILE).write_text(spec.to_yaml(), encoding="utf-8")
+        setup = TrialSetup(
+            base=spec.base_config(), experiment_dir=str(folder), objective=spec.objective,
+            search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep,
+        )
+        function = train_trial if trainable == "train" else toy_trial
+        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+        runnable = tune.with_resources(tune.with_parameters(function, setup=setup), resources=resources)
+        if resume:
+            echo(f"resuming {folder}")
+            tuner = tune.Tuner.restore(str(folder), runnable, resume_unfinished=True, restart_errored=True)
+        else:
+            tuner = _new_tuner(spec, runnable, callbacks)
+        results = tuner.fit()
+        interrupted = results.num_terminated + results.num_errors < spec.num_samples
+    finally:
+        if own_ray:
+            ray.shutdown()
+    rows = summarize(results, spec)
+    outcome = SearchOutcome(
+        experiment_dir=spec.experiment_dir, rows=rows, best=_best(rows), interrupted=interrupted,
+        seconds=time.perf_counter() - started, pareto=_pareto(rows) if spec.multi_objective else [],
+    )
+    _write_summary(outcome)
+    for line in format_table(outcome, spec):
+        echo(line)
+    return outcome
+
+
+def _warm_data(spec: SearchSpec) -> str:
+    """Decode CIFAR-100 once on the driver (fills the decode cache); returns the absolute cache folder."""
+    from hiercls.data import default_cache_dir, load_cifar100
+
+    data_dir = spec.base_config().get("data_dir")
+    cache = default_cache_dir().expanduser().resolve()
+    if data_dir is None or not Path(data_dir).exists():
+        raise SpecError([
+            f"data_dir {data_dir!r} does not exist: pass --data-dir with an extracted CIFAR-100 "
+            "(torchvision or ImageFolder layout)"
+        ])
+    try:
+        load_cifar100(data_dir, download=bool(spec.train.get("download", False)), cache_dir=cache)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise SpecError([f"CIFAR-100 could not be loaded from {data_dir!r}: {err}"]) from err
+    return str(cache)
+
+
+def trial_dirname(trial: Any) -> str:
+    """``trial_<id>``: short folder names (Ray's default spells out every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = ()):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from hiercls.tune.space import DefineByRun, SearchAlgorithm
+
+    params = spec.params()
+    points = [dict(p) for p in spec.points_to_evaluate] or None
+    if spec.multi_objective:
+        searcher = SearchAlgorithm(
+            space=DefineByRun(params), metric=list(MULTI_METRICS), mode=["min", "min"],
+            points_to_evaluate=points, sampler=optuna.samplers.NSGAIISampler(seed=spec.seed),
+        )
+        scheduler, metric, mode = None, None, None
+    else:
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
+        searcher = SearchAlgorithm(
+            space=DefineByRun(params), metric="objective", mode="min", points_to_evaluate=points,
+            sampler=sampler,
+        )
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=spec.epochs, grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+        )
+        metric, mode = "objective", "min"
+    tune_config = tune.TuneConfig(
+        metric=metric, mode=mode, search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
+        scheduler=scheduler, num_samples=spec.num_samples, trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=spec.storage_path,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        verbose=1, callbacks=list(callbacks) or None,
+    )
+    return tune.Tuner(runnable, tune_config=tune_config, run_config=run_config)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def summarize(results: Any, spec: SearchSpec) -> list[dict[str, Any]]:
+    """One row per trial: ``trial_id``, ``loss``, ``lr_schedule``, ``params`` (searched and resolved
+    loss/schedule values), ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs``
+    (run), ``status`` (ok, nan, error), ``stopped_early`` (ASHA), ``path``; sorted best first."""
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        config = dict(result.config or {})
+        params = dict(metrics.get("params") or {})
+        params.update({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("params/")})
+        params.update({k: v for k, v in config.items() if k not in ("loss", "lr_schedule", TRIAL_INDEX)})
+        status = "error" if result.error is not None else str(metrics.get("status", "error"))
+        epochs = int(metrics.get("epoch", 0) or 0)
+        rows.append({
+            "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
+            "loss": metrics.get("loss") or config.get("loss") or spec.train.get("loss", "cross-entropy"),
+            "lr_schedule": metrics.get("lr_schedule") or config.get("lr_schedule")
+            or spec.train.get("lr_schedule", "cosine"),
+            "params": params,
+            "objective": _number(metrics.get("objective")),
+            "val_top1_error": _number(metrics.get("val_top1_error")),
+            "val_mistake_severity": _number(metrics.get("val_mistake_severity")),
+            "epochs": epochs,
+            "status": status,
+            "stopped_early": status == "ok" and 0 < epochs < spec.epochs,
+            "path": str(result.path),
+        })
+    rows.sort(key=_rank_key)
+    return rows
+
+
+def _rank_key(row: Mapping[str, Any]) -> tuple:
+    usable = row["status"] == "ok" and math.isfinite(row["objective"])
+    # finished trials first among equals: an early-stopped trial's value is from fewer epochs
+    return (not usable, row["objective"] if usable else math.inf, row["stopped_early"], row["trial_id"])
+
+
+def _best(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    usable = [r for r in rows if r["status"] == "ok" and math.isfinite(r["objective"])]
+    return dict(min(usable, key=_rank_key)) if usable else None
+
+
+def _pareto(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    pts = [r for r in rows if r["status"] == "ok"
+           and all(math.isfinite(r[m]) for m in MULTI_METRICS)]
+    front = []
+    for r in pts:
+        dominated = any(
+            all(o[m] <= r[m] for m in MULTI_METRICS) and any(o[m] < r[m] for m in MULTI_METRICS)
+            for o in pts
+        )
+        if not dominated:
+            front.append(dict(r))
+    return sorted(front, key=lambda r: r["val_top1_error"])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+def _param_text(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={_short(row['params'][k])}" for k in keys if k in row["params"])
+
+
+def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
+    """The best trials as text lines (loss and its parameters, schedule and its parameters, lr, weight
+    decay, val error, mistake severity, objective, epochs run, status), then where results live."""
+    from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
+
+    shown = outcome.pareto if spec.multi_objective else outcome.rows[: spec.top]
+    title = "Pareto front (val_top1_error vs val_mistake_severity)" if spec.multi_objective else (
+        f"best {len(shown)} of {outcome.num_trials} trials by {spec.objective} (lower is better)"
+    )
+    header = ["#", "trial", "loss (parameters)", "schedule (parameters)", "lr", "wd", "val_err", "severity",
+              "objective", "epochs", "status"]
+    body = []
+    for i, row in enumerate(shown, start=1):
+        loss_text = row["loss"] + (f" ({p})" if (p := _param_text(row, LOSS_KEYS)) else "")
+        sched_text = row["lr_schedule"] + (f" ({p})" if (p := _param_text(row, SCHEDULE_KEYS)) else "")
+        status = row["status"] + (" (ASHA stop)" if row["stopped_early"] else "")
+        body.append([
+            str(i), row["trial_id"], loss_text, sched_text, _short(row["params"].get("lr", "")),
+            _short(row["params"].get("weight_decay", "")), f"{row['val_top1_error']:.4f}",
+            f"{row['val_mistake_severity']:.4f}", f"{row['objective']:.4f}",
+            f"{row['epochs']}/{spec.epochs}", status,
+        ])
+    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
+    lines = ["", title]
+    for r in [header, *body]:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    n_nan = sum(1 for r in outcome.rows if r["status"] == "nan")
+    n_err = sum(1 for r in outcome.rows if r["status"] == "error")
+    lines.append(
+        f"{outcome.num_trials} trials: {outcome.num_stopped_early} stopped early by ASHA, {n_nan} went NaN, "
+        f"{n_err} errored; {outcome.seconds:.0f} s"
+    )
+    lines.append(f"results: {outcome.experiment_dir} (all trials: {outcome.experiment_dir / SUMMARY_FILE})")
+    if outcome.best is not None:
+        has_config = (Path(outcome.best["path"]) / "config.yaml").is_file()
+        full = " (config.yaml there is its full training config)" if has_config else ""
+        lines.append(f"best trial: {outcome.best['path']}{full}")
+    if outcome.interrupted:
+        lines.append(
+            "interrupted: run the same command with --resume to continue (finished trials are kept, "
+            "running ones continue from their last epoch)"
+        )
+    return lines
+
+
+def _write_summary(outcome: SearchOutcome) -> None:
+    path = outcome.experiment_dir / SUMMARY_FILE
+    keys = sorted({k for r in outcome.rows for k in r["params"]})
+    fields = ["trial_id", "loss", "lr_schedule", *keys, "objective", "val_top1_error", "val_mistake_severity",
+              "epochs", "status", "stopped_early", "path"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in outcome.rows:
+            writer.writerow({**{k: v for k, v in r.items() if k != "params"}, **r["params"]})

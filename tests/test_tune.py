@@ -1,0 +1,373 @@
+"""Ray Tune searches: one session-scoped local Ray, one real smoke search on the shared CIFAR-100
+(reused by several tests), cheap toy searches for TPE and resume, a real diverging trial, and a real
+two-node local cluster in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs, no dashboard) shared by every search in this module."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_search(ray_session, cifar_dir, tmp_path_factory):
+    """``tune_main.py --smoke-test --data-dir ... --name smoke --storage-path ...`` on the real data."""
+    import tune_main
+    from hiercls.tune.runner import run_search
+
+    storage = tmp_path_factory.mktemp("tune")
+    args = tune_main.build_parser().parse_args(
+        ["--smoke-test", "--data-dir", str(cifar_dir), "--name", "smoke", "--storage-path", str(storage)]
+    )
+    spec = tune_main.spec_from_args(args)
+    lines: list[str] = []
+    started = time.perf_counter()
+    outcome = run_search(spec, echo=lines.append)
+    return {"outcome": outcome, "spec": spec, "lines": lines, "seconds": time.perf_counter() - started,
+            "storage": storage}
+
+
+def _write_space(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- smoke
+@pytest.mark.realdata
+def test_smoke_search_runs_trials_and_asha_stops_some(smoke_search):
+    outcome, spec = smoke_search["outcome"], smoke_search["spec"]
+    assert outcome.num_trials == spec.num_samples >= 4
+    summary = [(r["trial_id"], r["epochs"], r["objective"]) for r in outcome.rows]
+    assert outcome.num_stopped_early >= 1, summary
+    assert all(r["status"] == "ok" for r in outcome.rows)
+    assert not outcome.interrupted
+    assert outcome.best is not None and outcome.best == outcome.rows[0]
+    print(f"smoke search: {smoke_search['seconds']:.0f} s")  # under 10 minutes on 2 idle cores
+
+
+@pytest.mark.realdata
+def test_smoke_trials_are_real_runs_with_absolute_paths(smoke_search, cifar_dir):
+    outcome = smoke_search["outcome"]
+    first = min(outcome.rows, key=lambda r: Path(r["path"]).stat().st_mtime)
+    seeds = set()
+    for row in outcome.rows:
+        folder = Path(row["path"])
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["evaluate_test"] is False and config["max_train_samples"] == 2000
+        assert Path(config["data_dir"]).is_absolute()
+        assert Path(config["data_dir"]) == Path(cifar_dir).resolve()
+        assert Path(config["out_folder"]) == folder
+        assert config["epochs"] == 2 and config["device"] == "cpu"
+        seeds.add(config["seed"])
+        history = json.loads((folder / "all_epoch_results.json").read_text())
+        assert len(history) == row["epochs"]
+        assert any(folder.glob("checkpoint_*/last.pth"))
+    assert len(seeds) == len(outcome.rows)  # each trial's own seed, derived from the search seed
+    assert first["loss"] == "cross-entropy" and first["params"]["lr"] == 0.05  # points_to_evaluate first
+
+
+@pytest.mark.realdata
+def test_smoke_table_and_summary(smoke_search):
+    outcome, lines = smoke_search["outcome"], smoke_search["lines"]
+    text = "\n".join(lines)
+    assert "best 5 of" in text and "loss (parameters)" in text and "schedule (parameters)" in text
+    assert f"{outcome.num_stopped_early} stopped early by ASHA" in text
+    assert str(outcome.experiment_dir) in text
+    summary = (outcome.experiment_dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == outcome.num_trials + 1
+    saved = yaml.safe_load((outcome.experiment_dir / "search_spec.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["name"] == "smoke"
+
+
+@pytest.mark.realdata
+def test_existing_experiment_is_never_overwritten(smoke_search, capsys):
+    import tune_main
+
+    code = tune_main.main(["--smoke-test", "--data-dir", "unused", "--name", "smoke",
+                           "--storage-path", str(smoke_search["storage"])])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- NaN
+@pytest.mark.realdata
+def test_diverging_trial_ends_nan_and_is_never_best(ray_session, cifar_dir, tmp_path):
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.from_dict({
+        "name": "nan", "storage_path": str(tmp_path), "num_samples": 2, "epochs": 1, "grace_period": 1,
+        "max_concurrent": 2, "cpus_per_trial": 1, "data_dir": str(cifar_dir),
+        "train": {"architecture": "plainnet", "max_train_samples": 300, "val_size": 200, "batch_size": 100,
+                  "eval_batch_size": 200, "amp": False},
+        "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 1.0e6}},
+        "points_to_evaluate": [{"lr": 1.0e6}, {"lr": 0.05}],
+    })
+    outcome = run_search(spec, echo=lambda line: None)
+    assert outcome.num_trials == 2
+    diverged = [r for r in outcome.rows if r["params"]["lr"] == 1.0e6]
+    assert len(diverged) == 1
+    assert diverged[0]["status"] == "nan" and math.isnan(diverged[0]["objective"])
+    assert outcome.best is not None and outcome.best["params"]["lr"] == 0.05
+    assert outcome.rows[0]["params"]["lr"] == 0.05  # NaN sorts last
+
+
+# ---------------------------------------------------------------------------------------------- TPE
+def test_tpe_over_joint_space_with_conditional_parameters(ray_session, tmp_path):
+    """16 cheap trials over joint.yaml's conditional space, 4 startup trials: TPE runs, inactive
+    parameters are absent from each trial's config, the seeded point comes first."""
+    import tune_main
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.space import TRIAL_INDEX
+
+    args = tune_main.build_parser().parse_args([
+        "--space", str(ROOT / "search_spaces/joint.yaml"), "--trainable", "toy", "--num-samples", "16",
+        "--epochs", "2", "--grace-period", "2", "--startup-trials", "4", "--cpus-per-trial", "0.5",
+        "--storage-path", str(tmp_path), "--name", "tpe",
+    ])
+    spec = tune_main.spec_from_args(args)
+    outcome = run_search(spec, trainable="toy", echo=lambda line: None)
+    assert outcome.num_trials == 16
+    assert all(r["status"] == "ok" for r in outcome.rows)
+    owners = {"alpha": ("loss", "hierarchical-cross-entropy"), "beta": ("loss", "soft-labels"),
+              "lambda_coarse": ("loss", "simple-hierarchy"), "t0": ("lr_schedule", "cosine"),
+              "step_size": ("lr_schedule", "cyclic"), "gamma": ("lr_schedule", "cutout")}
+    configs = []
+    for row in outcome.rows:
+        config = json.loads((Path(row["path"]) / "params.json").read_text())
+        configs.append(config)
+        for key, (branch, value) in owners.items():
+            assert (key in config) == (config[branch] == value), (key, config)
+    first = min(configs, key=lambda c: c[TRIAL_INDEX])
+    assert first[TRIAL_INDEX] == 0
+    point = spec.points_to_evaluate[0]
+    assert {k: first[k] for k in point} == point
+    assert len({c["loss"] for c in configs}) >= 3  # the categorical is explored
+    assert sorted(c[TRIAL_INDEX] for c in configs) == list(range(16))
+
+
+def test_gpu_request_without_gpu_fails_at_once(ray_session, tmp_path):
+    from hiercls.tune.runner import ResourceError, run_search
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.load(ROOT / "search_spaces/smoke.yaml", {
+        "gpus_per_trial": 0.25, "storage_path": str(tmp_path), "name": "gpu"})
+    started = time.perf_counter()
+    with pytest.raises(ResourceError, match="no GPU"):
+        run_search(spec, trainable="toy", echo=lambda line: None)
+    assert time.perf_counter() - started < 30
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def _finished_trials(folder: Path, before: float = math.inf) -> set[str]:
+    """Toy trials whose function returned before ``before`` (unix time)."""
+    log = folder / "toy_ends.log"
+    if not log.is_file():
+        return set()
+    out = set()
+    for line in log.read_text().splitlines():
+        trial_id, _, when = line.split()
+        if float(when) < before:
+            out.add(trial_id)
+    return out
+
+
+def _midway(folder: Path) -> bool:
+    """Whether an unfinished toy trial has checkpointed its second epoch."""
+    ended = _finished_trials(folder)
+    return any(
+        (trial / "checkpoint_000001").is_dir() and trial.name.removeprefix("trial_") not in ended
+        for trial in folder.glob("trial_*")
+    )
+
+
+def test_resume_after_sigint(ray_session, tmp_path):
+    """Interrupt a toy search with SIGINT after its first trials end, then --resume it."""
+    address = ray_session.get_runtime_context().gcs_address
+    space = _write_space(tmp_path / "toy.yaml", {
+        "num_samples": 6, "epochs": 4, "grace_period": 4, "max_concurrent": 2, "cpus_per_trial": 0.5,
+        "startup_trials": 2, "train": {"architecture": "plainnet"},
+        "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+        "points_to_evaluate": [{"lr": 0.05}],
+    })
+    storage = tmp_path / "storage"
+    folder = storage / "resume"
+    command = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--trainable", "toy",
+               "--toy-sleep", "1.0", "--name", "resume", "--storage-path", str(storage), "--address", address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (len(_finished_trials(folder)) >= 2 and _midway(folder)):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(1.5)  # let Tune record the ends
+        interrupted_at = time.time()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    # trials that had ended a second before the interrupt (Tune has recorded them by then)
+    finished_before = _finished_trials(folder, interrupted_at - 1.0)
+    assert 2 <= len(finished_before) < 6
+
+    # a changed search is refused, listing the changed key
+    changed = subprocess.run(command + ["--resume", "--num-samples", "7"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2 and "num_samples" in changed.stderr, changed.stderr[-2000:]
+
+    resumed = subprocess.run(command + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    summary = (folder / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 6  # the total stays num_samples
+    assert len(_finished_trials(folder)) == 6
+    starts: dict[str, list[int]] = {}
+    for line in (folder / "toy_starts.log").read_text().splitlines():
+        trial_id, first_epoch = line.split()
+        starts.setdefault(trial_id, []).append(int(first_epoch))
+    assert len(starts) == 6
+    for trial_id in finished_before:
+        assert starts[trial_id] == [1], (trial_id, starts)  # never run again
+    for trial_id, firsts in starts.items():
+        # an interrupted trial continues after its last checkpoint (from epoch 1 only without one)
+        assert firsts == sorted(firsts) and max(firsts) <= 4, (trial_id, firsts)
+    assert any(len(firsts) > 1 and firsts[-1] > 1 for firsts in starts.values()), starts
+
+
+# ---------------------------------------------------------------------------------------------- two nodes
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_two_node_local_cluster(tmp_path):
+    """``ray start --head`` + ``ray start --address`` on 127.0.0.1, one CPU each: toy trials run on both
+    nodes; then both nodes are stopped (only the processes started here)."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--block", "--disable-usage-stats"]
+    logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
+    # `ray start --head` records its address in /tmp/ray/ray_current_cluster, where a later plain
+    # ray.init() would find it: keep what was there and put it back afterwards
+    marker = Path("/tmp/ray/ray_current_cluster")
+    marker_before = marker.read_bytes() if marker.is_file() else None
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--include-dashboard", "false", *common],
+        env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    worker = None
+    try:
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        deadline = time.time() + 120
+        worker_started = False
+        alive = 0
+        while time.time() < deadline:
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            out = subprocess.run([sys.executable, "-c", probe, address], env=env, capture_output=True,
+                                 text=True, timeout=60)
+            ok = out.returncode == 0 and out.stdout.strip()
+            alive = int(out.stdout.strip().splitlines()[-1]) if ok else 0
+            if alive >= 1 and not worker_started:
+                worker = subprocess.Popen(
+                    [ray_bin, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                    env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
+                )
+                worker_started = True
+            if alive >= 2:
+                break
+            time.sleep(1)
+        assert alive >= 2, (tmp_path / "worker.log").read_text()[-3000:]
+        space = _write_space(tmp_path / "two.yaml", {
+            "num_samples": 4, "epochs": 3, "grace_period": 3, "max_concurrent": 2, "cpus_per_trial": 1,
+            "startup_trials": 2, "train": {"architecture": "plainnet"},
+            "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+        })
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--trainable", "toy",
+             "--toy-sleep", "1.5", "--address", address, "--name", "two", "--storage-path",
+             str(tmp_path / "storage")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        nodes = set()
+        for result in (tmp_path / "storage" / "two").glob("trial_*/result.json"):
+            for line in result.read_text().splitlines():
+                nodes.add(json.loads(line)["node_id"])
+        assert len(nodes) == 2, nodes
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(head)
+        for f in logs:
+            f.close()
+        if marker_before is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_bytes(marker_before)
+    assert head.poll() is not None and (worker is None or worker.poll() is not None)
+
+
+def test_multi_objective_pareto_front_without_asha(ray_session, tmp_path):
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.from_dict({
+        "name": "pareto", "storage_path": str(tmp_path), "num_samples": 6, "epochs": 2, "grace_period": 1,
+        "max_concurrent": 4, "cpus_per_trial": 0.5, "multi_objective": True, "startup_trials": 2,
+        "train": {"architecture": "plainnet"},
+        "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 1.0e6},
+                   "loss": {"type": "choice", "values": ["cross-entropy", "soft-labels"]}},
+        "points_to_evaluate": [{"lr": 1.0e6, "loss": "cross-entropy"}],
+    })
+    lines: list[str] = []
+    outcome = run_search(spec, trainable="toy", echo=lines.append)
+    assert outcome.num_trials == 6 and outcome.num_stopped_early == 0
+    assert outcome.pareto and all(r["status"] == "ok" for r in outcome.pareto)
+    assert any(r["status"] == "nan" for r in outcome.rows)  # the diverging point: failed, not on the front
+    assert "Pareto front" in "\n".join(lines)

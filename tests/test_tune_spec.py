@@ -1,0 +1,243 @@
+"""Search specifications: parsing, CLI precedence, and every validation error (no Ray, no data)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hiercls.tune.spec import SearchSpec, SpecError, parse_objective, spec_differences
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def make(**values) -> SearchSpec:
+    base = {"name": "t", "epochs": 10, "grace_period": 2, "train": {"architecture": "plainnet"}}
+    base.update(values)
+    return SearchSpec.from_dict(base)
+
+
+def problems_of(spec: SearchSpec) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        spec.validate()
+    return info.value.problems
+
+
+def test_shipped_spaces_are_valid():
+    names = {p.stem for p in SPACES}
+    assert {"default", "hxe", "soft_labels", "simple_hierarchy", "lr_schedules", "joint", "smoke"} <= names
+    for path in SPACES:
+        SearchSpec.load(path).validate()
+
+
+def test_shipped_space_contents():
+    hxe = SearchSpec.load(ROOT / "search_spaces/hxe.yaml").resolved()
+    assert hxe.search["alpha"] == {"type": "uniform", "low": 0.0, "high": 0.9}
+    soft = SearchSpec.load(ROOT / "search_spaces/soft_labels.yaml").resolved()
+    assert soft.search["beta"] == {"type": "loguniform", "low": 1.0, "high": 30.0}
+    simple = SearchSpec.load(ROOT / "search_spaces/simple_hierarchy.yaml", {"epochs": 40}).resolved()
+    assert simple.search["coarse_loss_start_epoch"]["high"] == 20.0  # half the run, from --epochs
+    assert simple.search["coarse_loss_ramp_epochs"]["high"] == pytest.approx(12.0)
+    assert simple.train["fine_loss_start_epoch"] == 0
+    for lam in ("lambda_fine", "lambda_coarse"):
+        assert (simple.search[lam]["low"], simple.search[lam]["high"]) == (0.0, 2.0)
+    schedules = SearchSpec.load(ROOT / "search_spaces/lr_schedules.yaml").resolved()
+    assert set(schedules.search["lr_schedule"]["values"]) == {"cosine", "cyclic", "cutout"}
+    joint = SearchSpec.load(ROOT / "search_spaces/joint.yaml").resolved()
+    branches = joint.search["loss"]["values"]
+    assert set(branches["hierarchical-cross-entropy"]) == {"alpha"}
+    assert set(branches["soft-labels"]) == {"beta"}
+    assert "alpha" not in joint.search and "beta" not in joint.search
+    smoke = SearchSpec.load(ROOT / "search_spaces/smoke.yaml")
+    assert smoke.train["architecture"] == "plainnet" and smoke.epochs == 2
+    assert smoke.train["max_train_samples"] == 2000 and smoke.train["val_size"] == 500
+    assert smoke.num_samples >= 4 and smoke.grace_period < smoke.epochs
+
+
+def test_command_line_wins_and_name_defaults_to_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"num_samples": 7, "epochs": 12, "seed": 3}))
+    spec = SearchSpec.load(path, {"num_samples": 9, "epochs": None})
+    assert (spec.num_samples, spec.epochs, spec.seed, spec.name) == (9, 12, 3, "mine")
+
+
+def test_cli_help_shows_defaults(capsys):
+    import tune_main
+
+    with pytest.raises(SystemExit):
+        tune_main.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "search_spaces/default.yaml" in text and "(default: 20)" in text and "NSGA-II" in text
+
+
+def test_cli_invalid_space_exits_2_before_ray(tmp_path, capsys, monkeypatch):
+    import ray
+
+    import tune_main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called on invalid input")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    path = tmp_path / "bad.yaml"
+    bad = {"bogus": 1, "search": {"alpha": {"type": "uniform", "low": 1, "high": 0}}}
+    path.write_text(yaml.safe_dump(bad))
+    assert tune_main.main(["--space", str(path), "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err
+
+
+def test_all_problems_listed_at_once_and_ray_not_started(monkeypatch, tmp_path):
+    import ray
+
+    from hiercls.tune.runner import run_search
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called on invalid input")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    spec = make(
+        storage_path=str(tmp_path),
+        train={"architecture": "resnet999", "loss": "soft-labels", "colour": "red"},
+        search={
+            "lr": {"type": "loguniform", "low": 0.0, "high": 0.1},
+            "alpha": {"type": "uniform", "low": 0.0, "high": 0.5},
+            "weight_decay": {"type": "uniform", "low": 0.01, "high": 0.01},
+            "momentum": {"type": "uniform", "low": 0.9, "high": 0.5},
+            "wobble": {"type": "uniform", "low": 0, "high": 1},
+        },
+        objective="accuracy",
+    )
+    with pytest.raises(SpecError) as info:
+        run_search(spec, trainable="toy")
+    text = str(info.value)
+    for needle in ("resnet999", "colour", "log-scale range needs low > 0", "alpha", "empty range",
+                   "inverted range", "wobble", "objective 'accuracy'"):
+        assert needle in text, needle
+    assert len(info.value.problems) >= 8
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"bogus_setting": 1}, "unknown setting 'bogus_setting'"),
+        ({"train": {"nonsense": 1}}, "unknown config key 'nonsense'"),
+        ({"search": {"nonsense": {"type": "uniform", "low": 0, "high": 1}}}, "unknown config key 'nonsense'"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.1, "high": 0.2, "step": 2}}}, "unknown key(s) step"),
+        ({"search": {"lr": {"type": "normal", "low": 0.1, "high": 0.2}}}, "unknown distribution type"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.1, "high": 0.1}}}, "empty range"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.2, "high": 0.1}}}, "inverted range"),
+        ({"search": {"batch_size": {"type": "int", "low": 256, "high": 64}}}, "inverted range"),
+        ({"search": {"lr": {"type": "loguniform", "low": -1, "high": 0.1}}}, "needs low > 0"),
+        ({"search": {"lr": {"type": "choice", "values": []}}}, "non-empty list"),
+        ({"search": {"epochs": {"type": "int", "low": 1, "high": 3}}}, "set by the search itself"),
+        ({"train": {"loss": "fancy-loss"}}, "loss 'fancy-loss' is unknown"),
+        ({"train": {"architecture": "vgg99"}}, "vgg99"),
+        ({"train": {"lr_schedule": "sawtooth"}}, "lr_schedule 'sawtooth' is unknown"),
+        ({"search": {"loss": {"type": "choice", "values": ["cross-entropy", "fancy"]}}},
+         "loss 'fancy' is unknown"),
+        ({"train": {"loss": "soft-labels"}, "search": {"alpha": {"type": "uniform", "low": 0, "high": 0.5}}},
+         "selects loss 'soft-labels'"),
+        ({"search": {"loss": {"type": "choice", "values": {
+            "cross-entropy": {}, "soft-labels": {"alpha": {"type": "uniform", "low": 0, "high": 0.5}}}}}},
+         "selects loss 'soft-labels'"),
+        ({"search": {"loss": {"type": "choice", "values": ["cross-entropy", "soft-labels"]},
+                     "beta": {"type": "uniform", "low": 1, "high": 5}}}, "selects loss 'cross-entropy'"),
+        ({"train": {"lr_schedule": "cyclic"}, "search": {"t0": {"type": "uniform", "low": 1, "high": 5}}},
+         "selects lr_schedule 'cyclic'"),
+        ({"train": {"loss": "cross-entropy", "alpha": 0.3}}, "train.alpha"),
+        ({"train": {"loss": "simple-hierarchy"}, "grace_period": 4,
+          "search": {"coarse_loss_start_epoch": {"type": "uniform", "low": 0, "high": 5}}},
+         "grace_period=4 is not above the largest start epoch"),
+        ({"train": {"loss": "simple-hierarchy"},
+          "search": {"lambda_fine": {"type": "choice", "values": [0.0, 1.0]},
+                     "lambda_coarse": {"type": "choice", "values": [0.0, 1.0]}}},
+         "every loss term of simple-hierarchy can be switched off"),
+        ({"train": {"loss": "simple-hierarchy"}, "grace_period": 5,
+          "search": {"fine_loss_start_epoch": {"type": "uniform", "low": 0, "high": 3},
+                     "coarse_loss_start_epoch": {"type": "uniform", "low": 0, "high": 3}}},
+         "every loss term of simple-hierarchy can be switched off"),
+        ({"objective": "val_top5_error"}, "objective 'val_top5_error' is not accepted"),
+        ({"objective": "val_top1_error + -2 * val_mistake_severity"}, "is not accepted"),
+        ({"grace_period": 11}, "grace_period=11 is out of range"),
+        ({"reduction_factor": 1}, "reduction_factor=1.0 is out of range"),
+        ({"num_samples": 0}, "num_samples=0 is out of range"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
+          "points_to_evaluate": [{"lr": 0.5}]}, "outside its distribution"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
+          "points_to_evaluate": [{"momentum": 0.5}]}, "'momentum' is not a searched key"),
+        ({"search": {"loss": {"type": "choice", "values": {
+            "cross-entropy": {}, "soft-labels": {"beta": {"type": "uniform", "low": 1, "high": 5}}}}},
+          "points_to_evaluate": [{"loss": "cross-entropy", "beta": 2.0}]}, "belongs to a branch"),
+        ({"search": {"lr": {"type": "uniform", "low": 0.01, "high": 0.1}}, "train": {"lr": 0.05}},
+         "also fixed under train"),
+        ({"search": {"min_lr": {"type": "uniform", "low": 0.001, "high": 0.05}},
+          "train": {"lr_schedule": "cyclic", "lr": 0.01}}, "high end of the ranges"),
+    ],
+)
+def test_each_validation_error(values, needle):
+    if "bogus_setting" in values:
+        with pytest.raises(SpecError, match="bogus_setting"):
+            make(**values)
+        return
+    problems = problems_of(make(**values))
+    assert any(needle in p for p in problems), problems
+
+
+def test_mistake_severity_objective_warns():
+    notes = make(objective="val_mistake_severity").validate()
+    assert any("many small mistakes" in n for n in notes)
+
+
+def test_objectives():
+    record = {"val_top1_error": 0.4, "val_mistake_severity": 2.5, "val_hdist@1": 1.0, "val_hdist@5": 2.0}
+    assert parse_objective("val_top1_error")(record) == 0.4
+    assert parse_objective("val_hdist@1")(record) == 1.0
+    assert parse_objective("val_hdist@5")(record) == 2.0
+    weighted = parse_objective("val_top1_error + 0.2 * val_mistake_severity")
+    assert weighted(record) == pytest.approx(0.9)
+    assert math.isnan(weighted({"val_top1_error": math.nan, "val_mistake_severity": 1.0}))
+    with pytest.raises(ValueError, match="not accepted"):
+        parse_objective("val_loss")
+
+
+def test_spec_differences_list_changed_keys():
+    a = make(search={"alpha": {"type": "uniform", "low": 0.0, "high": 0.9}},
+             train={"loss": "hierarchical-cross-entropy"}).resolved().to_dict()
+    b = make(search={"alpha": {"type": "uniform", "low": 0.0, "high": 0.5}},
+             train={"loss": "hierarchical-cross-entropy"}, max_concurrent=9).resolved().to_dict()
+    diffs = spec_differences(a, b)
+    assert len(diffs) == 1 and diffs[0].startswith("search.alpha.high")  # max_concurrent may change
+
+
+def test_define_by_run_keeps_inactive_parameters_out():
+    import optuna
+
+    from hiercls.tune.space import TRIAL_INDEX, DefineByRun, draw
+
+    spec = SearchSpec.load(ROOT / "search_spaces/joint.yaml")
+    params = spec.params()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = DefineByRun(params)
+    owners = {"alpha": "hierarchical-cross-entropy", "beta": "soft-labels", "lambda_fine": "simple-hierarchy"}
+    sched_owner = {"t0": "cosine", "step_size": "cyclic", "gamma": "cutout"}
+    seen_losses = set()
+    for _ in range(40):
+        trial = study.ask()
+        fixed = space(trial)
+        config = {**trial.params, **fixed}
+        study.tell(trial, 0.0)
+        seen_losses.add(config["loss"])
+        for key, loss in owners.items():
+            assert (key in config) == (config["loss"] == loss)
+        for key, schedule in sched_owner.items():
+            assert (key in config) == (config["lr_schedule"] == schedule)
+        assert config[TRIAL_INDEX] == trial.number
+    assert len(seen_losses) == 4
+    sample = draw(params, random.Random(0))
+    assert "loss" in sample and "lr" in sample
