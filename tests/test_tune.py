@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -262,95 +261,6 @@ def test_resume_after_sigint(ray_session, tmp_path):
         # an interrupted trial continues after its last checkpoint (from epoch 1 only without one)
         assert firsts == sorted(firsts) and max(firsts) <= 4, (trial_id, firsts)
     assert any(len(firsts) > 1 and firsts[-1] > 1 for firsts in starts.values()), starts
-
-
-# ---------------------------------------------------------------------------------------------- two nodes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
-def test_two_node_local_cluster(tmp_path):
-    """``ray start --head`` + ``ray start --address`` on 127.0.0.1, one CPU each: toy trials run on both
-    nodes; then both nodes are stopped (only the processes started here)."""
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--block", "--disable-usage-stats"]
-    logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
-    # `ray start --head` records its address in /tmp/ray/ray_current_cluster, where a later plain
-    # ray.init() would find it: keep what was there and put it back afterwards
-    marker = Path("/tmp/ray/ray_current_cluster")
-    marker_before = marker.read_bytes() if marker.is_file() else None
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--include-dashboard", "false", *common],
-        env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    worker = None
-    try:
-        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
-        deadline = time.time() + 120
-        worker_started = False
-        alive = 0
-        while time.time() < deadline:
-            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-            out = subprocess.run([sys.executable, "-c", probe, address], env=env, capture_output=True,
-                                 text=True, timeout=60)
-            ok = out.returncode == 0 and out.stdout.strip()
-            alive = int(out.stdout.strip().splitlines()[-1]) if ok else 0
-            if alive >= 1 and not worker_started:
-                worker = subprocess.Popen(
-                    [ray_bin, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                    env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
-                )
-                worker_started = True
-            if alive >= 2:
-                break
-            time.sleep(1)
-        assert alive >= 2, (tmp_path / "worker.log").read_text()[-3000:]
-        space = _write_space(tmp_path / "two.yaml", {
-            "num_samples": 4, "epochs": 3, "grace_period": 3, "max_concurrent": 2, "cpus_per_trial": 1,
-            "startup_trials": 2, "train": {"architecture": "plainnet"},
-            "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
-        })
-        run = subprocess.run(
-            [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--trainable", "toy",
-             "--toy-sleep", "1.5", "--address", address, "--name", "two", "--storage-path",
-             str(tmp_path / "storage")],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-        )
-        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-        nodes = set()
-        for result in (tmp_path / "storage" / "two").glob("trial_*/result.json"):
-            for line in result.read_text().splitlines():
-                nodes.add(json.loads(line)["node_id"])
-        assert len(nodes) == 2, nodes
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(head)
-        for f in logs:
-            f.close()
-        if marker_before is None:
-            marker.unlink(missing_ok=True)
-        else:
-            marker.write_bytes(marker_before)
-    assert head.poll() is not None and (worker is None or worker.poll() is not None)
 
 
 def test_multi_objective_pareto_front_without_asha(ray_session, tmp_path):
