@@ -61,7 +61,7 @@ Reporter = Callable[[dict[str, Any], Path], None]
 
 VAL_KS = (1, 5, 10, 20)
 TEST_KS = (1, 5, 10, 20, 100)  # the original project's topK_to_consider
-RESULT_FILES = ("config.yaml", "all_epoch_results.json", "final_test_results.json", "final_model.pth")
+RESULT_FILES = ("all_epoch_results.json", "final_test_results.json", "final_model.pth")
 NAN_CHECK_EVERY = 50  # optimiser steps between host-side finiteness checks of the running loss
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -328,12 +328,9 @@ class _Run:
         return float(loss_sum) / seen, True
 
 
-RESULT_FILES_ONLY = ("all_epoch_results.json", "final_test_results.json", "final_model.pth")
-
-
 def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
     """Result files in ``out`` (a lone config.yaml from a run that failed before training is not one)."""
-    found = [name for name in RESULT_FILES_ONLY if (out / name).exists()]
+    found = [name for name in RESULT_FILES if (out / name).exists()]
     return found + [f"{ckpt_dir.name}/{p.name}" for p in sorted(ckpt_dir.glob("*.pth"))]
 
 
@@ -366,7 +363,7 @@ def _prepare_output(config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: b
             "continue that run, --overwrite to replace it, or choose another --out_folder"
         )
     if overwrite:
-        for name in RESULT_FILES:
+        for name in ("config.yaml", *RESULT_FILES):
             (out / name).unlink(missing_ok=True)
         for name in ("last.pth", "best.pth"):
             (ckpt_dir / name).unlink(missing_ok=True)
