@@ -21,37 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance (2 CPUs, no dashboard) shared by every search in this module."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def smoke_search(ray_session, cifar_dir, tmp_path_factory):
-    """``tune_main.py --smoke-test --data-dir ... --name smoke --storage-path ...`` on the real data."""
-    import tune_main
-    from hiercls.tune.runner import run_search
-
-    storage = tmp_path_factory.mktemp("tune")
-    args = tune_main.build_parser().parse_args(
-        ["--smoke-test", "--data-dir", str(cifar_dir), "--name", "smoke", "--storage-path", str(storage)]
-    )
-    spec = tune_main.spec_from_args(args)
-    lines: list[str] = []
-    started = time.perf_counter()
-    outcome = run_search(spec, echo=lines.append)
-    return {"outcome": outcome, "spec": spec, "lines": lines, "seconds": time.perf_counter() - started,
-            "storage": storage}
-
-
 def _write_space(path: Path, values: dict) -> Path:
     path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
     return path
