@@ -250,3 +250,141 @@ def test_multi_objective_pareto_front_without_asha(ray_session, tmp_path):
     assert outcome.pareto and all(r["status"] == "ok" for r in outcome.pareto)
     assert any(r["status"] == "nan" for r in outcome.rows)  # the diverging point: failed, not on the front
     assert "Pareto front" in "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- cluster
+def test_cluster_token_is_enabled_only_for_an_explicit_address(monkeypatch, tmp_path):
+    from hiercls.tune.runner import enable_cluster_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    assert enable_cluster_token("127.0.0.1:6379") is None  # no token anywhere: nothing changes
+    assert "RAY_AUTH_MODE" not in os.environ
+    token = tmp_path / "token"
+    token.write_text("ab" * 32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    for address in (None, "local", "auto"):  # a new local instance, or Ray's own lookup
+        assert enable_cluster_token(address) is None
+    assert "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's explicit choice wins
+    assert enable_cluster_token("127.0.0.1:6379") is None and os.environ["RAY_AUTH_MODE"] == "disabled"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    note = enable_cluster_token("127.0.0.1:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "token" and str(token) in note
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_two_node_local_cluster(tmp_path):
+    """``ray start --head`` + ``ray start --address`` on 127.0.0.1 with a token (Ray 2.60's default
+    authentication), one CPU each: ``tune_main.py --address`` joins with the token (found on its own:
+    RAY_AUTH_MODE is not set for the driver), toy trials run on both nodes; then both nodes are stopped
+    (only the processes started here)."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    token = tmp_path / "auth_token"
+    token.write_text(os.urandom(32).hex())
+    driver_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_TOKEN_PATH": str(token)}
+    for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        driver_env.pop(var, None)
+    node_env = {**driver_env, "RAY_AUTH_MODE": "token"}
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--block", "--disable-usage-stats"]
+    logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
+    # `ray start --head` records its address in /tmp/ray/ray_current_cluster, where a later plain
+    # ray.init() would find it: keep what was there and put it back afterwards
+    marker = Path("/tmp/ray/ray_current_cluster")
+    marker_before = marker.read_bytes() if marker.is_file() else None
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--include-dashboard", "false", *common],
+        env=node_env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    worker = None
+    try:
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        deadline = time.time() + 180
+        alive, out = 0, None
+        while time.time() < deadline:
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            out = subprocess.run([sys.executable, "-c", probe, address], env=node_env, capture_output=True,
+                                 text=True, timeout=60)
+            ok = out.returncode == 0 and out.stdout.strip()
+            alive = int(out.stdout.strip().splitlines()[-1]) if ok else 0
+            if alive >= 1 and worker is None:
+                worker = subprocess.Popen(
+                    [ray_bin, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                    env=node_env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            if alive >= 2:
+                break
+            time.sleep(1)
+        assert alive >= 2, (
+            f"alive nodes: {alive}\nprobe: {(out.stdout + out.stderr)[-2000:] if out else ''}\n"
+            f"head: {(tmp_path / 'head.log').read_text()[-1500:]}\n"
+            f"worker: {(tmp_path / 'worker.log').read_text()[-1500:]}"
+        )
+        space = _write_space(tmp_path / "two.yaml", {
+            "num_samples": 4, "epochs": 3, "grace_period": 3, "max_concurrent": 2, "cpus_per_trial": 1,
+            "startup_trials": 2, "train": {"architecture": "plainnet"},
+            "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+        })
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--trainable", "toy",
+             "--toy-sleep", "1.5", "--address", address, "--name", "two", "--storage-path",
+             str(tmp_path / "storage")],
+            cwd=ROOT, env=driver_env, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        assert "with token authentication" in run.stdout
+        nodes = set()
+        results = list((tmp_path / "storage" / "two").glob("trial_*/result.json"))
+        assert len(results) == 4
+        for result in results:
+            for line in result.read_text().splitlines():
+                nodes.add(json.loads(line)["node_id"])
+        assert len(nodes) == 2, nodes  # trials ran on both nodes
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(head)
+        for f in logs:
+            f.close()
+        if marker_before is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_bytes(marker_before)
+    assert head.poll() is not None and (worker is None or worker.poll() is not None)
+
+
+def test_joining_a_cluster_that_is_not_there_fails_clearly(tmp_path, capsys):
+    import tune_main
+
+    space = _write_space(tmp_path / "none.yaml", {
+        "num_samples": 1, "epochs": 1, "grace_period": 1, "train": {"architecture": "plainnet"},
+        "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+    })
+    address = f"127.0.0.1:{_free_port()}"
+    code = tune_main.main(["--space", str(space), "--trainable", "toy", "--address", address, "--name", "x",
+                           "--storage-path", str(tmp_path / "storage")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"could not join the Ray cluster at '{address}'" in err

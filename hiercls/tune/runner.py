@@ -39,7 +39,9 @@ __all__ = [
     "SPEC_FILE",
     "SearchOutcome",
     "check_experiment",
+    "check_reachable",
     "check_resources",
+    "enable_cluster_token",
     "format_table",
     "run_search",
     "summarize",
@@ -135,6 +137,83 @@ def check_resources(cpus: float, gpus: float) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------- cluster
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+
+
+def cluster_token_source() -> str | None:
+    """Where this process would read a Ray authentication token from: ``$RAY_AUTH_TOKEN``, the file in
+    ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray 2.60's order); None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "$RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).expanduser().is_file():
+        return path
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def enable_cluster_token(address: str | None) -> str | None:
+    """Turn on Ray's token authentication for a driver that joins a cluster at an explicit address.
+
+    ``ray start`` in Ray 2.60 enables token authentication, but ``ray.init(address="HOST:PORT")`` only
+    uses a token when ``RAY_AUTH_MODE=token`` is set (``address="auto"`` finds it by itself); without
+    it the connection fails with "Failed to connect to Ray cluster". When ``RAY_AUTH_MODE`` is unset,
+    the address is explicit and a token is available (:func:`cluster_token_source`), this sets
+    ``RAY_AUTH_MODE=token`` for this process and its children. Returns a note saying so, else None.
+    """
+    if address in (None, "local", "auto") or os.environ.get(AUTH_MODE_VAR) is not None:
+        return None
+    source = cluster_token_source()
+    if source is None:
+        return None
+    os.environ[AUTH_MODE_VAR] = "token"
+    try:  # Ray reads RAY_AUTH_MODE into its config when imported: refresh it, as Ray itself does
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+    return f"joining {address} with token authentication (token from {source}; {AUTH_MODE_VAR}=token)"
+
+
+def check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Fail at once when nothing listens at an explicit ``HOST:PORT`` (Ray itself retries for minutes).
+
+    Raises:
+        ResourceError: the address is malformed or the TCP connection is refused or times out.
+    """
+    import socket
+
+    if address in (None, "local", "auto") or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ResourceError(f"--address {address!r} is not HOST:PORT (or auto); e.g. 10.0.0.1:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ResourceError(
+            f"could not join the Ray cluster at {address!r}: nothing answers there ({err}). Start it with "
+            "`ray start --head --port=PORT` on that machine, or use --address auto on a cluster node."
+        ) from err
+
+
+def _connection_help(address: str, err: Exception) -> str:
+    source = cluster_token_source()
+    token = (
+        f"this driver uses the token from {source} ({AUTH_MODE_VAR}={os.environ.get(AUTH_MODE_VAR)}); "
+        "it must be the cluster's token" if source else
+        "no token was found: copy the head node's ~/.ray/auth_token here or export RAY_AUTH_TOKEN, "
+        f"and set {AUTH_MODE_VAR}=token"
+    )
+    return (
+        f"could not join the Ray cluster at {address!r} ({err}). Check that `ray start --head` runs there "
+        f"and the address is HOST:PORT of its GCS (or use --address auto on a cluster node); {token}."
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the search
 def run_search(
     spec: SearchSpec,
@@ -160,7 +239,7 @@ def run_search(
 
     Raises:
         SpecError: invalid spec or experiment folder state (before Ray starts).
-        ResourceError: no node can host a trial.
+        ResourceError: no node can host a trial, or the cluster at ``address`` cannot be joined.
     """
     started = time.perf_counter()
     notes = spec.validate()
@@ -189,7 +268,14 @@ def run_search(
         # "local": a new instance, never a stale cluster found through /tmp/ray/ray_current_cluster
         kwargs["address"] = spec.address or "local"
         kwargs.update(ray_init_kwargs or {})
-        ray.init(**kwargs)
+        check_reachable(kwargs["address"])
+        note = enable_cluster_token(kwargs["address"])
+        if note:
+            echo(note)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as err:
+            raise ResourceError(_connection_help(kwargs["address"], err)) from err
         own_ray = True
     try:
         check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
