@@ -192,9 +192,15 @@ def _extract_archive(archive: Path, root: Path) -> None:
 def _download_torchvision(root: Path) -> None:
     import torchvision
 
+    created = [p for p in (root, *root.parents) if not p.exists()]  # folders the download would create
     try:
         torchvision.datasets.CIFAR100(str(root), train=True, download=True)
     except Exception as exc:  # urllib errors, md5 mismatch, disk errors: all mean "no data"
+        for folder in created:  # innermost first: leave no empty (possibly mistyped) folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise RuntimeError(
             f"CIFAR-100 not found in {root} and the torchvision download failed (no network?): "
             f"{type(exc).__name__}: {exc}. Put the data there yourself; {_LAYOUTS_HELP}"

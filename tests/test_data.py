@@ -266,6 +266,21 @@ def test_empty_folder_download_failure_is_explained(tmp_path, monkeypatch):
     assert "cifar-100-python" in msg and "train/<fine_id>" in msg and "val/<fine_id>" in msg
 
 
+def test_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """torchvision creates the target folder before it fails; a mistyped --data-dir is not left behind,
+    while folders that existed before are kept."""
+
+    def create_then_fail(url, download_root, *args, **kwargs):
+        Path(download_root).mkdir(parents=True, exist_ok=True)
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", create_then_fail)
+    target = tmp_path / "typo" / "cifar-100"
+    with pytest.raises(RuntimeError, match="download failed"):
+        load_cifar100(target, download=True, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "typo").exists() and tmp_path.is_dir()
+
+
 def test_corrupt_pickle_names_the_file(tmp_path, monkeypatch):
     write_torchvision_cifar100(tmp_path, per_class_train=1, per_class_test=1)
     (tmp_path / "cifar-100-python" / "test").write_bytes(b"garbage")
