@@ -415,8 +415,9 @@ def summarize(results: Any, spec: SearchSpec) -> list[dict[str, Any]]:
 
 def _rank_key(row: Mapping[str, Any]) -> tuple:
     usable = row["status"] == "ok" and math.isfinite(row["objective"])
-    # finished trials first among equals: an early-stopped trial's value is from fewer epochs
-    return (not usable, row["objective"] if usable else math.inf, row["stopped_early"], row["trial_id"])
+    # trials that ran their full length first (as analysis.rank and analysis.export rank them): an
+    # early-stopped trial's value is from fewer epochs and not comparable
+    return (not usable, row["stopped_early"], row["objective"] if usable else math.inf, row["trial_id"])
 
 
 def _best(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:

@@ -1,0 +1,403 @@
+"""Rank the trials of a search and mark the Pareto-optimal ones: ``python -m analysis.rank``.
+
+::
+
+    python -m analysis.rank runs/tune/joint                    # scope best, writes runs/tune/joint/analysis/
+    python -m analysis.rank runs/tune/joint --scope last --out results/joint-last --include-stopped
+
+One row per trial (:func:`build_table`), written as ``trials.csv`` (every column) and ``trials.md`` (a
+readable table), plus the plots of :mod:`analysis.plots`; the best rows are printed.
+
+Units: errors are fractions in 0..1 (``val_top1_error`` 0.25 = 25 %); mistake severity and the
+hierarchical distances are in LCA-height units of the search's hierarchy (0 = same class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.experiment import AnalysisError, Experiment, Trial, load_experiment, trial_objective
+
+__all__ = [
+    "METRICS",
+    "METRIC_COLUMNS",
+    "PARETO_PAIRS",
+    "SCOPES",
+    "build_table",
+    "display_rows",
+    "main",
+    "markdown_table",
+    "pareto_front",
+    "pareto_mask",
+    "select_record",
+]
+
+SCOPES = ("best", "last")
+METRICS = (
+    "val_top1_error", "val_mistake_severity", "val_hdist@1", "val_hdist@5", "val_hdist@20",
+    "val_coarse_error",
+)
+CRM_METRICS = tuple("val_crm/" + m.removeprefix("val_") for m in METRICS)
+METRIC_COLUMNS = METRICS + CRM_METRICS
+PARETO_PAIRS = {
+    "pareto_error_severity": ("val_top1_error", "val_mistake_severity"),
+    "pareto_error_hdist5": ("val_top1_error", "val_hdist@5"),
+}
+RANKS = {"rank_top1_error": "val_top1_error", "rank_mistake_severity": "val_mistake_severity"}
+DEFAULT_OUT = "analysis"  # inside the experiment folder
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def select_record(
+    trial: Trial, objective: Callable[[Mapping[str, Any]], float], scope: str
+) -> dict[str, Any] | None:
+    """The record the scope selects: ``best`` = the epoch with the lowest objective (the earliest among
+    equals; NaN epochs never chosen), ``last`` = the last epoch reported. None when there is none.
+
+    Raises:
+        AnalysisError: an unknown scope.
+    """
+    if scope not in SCOPES:
+        raise AnalysisError(f"scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
+    if not trial.records:
+        return None
+    if scope == "last":
+        return trial.records[-1]
+    best, best_value = None, math.inf
+    for r in trial.records:
+        value = trial_objective(objective, r)
+        if math.isfinite(value) and value < best_value:
+            best, best_value = r, value
+    return best
+
+
+def pareto_mask(points: Any) -> np.ndarray:
+    """Which rows of ``points`` (n x 2, lower is better on both) are Pareto-optimal.
+
+    A point is dominated when another is <= on both coordinates and < on at least one; equal points
+    are all kept. Rows with a NaN (or infinite) coordinate are never on the front and dominate nothing.
+    """
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    ok = np.isfinite(pts).all(axis=1)
+    mask = np.zeros(len(pts), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = pts[ok]
+        dominated = np.any(np.all(others <= pts[i], axis=1) & np.any(others < pts[i], axis=1))
+        mask[i] = not dominated
+    return mask
+
+
+def _param_keys(trial: Trial) -> tuple[list[str], list[str]]:
+    """The loss parameters and schedule parameters the trial's loss and schedule take."""
+    from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
+    from hiercls.losses import loss_params
+    from hiercls.schedules import schedule_params
+
+    def taken(name: str | None, params_of, keys) -> list[str]:
+        try:
+            accepted = params_of(name) if name else {}
+        except ValueError:
+            accepted = {}
+        return [k for k in keys if k in accepted]
+
+    return taken(trial.loss, loss_params, LOSS_KEYS), taken(trial.lr_schedule, schedule_params, SCHEDULE_KEYS)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def searched_keys(spec: Mapping[str, Any]) -> list[str]:
+    """Every key searched in the spec (branch parameters included; fixed values in branches excluded)."""
+    from hiercls.tune.spec import iter_params, parse_params
+
+    problems: list[str] = []
+    epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
+    params = parse_params(spec.get("search") or {}, "search", problems, epochs=epochs)
+    return list(dict.fromkeys(p.name for p, _ in iter_params(params) if p.kind != "fixed"))
+
+
+def build_table(
+    experiment: Experiment,
+    scope: str = "best",
+    include_stopped: bool = False,
+    *,
+    require_finished: bool = True,
+) -> pd.DataFrame:
+    """One row per trial, best first.
+
+    Columns: ``trial_id``; ``status`` (complete, stopped early, unfinished, nan, error); ``loss`` and the
+    parameters it takes (``alpha``, ``beta``, ...; empty for other losses); ``lr_schedule`` and its
+    parameters; ``lr``, ``weight_decay`` and any other searched key; ``seed``; ``epochs_run`` and
+    ``epochs`` (configured); ``scope``; ``epoch`` (the epoch the scope selected: ``best`` = lowest
+    search objective, ``last`` = last reported); ``objective`` (the search objective at that epoch; for a
+    multi-objective search val_top1_error); the val metrics at that epoch (:data:`METRIC_COLUMNS`:
+    top-1 error, mistake severity, hdist@1/5/20, coarse error as fractions or LCA heights, and their
+    ``val_crm/`` variants); ``compared`` (whether the row takes part in ranks and fronts: complete
+    trials, plus stopped-early and unfinished ones with ``include_stopped``); ``rank_top1_error`` and
+    ``rank_mistake_severity`` (1 = best, ties share a rank; empty outside the compared rows);
+    ``pareto_error_severity`` and ``pareto_error_hdist5`` (on the front of the compared rows on
+    (top-1 error, severity) / (top-1 error, hdist@5)); ``pareto_index`` (position on the first front
+    sorted by top-1 error, from 0: what ``analysis.export --rank-by pareto:INDEX`` takes);
+    ``duplicates`` (repeated epoch records dropped); ``error``; ``path``.
+
+    Raises:
+        AnalysisError: unknown scope; no trial is complete or stopped early (unless not
+            ``require_finished``).
+    """
+    if scope not in SCOPES:
+        raise AnalysisError(f"scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
+    if require_finished or not experiment.trials:
+        experiment.require_finished()
+    searched = searched_keys(experiment.spec)
+    loss_cols: list[str] = []
+    sched_cols: list[str] = []
+    rows = []
+    for trial in experiment.trials:
+        loss_keys, sched_keys = _param_keys(trial)
+        loss_cols += [k for k in loss_keys if k not in loss_cols]
+        sched_cols += [k for k in sched_keys if k not in sched_cols]
+        config = trial.config or {}
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status, "loss": trial.loss}
+        for k in loss_keys:
+            row[k] = _plain(config.get(k, trial.params.get(k)))
+        row["lr_schedule"] = trial.lr_schedule
+        for k in sched_keys:
+            row[k] = _plain(config.get(k, trial.params.get(k)))
+        for k in ("lr", "weight_decay", *searched):
+            if k not in row and k not in ("loss", "lr_schedule"):
+                row[k] = _plain(trial.params.get(k, config.get(k)))
+        row["seed"] = trial.seed
+        row["epochs_run"] = trial.epochs_run
+        row["epochs"] = trial.epochs
+        row["scope"] = scope
+        record = select_record(trial, experiment.objective, scope)
+        row["epoch"] = int(record["epoch"]) if record is not None else None
+        row["objective"] = trial_objective(experiment.objective, record) if record is not None else math.nan
+        for m in METRIC_COLUMNS:
+            value = (record or {}).get(m)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            row[m] = float(value) if number else math.nan
+        partial = trial.status in ("stopped early", "unfinished")
+        compared = trial.status == "complete" or (include_stopped and partial)
+        row["compared"] = compared
+        row["duplicates"] = trial.duplicates
+        row["error"] = trial.error
+        row["path"] = str(trial.path) if trial.path is not None else None
+        rows.append(row)
+
+    df = pd.DataFrame(rows)
+    others = [c for c in df.columns if c not in ("trial_id", "status", "loss", "lr_schedule", *loss_cols,
+                                                 *sched_cols)]
+    param_cols = [c for c in others if c in ("lr", "weight_decay", *searched)]
+    rest = [c for c in others if c not in param_cols]
+    df = df[["trial_id", "status", "loss", *loss_cols, "lr_schedule", *sched_cols, *param_cols, *rest]]
+    df["epoch"] = df["epoch"].astype("Int64")
+    compared = df["compared"].to_numpy(dtype=bool)
+    for col, metric in RANKS.items():
+        values = df[metric].where(df["compared"])
+        df[col] = values.rank(method="min").astype("Int64")
+    for col, pair in PARETO_PAIRS.items():
+        pts = df[list(pair)].to_numpy(dtype=float, copy=True)
+        pts[~compared] = np.nan
+        df[col] = pareto_mask(pts)
+    df["pareto_index"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    for i, idx in enumerate(pareto_front(df).index):
+        df.loc[idx, "pareto_index"] = i
+    order = [*df.columns[: df.columns.get_loc("compared")], "compared", *RANKS, *PARETO_PAIRS, "pareto_index",
+             "duplicates", "error", "path"]
+    df = df[list(dict.fromkeys(order))]
+    df["_unranked"] = df["rank_top1_error"].isna()
+    keys = ["_unranked", "rank_top1_error", "rank_mistake_severity", "val_top1_error", "trial_id"]
+    df = df.sort_values(keys, na_position="last", kind="stable").drop(columns="_unranked")
+    return df.reset_index(drop=True)
+
+
+def pareto_front(table: pd.DataFrame, pair: str = "pareto_error_severity") -> pd.DataFrame:
+    """The rows on the front ``pair`` (a :data:`PARETO_PAIRS` key), sorted by top-1 error."""
+    x, y = PARETO_PAIRS[pair]
+    return table[table[pair]].sort_values([x, y, "trial_id"], kind="stable")
+
+
+# ---------------------------------------------------------------------------------------------- text output
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _param_text(row: Mapping[str, Any], name: str | None, kind: str) -> str:
+    from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
+    from hiercls.losses import loss_params
+    from hiercls.schedules import schedule_params
+
+    if not name:
+        return ""
+    keys, params_of = (LOSS_KEYS, loss_params) if kind == "loss" else (SCHEDULE_KEYS, schedule_params)
+    try:
+        accepted = params_of(name)
+    except ValueError:
+        accepted = {}
+    parts = []
+    for k in keys:
+        if k in accepted and k in row and not _missing(row[k]):
+            v = row[k]
+            parts.append(f"{k}={v:.4g}" if isinstance(v, (float, np.floating)) else f"{k}={v}")
+    return name + (f" ({' '.join(parts)})" if parts else "")
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    except TypeError:
+        return False
+
+
+DISPLAY = [
+    ("#", None), ("trial", "trial_id"), ("status", "status"), ("loss (parameters)", None),
+    ("schedule (parameters)", None), ("lr", "lr"), ("epoch", None), ("top1_err", "val_top1_error"),
+    ("severity", "val_mistake_severity"), ("hdist@1", "val_hdist@1"), ("hdist@5", "val_hdist@5"),
+    ("coarse_err", "val_coarse_error"), ("crm top1_err", "val_crm/top1_error"),
+    ("crm severity", "val_crm/mistake_severity"), ("front err/sev", None), ("front err/h@5", None),
+]
+
+
+def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells of the readable table (Markdown and console): loss and schedule with their
+    parameters, lr, ``epoch`` as selected/run/configured, the main metrics, and the front memberships
+    (``*`` on the front; the (error, severity) front shows its ``pareto:INDEX``)."""
+    header = [h for h, _ in DISPLAY]
+    body = []
+    for _, row in table.iterrows():
+        cells = []
+        for head, col in DISPLAY:
+            if head == "#":
+                cells.append(_fmt(row["rank_top1_error"]))
+            elif head == "loss (parameters)":
+                cells.append(_param_text(row, row["loss"], "loss"))
+            elif head == "schedule (parameters)":
+                cells.append(_param_text(row, row["lr_schedule"], "schedule"))
+            elif head == "epoch":
+                cells.append(f"{_fmt(row['epoch'])} ({row['epochs_run']}/{row['epochs']})")
+            elif head == "front err/sev":
+                cells.append(f"* pareto:{row['pareto_index']}" if row["pareto_error_severity"] else "")
+            elif head == "front err/h@5":
+                cells.append("*" if row["pareto_error_hdist5"] else "")
+            elif col == "lr":
+                cells.append(f"{row['lr']:.4g}" if "lr" in row and not _missing(row["lr"]) else "")
+            else:
+                cells.append(_fmt(row[col]))
+        body.append(cells)
+    return header, body
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table ("|" in cells escaped)."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *(line(r) for r in body)])
+
+
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned text lines."""
+    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *body]]
+
+
+def _scope_text(experiment: Experiment, scope: str) -> str:
+    if scope == "best":
+        return f"best (each trial's epoch with the lowest {experiment.objective_text})"
+    return "last (each trial's last epoch)"
+
+
+def write_outputs(
+    experiment: Experiment, table: pd.DataFrame, out: Path, scope: str, include_stopped: bool
+) -> list[Path]:
+    """``trials.csv`` and ``trials.md`` in ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "trials.csv", out / "trials.md"
+    table.to_csv(csv_path, index=False)
+    header, body = display_rows(table)
+    counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
+    compared = "complete, stopped-early and unfinished trials" if include_stopped else "complete trials only"
+    text = [
+        f"# Trials of {experiment.name}",
+        "",
+        f"Experiment: `{experiment.path}`; {len(table)} trials ({counts}).",
+        f"Scope: {_scope_text(experiment, scope)}. Ranks (#) and Pareto fronts compare {compared}.",
+        "Errors are fractions (0..1); severity and hdist in LCA-height units. `epoch`: the selected epoch "
+        "(epochs run/configured).",
+        "",
+        markdown_table(header, body),
+        "",
+    ]
+    md_path.write_text("\n".join(text), encoding="utf-8")
+    return [csv_path, md_path]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.rank",
+        description="Rank the trials of a search, mark the Pareto-optimal ones, write trials.csv, "
+        "trials.md and the trade-off plots.",
+    )
+    parser.add_argument("experiment", metavar="EXPERIMENT_DIR", help="the search's STORAGE_PATH/NAME folder")
+    parser.add_argument("--scope", choices=SCOPES, default="best",
+                        help="which epoch of each trial: best (lowest search objective) or last "
+                        "(default: best)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help=f"output folder (default: EXPERIMENT_DIR/{DEFAULT_OUT})")
+    parser.add_argument("--include-stopped", action="store_true",
+                        help="rank and compare stopped-early (and unfinished) trials too")
+    parser.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; 0 on success, 2 on bad input (the error on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        experiment = load_experiment(args.experiment)
+        table = build_table(experiment, args.scope, include_stopped=args.include_stopped)
+        out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
+        written = write_outputs(experiment, table, out, args.scope, args.include_stopped)
+        notes: list[str] = []
+        if not args.no_plots:
+            from analysis.plots import make_plots
+
+            plots, notes = make_plots(experiment, table, out)
+            written += plots
+    except AnalysisError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    header, body = display_rows(table.head(max(args.top, 0)))
+    counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
+    print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
+    for line in text_table(header, body):
+        print(line)
+    for note in notes:
+        print(f"note: {note}")
+    print("wrote: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
