@@ -262,6 +262,8 @@ def run_search(
     from hiercls.tune.trainable import TrialSetup, train_trial
 
     own_ray = False
+    if ray.is_initialized() and spec.address:
+        echo(f"warning: Ray is already running in this process; address {spec.address!r} is not used")
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True,
                                   "logging_level": "WARNING"}
