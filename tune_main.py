@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke-test", action="store_true",
                         help=f"use {SMOKE_SPACE.relative_to(SMOKE_SPACE.parents[1])} (CPU: plainnet, "
                              "2 epochs, 2,000 training and 500 val images, a few minutes)")
-    parser.add_argument("--trainable", choices=("train", "toy"), default="train",
+    parser.add_argument("--trainable", choices=("train", "toy"), default=None,
                         help="train: real training (default); toy: a synthetic objective, no data or "
-                             "training, to check a space or a cluster in seconds")
+                             "training, to check a space or a cluster in seconds; --resume reuses the "
+                             "experiment's own")
     parser.add_argument("--toy-sleep", type=float, default=0.0,
                         help="seconds per epoch of the toy trainable (default: 0)")
     return parser

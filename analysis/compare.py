@@ -34,7 +34,7 @@ import yaml
 from analysis.experiment import AnalysisError
 from analysis.rank import markdown_table, text_table
 
-__all__ = ["METRICS", "IGNORED_KEYS", "ci95", "group_runs", "load_run", "main", "summarize"]
+__all__ = ["METRICS", "IGNORED_KEYS", "check_distinct", "ci95", "group_runs", "load_run", "main", "summarize"]
 
 METRICS = (
     "top1_error", "mistake_severity", "hdist@1", "hdist@5", "hdist@20", "coarse_error",
@@ -72,12 +72,17 @@ def load_run(run_dir: str | Path, model: str = "last") -> dict[str, Any]:
         raise AnalysisError(f"model {model!r} is unknown; valid: {', '.join(MODELS)}")
     folder = Path(run_dir)
     config_path, results_path = folder / "config.yaml", folder / RESULTS_FILE
+    if not folder.is_dir():
+        raise AnalysisError(f"run folder {str(folder)!r} does not exist")
     if not config_path.is_file():
         raise AnalysisError(f"{str(folder)!r} is not a training run folder: no config.yaml (expected an "
                             "--out_folder of python -m hiercls.train)")
     if not results_path.is_file():
+        trial = (folder / "result.json").is_file() or (folder / "params.json").is_file()
+        hint = (" This is a search trial (trials never score the test set): export it with "
+                "python -m analysis.export EXPERIMENT_DIR --trial ID and train that config.") if trial else ""
         raise AnalysisError(f"run {str(folder)!r} has no {RESULTS_FILE}: it has not finished, or it ran with "
-                            "evaluate_test false (--no-test)")
+                            f"evaluate_test false (--no-test).{hint}")
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -117,6 +122,31 @@ def _labels(groups: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     return [" ".join(f"{k}={short(c.get(k))}" for k in varying) for c in configs]
+
+
+def check_distinct(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Refuse a run folder given twice; return warnings for groups in which a seed repeats (such runs
+    are not independent samples, and the interval would be too narrow).
+
+    Raises:
+        AnalysisError: the same folder (after resolving links) given more than once.
+    """
+    seen: dict[Path, str] = {}
+    for run in runs:
+        real = Path(run["path"]).resolve()
+        if real in seen:
+            raise AnalysisError(f"run folder {str(run['path'])!r} is given twice (also as {seen[real]!r}); "
+                                "each run counts once")
+        seen[real] = str(run["path"])
+    warnings = []
+    for group in group_runs(runs):
+        seeds = [r["config"].get("seed") for r in group]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+        if repeated:
+            folders = ", ".join(str(r["path"]) for r in group if r["config"].get("seed") in repeated)
+            warnings.append(f"seed {', '.join(map(str, repeated))} repeats in one group ({folders}): those "
+                            "runs are not independent and narrow the interval")
+    return warnings
 
 
 def summarize(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -177,12 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out and Path(args.out).suffix not in (".csv", ".md"):
             raise AnalysisError(f"--out {args.out!r}: the file must end in .csv or .md")
+        if args.out and Path(args.out).is_dir():
+            raise AnalysisError(f"--out {args.out!r} is a folder: give a .csv or .md file to write")
         if args.out and Path(args.out).exists() and not args.force:
             raise AnalysisError(f"refusing to overwrite {args.out}: pass --force, or choose another --out")
-        table = summarize([load_run(r, args.model) for r in args.runs])
+        runs = [load_run(r, args.model) for r in args.runs]
+        warnings = check_distinct(runs)
+        table = summarize(runs)
     except AnalysisError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(f"warning: {warning}")
     header, body = _cells(table)
     print(f"test metrics ({args.model} model; mean ± 95% CI half-width over seeds where n > 1):")
     for line in text_table(header, body):

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from hiercls.tune.state import UNFINISHED, read_trial_states
+
 __all__ = [
     "AnalysisError",
     "Experiment",
@@ -50,7 +52,6 @@ ENGINE_FILE = "all_epoch_results.json"
 RAY_RESULT_FILE = "result.json"
 STATUSES = ("complete", "stopped early", "unfinished", "nan", "error")
 FINISHED = ("complete", "stopped early")
-RAY_UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 TRIAL_INDEX = "trial_index"  # hiercls.tune.space.TRIAL_INDEX, kept in params.json by the searcher
 
 
@@ -191,7 +192,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(spec, dict):
         raise AnalysisError(f"{spec_path}: must hold a mapping of search settings")
     objective_text, objective = _objective(spec, spec_path)
-    state = _ray_state(folder)
+    state = read_trial_states(folder)
     folders = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name.startswith("trial_")}
     for entry in state.values():
         logdir = entry.get("relative_logdir")
@@ -228,30 +229,6 @@ def trial_objective(objective: Callable[[Mapping[str, Any]], float], record: Map
         return float(objective(record))
     except (TypeError, ValueError):
         return math.nan
-
-
-def _ray_state(folder: Path) -> dict[str, dict[str, Any]]:
-    """trial id -> {status, relative_logdir, config, error_filename} from the newest
-    ``experiment_state-*.json`` (plain JSON; the cloudpickled values in it are left alone)."""
-    files = sorted(folder.glob("experiment_state-*.json"))
-    if not files:
-        return {}
-    try:
-        data = json.loads(files[-1].read_text(encoding="utf-8"))
-        out = {}
-        for item in data.get("trial_data", []):
-            trial = json.loads(item[0]) if isinstance(item[0], str) else dict(item[0])
-            meta = json.loads(item[1]) if len(item) > 1 and isinstance(item[1], str) else {}
-            config = trial.get("config")
-            out[str(trial["trial_id"])] = {
-                "status": trial.get("status"),
-                "relative_logdir": trial.get("relative_logdir"),
-                "config": config if isinstance(config, dict) and "_type" not in config else {},
-                "error_filename": (meta or {}).get("error_filename"),
-            }
-        return out
-    except (OSError, ValueError, TypeError, KeyError, IndexError):
-        return {}  # an unreadable state file: statuses then come from the trial folders alone
 
 
 def _read_json(path: Path) -> Any:
@@ -357,20 +334,21 @@ def _make_trial(
     epochs_run = int(records[-1]["epoch"]) if records else 0
     full = epochs > 0 and epochs_run >= epochs
     has_nan = any(math.isnan(trial_objective(objective, r)) for r in records)
-    if ray_status == "ERROR" or (
+    if ray_status == "ERROR" or (not records and ray_status == "TERMINATED") or (
         ray_status is None and ((error is not None and not full) or (not records and path is not None))
     ):
         status = "error"
     elif has_nan:
         status = "nan"
-    elif ray_status in RAY_UNFINISHED and not full:
+    elif ray_status in UNFINISHED and not full:
         status = "unfinished"
     elif not full:
         status = "stopped early" if records else "unfinished"
     else:
         status = "complete"
     if status == "error" and error is None:
-        error = "no epoch reported" if not records else "Ray marked the trial ERROR"
+        error = ("no epoch reported (or its result files are gone)" if not records
+                 else "Ray marked the trial ERROR")
     return Trial(trial_id, path, params, config, config_source, records, dropped, epochs, status, ray_status,
                  error if status == "error" else None)
 

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m analysis.export runs/tune/joint --out best.yaml            # lowest val top-1 error
+    python -m analysis.export runs/tune/joint --out best.yaml            # lowest search objective
     python -m hiercls.train --config best.yaml                          # runs it as it is
     python -m analysis.export runs/tune/joint --out best.yaml --rank-by pareto:1 --seeds 0 1 2
     python -m analysis.export runs/tune/joint --out final.yaml --retrain-full
@@ -47,14 +47,15 @@ def _valid_rank_by() -> str:
     return ", ".join([*RANK_BY, "pareto:INDEX"])
 
 
-def choose(experiment: Experiment, table: pd.DataFrame, rank_by: str = "val_top1_error",
+def choose(experiment: Experiment, table: pd.DataFrame, rank_by: str = "objective",
            trial_id: str | None = None) -> tuple[pd.Series, str, Any]:
     """The row to export and the ``source`` block's ``metric`` and ``value``.
 
-    ``rank_by``: a column of :data:`RANK_BY` (lowest value among complete trials; ties go to the lower
-    top-1 error, then severity, then trial id), or ``pareto:INDEX`` (the INDEX-th trial, from 0, of the
-    (top-1 error, mistake severity) front of the complete trials sorted by top-1 error). ``trial_id``
-    picks that trial whatever its status.
+    ``rank_by``: a column of :data:`RANK_BY` (the lowest value among complete trials; ties go to the
+    lower top-1 error, then severity, then trial id; ``objective``, the default, is the search's own
+    objective, so the exported trial is the one the search ranked first), or ``pareto:INDEX`` (the
+    INDEX-th trial, from 0, of the (top-1 error, mistake severity) front of the complete trials sorted by
+    top-1 error). ``trial_id`` picks that trial whatever its status.
 
     Raises:
         AnalysisError: unknown metric (the valid ones listed), a Pareto index out of range (the valid
@@ -164,7 +165,7 @@ def export(
     experiment_dir: str | Path,
     out: str | Path,
     *,
-    rank_by: str = "val_top1_error",
+    rank_by: str = "objective",
     scope: str = "best",
     seeds: Sequence[int] | None = None,
     retrain_full: bool = False,
@@ -182,6 +183,10 @@ def export(
     if rank_by not in RANK_BY and not str(rank_by).startswith(PARETO):
         raise AnalysisError(f"--rank-by {rank_by!r} is unknown; valid: {_valid_rank_by()}")
     out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise AnalysisError(f"--out {str(out)!r}: give a .yaml file to write (e.g. best.yaml)")
+    if out.is_dir():
+        raise AnalysisError(f"--out {str(out)!r} is a folder: give a .yaml file to write (e.g. best.yaml)")
     if seeds is not None:
         seeds = [int(s) for s in seeds]
         if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
@@ -236,10 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR", help="the search's STORAGE_PATH/NAME folder")
     parser.add_argument("--out", required=True, metavar="FILE.yaml", help="the config file to write")
-    parser.add_argument("--rank-by", default="val_top1_error", metavar="METRIC",
+    parser.add_argument("--rank-by", default="objective", metavar="METRIC",
                         help=f"choose the complete trial with the lowest METRIC at its scope epoch; one of "
-                        f"{_valid_rank_by()} (pareto:0 = the (error, severity) front's lowest error; "
-                        "default: val_top1_error)")
+                        f"{_valid_rank_by()} (objective = the search's own objective, as tune_main.py "
+                        "ranks; pareto:0 = the (error, severity) front's lowest error; default: objective)")
     parser.add_argument("--scope", choices=SCOPES, default="best",
                         help="which epoch of each trial: best (lowest search objective) or last "
                         "(default: best)")
@@ -271,8 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     value = source["value"]
     shown = (", ".join(f"{k} {v:.4f}" for k, v in value.items() if v is not None) if isinstance(value, dict)
              else "nan" if value is None else f"{value:.6g}")
-    print(f"trial {source['trial_id']}: {source['metric']} {shown} at epoch {source['epoch']} "
-          f"(scope {source['scope']})")
+    if source["epoch"] is None:
+        print(f"trial {source['trial_id']}: no epoch reported (its config is exported as it was searched)")
+    else:
+        print(f"trial {source['trial_id']}: {source['metric']} {shown} at epoch {source['epoch']} "
+              f"(scope {source['scope']})")
     for path in written:
         print(f"wrote {path}: python -m hiercls.train --config {path}")
     return 0

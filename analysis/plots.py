@@ -317,4 +317,9 @@ def make_plots(experiment: Experiment, table: pd.DataFrame, out: Path) -> tuple[
         written.append(plot_importances(importances, out / PLOT_FILES["param_importances"],
                                         f"{experiment.name}: importances for {experiment.objective_text} "
                                         f"({note.split('from ')[-1]})"))
+    for name in PLOT_FILES.values():  # a plot skipped now must not stay behind from an earlier ranking
+        stale = out / name
+        if stale not in written and stale.is_file():
+            stale.unlink()
+            notes.append(f"removed {stale} from an earlier ranking (not made this time)")
     return written, notes

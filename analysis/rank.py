@@ -268,7 +268,8 @@ def _missing(value: Any) -> bool:
 
 
 DISPLAY = [
-    ("#", None), ("trial", "trial_id"), ("status", "status"), ("loss (parameters)", None),
+    ("#", None), ("sev#", "rank_mistake_severity"), ("trial", "trial_id"), ("status", "status"),
+    ("loss (parameters)", None),
     ("schedule (parameters)", None), ("lr", "lr"), ("epoch", None), ("top1_err", "val_top1_error"),
     ("severity", "val_mistake_severity"), ("hdist@1", "val_hdist@1"), ("hdist@5", "val_hdist@5"),
     ("coarse_err", "val_coarse_error"), ("crm top1_err", "val_crm/top1_error"),
@@ -277,7 +278,8 @@ DISPLAY = [
 
 
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and text cells of the readable table (Markdown and console): loss and schedule with their
+    """Header and text cells of the readable table (Markdown and console): the ranks by top-1 error (#)
+    and by mistake severity (sev#), loss and schedule with their
     parameters, lr, ``epoch`` as selected/run/configured, the main metrics, and the front memberships
     (``*`` on the front; the (error, severity) front shows its ``pareto:INDEX``)."""
     header = [h for h, _ in DISPLAY]
@@ -351,6 +353,16 @@ def write_outputs(
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.rank",
@@ -365,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"output folder (default: EXPERIMENT_DIR/{DEFAULT_OUT})")
     parser.add_argument("--include-stopped", action="store_true",
                         help="rank and compare stopped-early (and unfinished) trials too")
-    parser.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    parser.add_argument("--top", type=_positive, default=10, help="rows to print (default: 10)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     return parser
 
@@ -378,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiment = load_experiment(args.experiment)
         table = build_table(experiment, args.scope, include_stopped=args.include_stopped)
         out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
+        if out.exists() and not out.is_dir():
+            raise AnalysisError(f"--out {str(out)!r} is a file: give a folder for the tables and plots")
         written = write_outputs(experiment, table, out, args.scope, args.include_stopped)
         notes: list[str] = []
         if not args.no_plots:

@@ -207,7 +207,7 @@ def test_rank_cli_writes_tables_and_prints_top_rows(synth, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "7 trials (4 complete, 1 stopped early, 1 nan, 1 error)" in printed
     lines = [ln for ln in printed.splitlines() if ln.startswith(("1 ", "2 "))]
-    assert [ln.split()[1] for ln in lines] == ["dddd0004", "bbbb0002"]
+    assert [ln.split()[1:3] for ln in lines] == [["4", "dddd0004"], ["2", "bbbb0002"]]  # #, sev#, trial
     assert "aaaa0001" not in printed.split("wrote:")[0]
     import pandas as pd
 
@@ -219,7 +219,7 @@ def test_rank_cli_writes_tables_and_prints_top_rows(synth, tmp_path, capsys):
                 "rank_mistake_severity", "pareto_error_severity", "pareto_error_hdist5"):
         assert col in csv.columns, col
     md = (out / "trials.md").read_text()
-    assert "| # | trial | status |" in md and "hierarchical-cross-entropy (alpha=0.3" in md
+    assert "| # | sev# | trial | status |" in md and "hierarchical-cross-entropy (alpha=0.3" in md
     assert md.count("\n| ") == 8 and "pareto:1" in md  # header + 7 rows; b is pareto:1
     assert rank_cli.main([str(synth), "--out", str(out), "--scope", "last", "--no-plots"]) == 0
     assert "last (each trial's last epoch)" in (out / "trials.md").read_text()
@@ -301,6 +301,14 @@ def test_bad_input_errors(synth, tmp_path, capsys):
     with pytest.raises(AnalysisError, match="distinct seeds"):
         export(synth, out, seeds=[1, 1])
     assert not out.exists()
+    for wrong in (tmp_path / "best.txt", synth):  # --out: a .yaml file, not a folder
+        with pytest.raises(AnalysisError, match="give a .yaml file"):
+            export(synth, wrong)
+    assert rank_cli.main([str(synth), "--out", str(synth / "search_spec.yaml"), "--no-plots"]) == 2
+    assert "is a file: give a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rank_cli.main([str(synth), "--top", "0"])
+    assert "'0' is not a whole number >= 1" in capsys.readouterr().err
     for module in (rank_cli, export_cli, compare_cli):  # --help works and shows the defaults
         with pytest.raises(SystemExit) as exit_info:
             module.main(["--help"])
@@ -318,8 +326,11 @@ def test_export_best_and_train_cli_accepts_it(synth, tmp_path):
     from hiercls.config import TrainConfig
     from hiercls.train import build_parser, config_from_args
 
+    _, source, _ = export(synth, tmp_path / "default.yaml")  # default: the search's own objective
+    assert (source["metric"], source["trial_id"], source["epoch"]) == ("objective", "bbbb0002", 3)
+    assert source["value"] == pytest.approx(0.63)
     out = tmp_path / "best.yaml"
-    written, source, _ = export(synth, out)
+    written, source, _ = export(synth, out, rank_by="val_top1_error")
     assert written == [out]
     block, config = load_exported(out)
     assert block == {"experiment": str(synth.resolve()), "trial_id": "dddd0004", "metric": "val_top1_error",
@@ -332,7 +343,7 @@ def test_export_best_and_train_cli_accepts_it(synth, tmp_path):
     parsed = config_from_args(build_parser().parse_args(["--config", str(out)]))  # source: is ignored
     assert parsed == TrainConfig.from_dict(config)
 
-    assert export_cli.main([str(synth), "--out", str(out)]) == 2  # never overwritten ...
+    assert export_cli.main([str(synth), "--out", str(out), "--rank-by", "val_top1_error"]) == 2  # kept ...
     argv = [str(synth), "--out", str(out), "--force", "--rank-by", "val_mistake_severity"]
     assert export_cli.main(argv) == 0
     block, _ = load_exported(out)  # ... unless --force
@@ -354,8 +365,9 @@ def test_export_rank_by(synth, tmp_path, rank_by, trial, epoch, value):
 
 
 def test_export_scope_by_trial_id(synth, tmp_path):
-    _, best, _ = export(synth, tmp_path / "b.yaml", trial_id="aaaa0001")
-    _, last, _ = export(synth, tmp_path / "l.yaml", trial_id="aaaa0001", scope="last")
+    top1 = "val_top1_error"
+    _, best, _ = export(synth, tmp_path / "b.yaml", trial_id="aaaa0001", rank_by=top1)
+    _, last, _ = export(synth, tmp_path / "l.yaml", trial_id="aaaa0001", scope="last", rank_by=top1)
     assert (best["epoch"], best["value"], best["scope"]) == (2, 0.50, "best")
     assert (last["epoch"], last["value"], last["scope"]) == (3, 0.48, "last")
 
@@ -365,7 +377,8 @@ def test_nan_error_and_stopped_trials_only_by_id(synth, tmp_path):
         _, source, _ = export(synth, tmp_path / f"{rank_by}.yaml", rank_by=rank_by)
         assert source["trial_id"] not in ("eeee0005", "ffff0006", "gggg0007")  # e has the lowest values
     _, source, notes = export(synth, tmp_path / "e.yaml", trial_id="eeee0005")
-    assert source["trial_id"] == "eeee0005" and source["epoch"] == 1 and source["value"] == 0.42
+    assert source["trial_id"] == "eeee0005" and source["epoch"] == 1
+    assert source["metric"] == "objective" and source["value"] == pytest.approx(0.42 + 0.14)
     assert "stopped early (1/3 epochs)" in notes[0]
     _, source, notes = export(synth, tmp_path / "f.yaml", trial_id="ffff0006", scope="last")
     assert source["epoch"] == 2 and source["value"] is None and "is nan" in notes[0]
@@ -388,11 +401,11 @@ def test_export_seeds_and_retrain_full(synth, tmp_path):
     seeds, folders = [], set()
     for seed in (0, 1, 2):
         block, config = load_exported(out.with_name(f"best.seed{seed}.yaml"))
-        assert block["trial_id"] == "dddd0004" and block["epoch"] == 3
+        assert block["trial_id"] == "bbbb0002" and block["epoch"] == 3
         assert config["val_size"] == 0 and config["max_train_samples"] is None and config["epochs"] == 3
         seeds.append(config["seed"])
         folders.add(config["out_folder"])
-    assert seeds == [0, 1, 2] and folders == {f"runs/synth-dddd0004-full-seed{s}" for s in (0, 1, 2)}
+    assert seeds == [0, 1, 2] and folders == {f"runs/synth-bbbb0002-full-seed{s}" for s in (0, 1, 2)}
     assert export_cli.main([str(synth), "--out", str(out), "--seeds", "2", "3"]) == 2  # seed2 file exists
     assert not out.with_name("best.seed3.yaml").exists()  # nothing written when one target exists
 
@@ -430,6 +443,10 @@ def test_plots_are_written_and_open(tmp_path, capsys):
     assert "note: parameter importances skipped: 2 compared trial(s)" in capsys.readouterr().out
     assert (tmp_path / "few-out" / PLOT_FILES["tradeoff_severity"]).is_file()
     assert not (tmp_path / "few-out" / PLOT_FILES["param_importances"]).exists()
+    # ranking into a folder that holds an earlier importances plot: the stale plot does not stay
+    assert rank_cli.main([str(few), "--out", str(out)]) == 0
+    assert f"removed {out / PLOT_FILES['param_importances']}" in capsys.readouterr().out
+    assert not (out / PLOT_FILES["param_importances"]).exists()
 
 
 # ---------------------------------------------------------------------------------------------- compare
@@ -482,6 +499,18 @@ def test_compare_groups_seeds(tmp_path, capsys):
     assert compare_cli.main([str(runs[0]), "--model", "best"]) == 2
     assert "no best-val model" in capsys.readouterr().err
     assert compare_cli.main([str(runs[0]), "--out", str(tmp_path / "x.txt")]) == 2
+    (tmp_path / "dir.md").mkdir()
+    assert compare_cli.main([str(runs[0]), "--out", str(tmp_path / "dir.md"), "--force"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert compare_cli.main([str(runs[0]), str(runs[1]), str(runs[0])]) == 2  # one run given twice
+    assert "is given twice" in capsys.readouterr().err
+    import shutil
+
+    shutil.copytree(runs[0], tmp_path / "copy")  # a copy of a run is not another seed
+    assert compare_cli.main([str(runs[0]), str(tmp_path / "copy")]) == 0
+    assert "warning: seed 0 repeats in one group" in capsys.readouterr().out
+    assert compare_cli.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     before = out.read_text()
     assert compare_cli.main([str(runs[0]), "--out", str(out)]) == 2  # an existing table is kept
     assert "refusing to overwrite" in capsys.readouterr().err and out.read_text() == before

@@ -4,6 +4,7 @@ two-node local cluster in subprocesses."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -207,6 +208,22 @@ def test_resume_after_sigint(ray_session, tmp_path):
     # trials that had ended a second before the interrupt (Tune has recorded them by then)
     finished_before = _finished_trials(folder, interrupted_at - 1.0)
     assert 2 <= len(finished_before) < 6
+    # the interrupted search's summary: running/pending trials are unfinished (not errored, not ASHA
+    # stops) and keep their searched values
+    with open(folder / "summary.csv", newline="") as f:
+        interrupted = list(csv.DictReader(f))
+    statuses = sorted(r["status"] for r in interrupted)
+    assert "error" not in statuses and "unfinished" in statuses, statuses
+    assert all(r["stopped_early"] == "False" for r in interrupted if r["status"] == "unfinished")
+    assert all(r["lr"] for r in interrupted)
+    assert "unfinished" in (tmp_path / "first.log").read_text()
+
+    # "the same command with --resume" needs no --trainable: the experiment's own is reused; a
+    # different one is refused before Ray starts
+    command = [c for c in command if c not in ("--trainable", "toy")]
+    other = subprocess.run(command + ["--resume", "--trainable", "train"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "started with --trainable toy" in other.stderr, other.stderr[-2000:]
 
     # a changed search is refused, listing the changed key
     changed = subprocess.run(command + ["--resume", "--num-samples", "7"], cwd=ROOT, env=env,

@@ -34,6 +34,7 @@ import yaml
 
 from hiercls.tune.space import TRIAL_INDEX
 from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
+from hiercls.tune.state import UNFINISHED, read_trial_states
 
 __all__ = [
     "SPEC_FILE",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 SPEC_FILE = "search_spec.yaml"
+TRAINABLE_KEY = "trainable"  # also saved in SPEC_FILE: a resume reuses the experiment's trainable
 SUMMARY_FILE = "summary.csv"
 MULTI_METRICS = ("val_top1_error", "val_mistake_severity")
 
@@ -106,6 +108,7 @@ def check_experiment(spec: SearchSpec, *, resume: bool) -> None:
         ])
     if saved_path.is_file():
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        saved.pop(TRAINABLE_KEY, None)
         diffs = spec_differences(saved, spec.to_dict())
         if diffs:
             raise SpecError([
@@ -113,6 +116,28 @@ def check_experiment(spec: SearchSpec, *, resume: bool) -> None:
                 f"{len(diffs)} key(s) (resume with the original space and options, or use a new --name)",
                 *diffs,
             ])
+
+
+def saved_trainable(spec: SearchSpec) -> str:
+    """The trainable an existing experiment was started with (``train`` when not recorded)."""
+    path = spec.experiment_dir / SPEC_FILE
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "train"
+    return str(saved.get(TRAINABLE_KEY) or "train")
+
+
+def _choose_trainable(spec: SearchSpec, trainable: str | None, resume: bool) -> str:
+    if not resume:
+        return trainable or "train"
+    saved = saved_trainable(spec)
+    if trainable is not None and trainable != saved:
+        raise SpecError([
+            f"refusing to resume {str(spec.experiment_dir)!r} with --trainable {trainable}: it was started "
+            f"with --trainable {saved} (resume without --trainable, or use a new --name)"
+        ])
+    return saved
 
 
 def check_resources(cpus: float, gpus: float) -> None:
@@ -219,7 +244,7 @@ def run_search(
     spec: SearchSpec,
     *,
     resume: bool = False,
-    trainable: str = "train",
+    trainable: str | None = None,
     toy_sleep: float = 0.0,
     echo: Callable[[str], Any] = print,
     ray_init_kwargs: Mapping[str, Any] | None = None,
@@ -231,7 +256,8 @@ def run_search(
         spec: the search; validated here before anything else happens.
         resume: continue ``storage_path/name`` with ``Tuner.restore`` (unfinished trials resume from
             their last checkpoint, errored ones restart).
-        trainable: ``train`` (the real one) or ``toy`` (:mod:`hiercls.tune.toy`: no data, no training).
+        trainable: ``train`` (the real one) or ``toy`` (:mod:`hiercls.tune.toy`: no data, no training);
+            None: ``train`` for a new search, the experiment's own for a resume (saved in its spec).
         toy_sleep: seconds per toy epoch.
         echo: where the summary lines go.
         ray_init_kwargs: extra ``ray.init`` arguments when this call starts Ray.
@@ -246,9 +272,10 @@ def run_search(
     for note in notes:
         echo(f"warning: {note}")
     spec = spec.resolved()
-    if trainable not in ("train", "toy"):
+    if trainable not in (None, "train", "toy"):
         raise SpecError([f"trainable {trainable!r} is unknown; valid: train, toy"])
     check_experiment(spec, resume=resume)
+    trainable = _choose_trainable(spec, trainable, resume)
     cache_dir = None
     if trainable == "train":
         cache_dir = _warm_data(spec)
@@ -284,7 +311,9 @@ def run_search(
         folder = spec.experiment_dir
         folder.mkdir(parents=True, exist_ok=True)
         if not resume:
-            (folder / SPEC_FILE).write_text(spec.to_yaml(), encoding="utf-8")
+            (folder / SPEC_FILE).write_text(
+                spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}), encoding="utf-8"
+            )
         setup = TrialSetup(
             base=spec.base_config(), experiment_dir=str(folder), objective=spec.objective,
             search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep,
@@ -387,18 +416,34 @@ def _number(value: Any) -> float:
 def summarize(results: Any, spec: SearchSpec) -> list[dict[str, Any]]:
     """One row per trial: ``trial_id``, ``loss``, ``lr_schedule``, ``params`` (searched and resolved
     loss/schedule values), ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs``
-    (run), ``status`` (ok, nan, error), ``stopped_early`` (ASHA), ``path``; sorted best first."""
+    (run), ``status`` (ok, nan, error, unfinished: still running or pending when the search was
+    interrupted), ``stopped_early`` (ASHA), ``path``; sorted best first (full-length trials first)."""
+    # Ray's own trial objects say which trials are still RUNNING/PENDING/PAUSED (an interrupted search)
+    # and hold the searched config of a trial that never reported (its Result has no metrics)
+    # (the in-memory trials call an interrupted trial TERMINATED; the saved experiment state keeps it
+    # RUNNING, so the status comes from there)
+    trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
+    saved = read_trial_states(spec.experiment_dir)
     rows = []
-    for result in results:
+    for i, result in enumerate(results):
+        trial = trials[i] if len(trials) == len(results) else None
+        trial_id = str((result.metrics or {}).get("trial_id") or getattr(trial, "trial_id", "") or "")
+        ray_status = str((saved.get(trial_id) or {}).get("status") or getattr(trial, "status", "") or "")
         metrics = dict(result.metrics or {})
-        config = dict(result.config or {})
+        config = dict(result.config or getattr(trial, "config", None) or {})
         params = dict(metrics.get("params") or {})
         params.update({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("params/")})
         params.update({k: v for k, v in config.items() if k not in ("loss", "lr_schedule", TRIAL_INDEX)})
-        status = "error" if result.error is not None else str(metrics.get("status", "error"))
         epochs = int(metrics.get("epoch", 0) or 0)
+        if result.error is not None or ray_status == "ERROR":
+            status = "error"
+        elif ray_status in UNFINISHED and str(metrics.get("status", "ok")) == "ok":
+            status = "unfinished"
+        else:
+            status = str(metrics.get("status", "error"))
+        trial_id = trial_id or Path(str(result.path)).name.removeprefix("trial_")
         rows.append({
-            "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
+            "trial_id": trial_id,
             "loss": metrics.get("loss") or config.get("loss") or spec.train.get("loss", "cross-entropy"),
             "lr_schedule": metrics.get("lr_schedule") or config.get("lr_schedule")
             or spec.train.get("lr_schedule", "cosine"),
@@ -460,7 +505,8 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
 
     shown = outcome.pareto if spec.multi_objective else outcome.rows[: spec.top]
     title = "Pareto front (val_top1_error vs val_mistake_severity)" if spec.multi_objective else (
-        f"best {len(shown)} of {outcome.num_trials} trials by {spec.objective} (lower is better)"
+        f"best {len(shown)} of {outcome.num_trials} trials by {spec.objective} (lower is better; trials "
+        "that ran their full length first)"
     )
     header = ["#", "trial", "loss (parameters)", "schedule (parameters)", "lr", "wd", "val_err", "severity",
               "objective", "epochs", "status"]
@@ -481,9 +527,10 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     n_nan = sum(1 for r in outcome.rows if r["status"] == "nan")
     n_err = sum(1 for r in outcome.rows if r["status"] == "error")
+    n_open = sum(1 for r in outcome.rows if r["status"] == "unfinished")
     lines.append(
         f"{outcome.num_trials} trials: {outcome.num_stopped_early} stopped early by ASHA, {n_nan} went NaN, "
-        f"{n_err} errored; {outcome.seconds:.0f} s"
+        f"{n_err} errored" + (f", {n_open} unfinished" if n_open else "") + f"; {outcome.seconds:.0f} s"
     )
     lines.append(f"results: {outcome.experiment_dir} (all trials: {outcome.experiment_dir / SUMMARY_FILE})")
     if outcome.best is not None:

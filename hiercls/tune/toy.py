@@ -46,6 +46,9 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     import ray
     from ray import tune
 
+    from hiercls.tune.trainable import quiet_ray_logs
+
+    quiet_ray_logs()
     context = tune.get_context()
     epochs = int(setup.base.get("epochs", 1))
     start = 0

@@ -54,6 +54,14 @@ def trial_seed(search_seed: int, index: int | str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def quiet_ray_logs() -> None:
+    """Silence Ray's per-epoch INFO lines in a trial process ("Checkpoint successfully created at ...",
+    one per trial and epoch); warnings and errors still show."""
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
 def trial_folder(setup: TrialSetup) -> Path:
     """The trial's folder in the experiment: ``experiment_dir/<trial dir name>``."""
     from ray import tune
@@ -89,6 +97,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from hiercls.tune.space import TRIAL_INDEX
     from hiercls.tune.spec import parse_objective
 
+    quiet_ray_logs()
     objective = parse_objective(setup.objective)
     context = tune.get_context()
     out = trial_folder(setup)

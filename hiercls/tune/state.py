@@ -1,0 +1,48 @@
+"""Ray Tune's saved experiment state, read as plain JSON (never unpickled).
+
+``experiment_state-<timestamp>.json`` in an experiment folder is Ray's record of every trial; Tune
+rewrites it during a search and when it ends or is interrupted, and ``Tuner.restore`` resumes from the
+newest one. Each entry of its ``trial_data`` list is a pair of JSON texts: the trial (id, status,
+folder, config, ...) and its run metadata (error file, ...). Values Ray stored cloudpickled are left
+alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["UNFINISHED", "read_trial_states"]
+
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # statuses of trials a resume would continue
+
+
+def read_trial_states(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> ``{"status", "relative_logdir", "config", "error_filename"}`` from the newest
+    ``experiment_state-*.json`` in ``folder``.
+
+    ``status`` is Ray's: TERMINATED, ERROR, RUNNING, PENDING or PAUSED (a trial still running when the
+    search was interrupted stays RUNNING there, although the in-memory results call it TERMINATED);
+    ``config`` is the searched config when stored as plain JSON, else ``{}``. Returns ``{}`` when there
+    is no state file or it cannot be read (the caller falls back to the trial folders).
+    """
+    files = sorted(Path(folder).glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        data = json.loads(files[-1].read_text(encoding="utf-8"))
+        out = {}
+        for item in data.get("trial_data", []):
+            trial = json.loads(item[0]) if isinstance(item[0], str) else dict(item[0])
+            meta = json.loads(item[1]) if len(item) > 1 and isinstance(item[1], str) else {}
+            config = trial.get("config")
+            out[str(trial["trial_id"])] = {
+                "status": trial.get("status"),
+                "relative_logdir": trial.get("relative_logdir"),
+                "config": config if isinstance(config, dict) and "_type" not in config else {},
+                "error_filename": (meta or {}).get("error_filename"),
+            }
+        return out
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return {}
