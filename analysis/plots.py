@@ -91,14 +91,20 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
         colour = colours.get(family, "grey")
         done = group[group["compared"]]
         rest = group[~group["compared"]]
-        ax.scatter(done[x], done[y], color=colour, label=family, s=40, zorder=3)
+        if len(done):
+            ax.scatter(done[x], done[y], color=colour, label=family, s=40, zorder=3)
         if len(rest):
             ax.scatter(rest[x], rest[y], facecolors="none", edgecolors=colour, s=40, zorder=3,
                        label=f"{family} (not compared)")
     front = pareto_front(table, pair)
     if len(front):
-        ax.step(front[x], front[y], where="post", color="black", lw=1.2, zorder=2, label="Pareto front")
-        ax.scatter(front[x], front[y], s=110, facecolors="none", edgecolors="black", zorder=4)
+        # the ring marks each front trial (also a front of one); the step line joins them
+        ax.step(front[x], front[y], where="post", color="black", lw=1.2, zorder=2)
+        ax.plot(front[x], front[y], linestyle="none", marker="o", ms=11, mfc="none", mec="black", zorder=4,
+                label=f"Pareto front ({len(front)} trial{'s' if len(front) > 1 else ''})")
+    else:
+        ax.text(0.02, 0.02, "no Pareto front: no trial ran its full length", transform=ax.transAxes,
+                fontsize=8, color="dimgray")
     ce = data[(data["loss"] == "cross-entropy") & data["compared"]].sort_values([x, y, "trial_id"])
     if len(ce):
         best = ce.iloc[0]
@@ -284,6 +290,9 @@ def plot_params(experiment: Experiment, table: pd.DataFrame, path: Path) -> Path
                 ax.set_xlim(low - pad, high + pad)
         for x, y, c, f in zip(xs, ys, cs, filled):
             ax.scatter([x], [y], color=c if f else "none", edgecolors=c, s=30)
+        if not xs:
+            ax.text(0.5, 0.5, f"no trial with a finite objective has {name}", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8, color="dimgray")
         ax.set_xlabel(name)
         ax.set_ylabel(experiment.objective_text if len(experiment.objective_text) < 30 else "objective",
                       fontsize=8)
@@ -291,7 +300,12 @@ def plot_params(experiment: Experiment, table: pd.DataFrame, path: Path) -> Path
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(f"searched parameters against the objective ({experiment.name}; hollow: not compared)")
-    fig.tight_layout()
+    families = sorted(set(data["loss"].dropna().astype(str)))
+    handles = [plt.Line2D([], [], linestyle="none", marker="o", color=colours.get(f, "grey"), label=f)
+               for f in families]
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
