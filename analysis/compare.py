@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.experiment import AnalysisError
+from analysis.experiment import AnalysisError, run_cli
 from analysis.rank import markdown_table, text_table
 
 __all__ = ["METRICS", "IGNORED_KEYS", "check_distinct", "ci95", "group_runs", "load_run", "main", "summarize"]
@@ -202,29 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; 0 on success, 2 on bad input (the error on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.out and Path(args.out).suffix not in (".csv", ".md"):
-            raise AnalysisError(f"--out {args.out!r}: the file must end in .csv or .md")
-        if args.out and Path(args.out).is_dir():
-            raise AnalysisError(f"--out {args.out!r} is a folder: give a .csv or .md file to write")
-        if args.out and Path(args.out).exists() and not args.force:
-            raise AnalysisError(f"refusing to overwrite {args.out}: pass --force, or choose another --out")
-        runs = [load_run(r, args.model) for r in args.runs]
-        warnings = check_distinct(runs)
-        table = summarize(runs)
-    except AnalysisError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), argv, _compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix not in (".csv", ".md"):
+        raise AnalysisError(f"--out {args.out!r}: the file must end in .csv or .md")
+    if out is not None and out.is_dir():
+        raise AnalysisError(f"--out {args.out!r} is a folder: give a .csv or .md file to write")
+    if out is not None and out.exists() and not args.force:
+        raise AnalysisError(f"refusing to overwrite {args.out}: pass --force, or choose another --out")
+    runs = [load_run(r, args.model) for r in args.runs]
+    warnings = check_distinct(runs)
+    table = summarize(runs)
     for warning in warnings:
         print(f"warning: {warning}")
     header, body = _cells(table)
     print(f"test metrics ({args.model} model; mean ± 95% CI half-width over seeds where n > 1):")
     for line in text_table(header, body):
         print(line)
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".csv":
             table.to_csv(out, index=False)

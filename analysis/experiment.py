@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ __all__ = [
     "STATUSES",
     "FINISHED",
     "load_experiment",
+    "run_cli",
+    "searched_params",
     "trial_objective",
 ]
 
@@ -160,6 +163,18 @@ class Experiment:
                 + (f": {counts}" if counts else "")
                 + "); nothing to analyse yet"
             )
+
+
+def run_cli(parser: Any, argv: Sequence[str] | None, command: Callable[[Any], int]) -> int:
+    """The shared ``main`` of the analysis CLIs: parse ``argv`` with the argparse ``parser`` and return
+    ``command(args)``; an :class:`AnalysisError` is printed as ``PROG: error: MESSAGE`` on stderr (no
+    traceback) and gives exit status 2. Argparse's own usage errors exit 2 through argparse."""
+    args = parser.parse_args(argv)
+    try:
+        return command(args)
+    except AnalysisError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -351,6 +366,18 @@ def _make_trial(
                  else "Ray marked the trial ERROR")
     return Trial(trial_id, path, params, config, config_source, records, dropped, epochs, status, ray_status,
                  error if status == "error" else None)
+
+
+def searched_params(spec: Mapping[str, Any]) -> list[Any]:
+    """The searched parameters of a saved spec (:class:`hiercls.tune.spec.Param`, branch parameters
+    included, fixed values excluded), in the order the spec lists them; a name searched in several
+    branches appears once per branch."""
+    from hiercls.tune.spec import iter_params, parse_params
+
+    problems: list[str] = []  # the spec was validated before the search ran
+    epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
+    params = parse_params(spec.get("search") or {}, "search", problems, epochs=epochs)
+    return [p for p, _ in iter_params(params) if p.kind != "fixed"]
 
 
 def rebuild_config(

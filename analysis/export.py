@@ -34,10 +34,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analysis.experiment import AnalysisError, Experiment, load_experiment
+from analysis.experiment import AnalysisError, Experiment, load_experiment, run_cli
 from analysis.rank import METRIC_COLUMNS, SCOPES, build_table, pareto_front
 
-__all__ = ["RANK_BY", "choose", "export", "exported_config", "main"]
+__all__ = ["RANK_BY", "choose", "export", "exported_config", "main", "pareto_index"]
 
 RANK_BY = ("objective", *METRIC_COLUMNS)
 PARETO = "pareto:"
@@ -45,6 +45,25 @@ PARETO = "pareto:"
 
 def _valid_rank_by() -> str:
     return ", ".join([*RANK_BY, "pareto:INDEX"])
+
+
+def pareto_index(rank_by: str) -> int | None:
+    """The INDEX of ``pareto:INDEX``, None for a metric name.
+
+    Raises:
+        AnalysisError: an unknown metric (the valid ones listed) or an INDEX that is not a whole number.
+    """
+    if not str(rank_by).startswith(PARETO):
+        if rank_by not in RANK_BY:
+            raise AnalysisError(f"--rank-by {rank_by!r} is unknown; valid: {_valid_rank_by()}")
+        return None
+    try:
+        return int(rank_by[len(PARETO):])
+    except ValueError:
+        raise AnalysisError(
+            f"--rank-by {rank_by!r}: INDEX must be a whole number (pareto:0 is the front's lowest top-1 "
+            "error)"
+        ) from None
 
 
 def choose(experiment: Experiment, table: pd.DataFrame, rank_by: str = "objective",
@@ -61,18 +80,7 @@ def choose(experiment: Experiment, table: pd.DataFrame, rank_by: str = "objectiv
         AnalysisError: unknown metric (the valid ones listed), a Pareto index out of range (the valid
             range given), no complete trial, no trial with a finite value, an unknown trial id.
     """
-    if rank_by not in RANK_BY and not rank_by.startswith(PARETO):
-        raise AnalysisError(f"--rank-by {rank_by!r} is unknown; valid: {_valid_rank_by()}")
-    index = None
-    if rank_by.startswith(PARETO):
-        text = rank_by[len(PARETO):]
-        try:
-            index = int(text)
-        except ValueError:
-            raise AnalysisError(
-                f"--rank-by {rank_by!r}: INDEX must be a whole number (pareto:0 is the front's lowest top-1 "
-                "error)"
-            ) from None
+    index = pareto_index(rank_by)
     if trial_id is not None:
         trial = experiment.trial(trial_id)
         row = table[table["trial_id"] == trial.trial_id].iloc[0]
@@ -180,8 +188,7 @@ def export(
     """
     if scope not in SCOPES:
         raise AnalysisError(f"scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
-    if rank_by not in RANK_BY and not str(rank_by).startswith(PARETO):
-        raise AnalysisError(f"--rank-by {rank_by!r} is unknown; valid: {_valid_rank_by()}")
+    pareto_index(rank_by)  # a bad --rank-by fails before any work
     out = Path(out)
     if out.suffix not in (".yaml", ".yml"):
         raise AnalysisError(f"--out {str(out)!r}: give a .yaml file to write (e.g. best.yaml)")
@@ -261,16 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; 0 on success, 2 on bad input (the error on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        written, source, notes = export(
-            args.experiment, args.out, rank_by=args.rank_by, scope=args.scope, seeds=args.seeds,
-            retrain_full=args.retrain_full, trial_id=args.trial, force=args.force,
-        )
-    except AnalysisError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), argv, _export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    written, source, notes = export(
+        args.experiment, args.out, rank_by=args.rank_by, scope=args.scope, seeds=args.seeds,
+        retrain_full=args.retrain_full, trial_id=args.trial, force=args.force,
+    )
     for note in notes:
         print(f"note: {note}")
     value = source["value"]

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.experiment import Experiment  # noqa: E402
+from analysis.experiment import Experiment, searched_params  # noqa: E402
 from analysis.rank import PARETO_PAIRS, pareto_front  # noqa: E402
 
 __all__ = [
@@ -147,15 +147,8 @@ def _distributions(spec: Mapping[str, Any]) -> dict[str, Any]:
     """name -> optuna distribution of every searched key (a key in several branches: their union)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hiercls.tune.spec import iter_params, parse_params
-
-    problems: list[str] = []
-    epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
-    params = parse_params(spec.get("search") or {}, "search", problems, epochs=epochs)
     out: dict[str, Any] = {}
-    for p, _ in iter_params(params):
-        if p.kind == "fixed":
-            continue
+    for p in searched_params(spec):
         if p.kind == "choice":
             old = list(out[p.name].choices) if isinstance(out.get(p.name), CategoricalDistribution) else []
             out[p.name] = CategoricalDistribution(list(dict.fromkeys([*old, *p.values])))

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.experiment import AnalysisError, Experiment, Trial, load_experiment, trial_objective
+from analysis.experiment import (
+    AnalysisError,
+    Experiment,
+    Trial,
+    load_experiment,
+    run_cli,
+    searched_params,
+    trial_objective,
+)
 
 __all__ = [
     "METRICS",
@@ -95,20 +103,24 @@ def pareto_mask(points: Any) -> np.ndarray:
     return mask
 
 
-def _param_keys(trial: Trial) -> tuple[list[str], list[str]]:
-    """The loss parameters and schedule parameters the trial's loss and schedule take."""
+def _taken_keys(name: str | None, kind: str) -> list[str]:
+    """The config keys the loss (``kind="loss"``) or schedule (``kind="schedule"``) ``name`` takes, in
+    the config's order; none for an unknown or missing name."""
     from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
     from hiercls.losses import loss_params
     from hiercls.schedules import schedule_params
 
-    def taken(name: str | None, params_of, keys) -> list[str]:
-        try:
-            accepted = params_of(name) if name else {}
-        except ValueError:
-            accepted = {}
-        return [k for k in keys if k in accepted]
+    keys, params_of = (LOSS_KEYS, loss_params) if kind == "loss" else (SCHEDULE_KEYS, schedule_params)
+    try:
+        accepted = params_of(name) if name else {}
+    except ValueError:
+        accepted = {}
+    return [k for k in keys if k in accepted]
 
-    return taken(trial.loss, loss_params, LOSS_KEYS), taken(trial.lr_schedule, schedule_params, SCHEDULE_KEYS)
+
+def _param_keys(trial: Trial) -> tuple[list[str], list[str]]:
+    """The loss parameters and schedule parameters the trial's loss and schedule take."""
+    return _taken_keys(trial.loss, "loss"), _taken_keys(trial.lr_schedule, "schedule")
 
 
 def _plain(value: Any) -> Any:
@@ -119,12 +131,7 @@ def _plain(value: Any) -> Any:
 
 def searched_keys(spec: Mapping[str, Any]) -> list[str]:
     """Every key searched in the spec (branch parameters included; fixed values in branches excluded)."""
-    from hiercls.tune.spec import iter_params, parse_params
-
-    problems: list[str] = []
-    epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
-    params = parse_params(spec.get("search") or {}, "search", problems, epochs=epochs)
-    return list(dict.fromkeys(p.name for p, _ in iter_params(params) if p.kind != "fixed"))
+    return list(dict.fromkeys(p.name for p in searched_params(spec)))
 
 
 def build_table(
@@ -241,20 +248,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _param_text(row: Mapping[str, Any], name: str | None, kind: str) -> str:
-    from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
-    from hiercls.losses import loss_params
-    from hiercls.schedules import schedule_params
-
     if not name:
         return ""
-    keys, params_of = (LOSS_KEYS, loss_params) if kind == "loss" else (SCHEDULE_KEYS, schedule_params)
-    try:
-        accepted = params_of(name)
-    except ValueError:
-        accepted = {}
     parts = []
-    for k in keys:
-        if k in accepted and k in row and not _missing(row[k]):
+    for k in _taken_keys(name, kind):
+        if k in row and not _missing(row[k]):
             v = row[k]
             parts.append(f"{k}={v:.4g}" if isinstance(v, (float, np.floating)) else f"{k}={v}")
     return name + (f" ({' '.join(parts)})" if parts else "")
@@ -384,25 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; 0 on success, 2 on bad input (the error on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        experiment = load_experiment(args.experiment)
-        table = build_table(experiment, args.scope, include_stopped=args.include_stopped)
-        out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
-        if out.exists() and not out.is_dir():
-            raise AnalysisError(f"--out {str(out)!r} is a file: give a folder for the tables and plots")
-        written = write_outputs(experiment, table, out, args.scope, args.include_stopped)
-        notes: list[str] = []
-        if not args.no_plots:
-            from analysis.plots import make_plots
+    return run_cli(build_parser(), argv, _rank)
 
-            plots, notes = make_plots(experiment, table, out)
-            written += plots
-    except AnalysisError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    header, body = display_rows(table.head(max(args.top, 0)))
+
+def _rank(args: argparse.Namespace) -> int:
+    experiment = load_experiment(args.experiment)
+    table = build_table(experiment, args.scope, include_stopped=args.include_stopped)
+    out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out {str(out)!r} is a file: give a folder for the tables and plots")
+    written = write_outputs(experiment, table, out, args.scope, args.include_stopped)
+    notes: list[str] = []
+    if not args.no_plots:
+        from analysis.plots import make_plots
+
+        plots, notes = make_plots(experiment, table, out)
+        written += plots
+    header, body = display_rows(table.head(args.top))
     counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
     print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
     for line in text_table(header, body):
