@@ -33,6 +33,7 @@ from analysis.experiment import (
     searched_params,
     trial_objective,
 )
+from hiercls.tune.runner import pareto_mask
 
 __all__ = [
     "METRICS",
@@ -85,22 +86,6 @@ def select_record(
         if math.isfinite(value) and value < best_value:
             best, best_value = r, value
     return best
-
-
-def pareto_mask(points: Any) -> np.ndarray:
-    """Which rows of ``points`` (n x 2, lower is better on both) are Pareto-optimal.
-
-    A point is dominated when another is <= on both coordinates and < on at least one; equal points
-    are all kept. Rows with a NaN (or infinite) coordinate are never on the front and dominate nothing.
-    """
-    pts = np.asarray(points, dtype=float).reshape(-1, 2)
-    ok = np.isfinite(pts).all(axis=1)
-    mask = np.zeros(len(pts), dtype=bool)
-    for i in np.flatnonzero(ok):
-        others = pts[ok]
-        dominated = np.any(np.all(others <= pts[i], axis=1) & np.any(others < pts[i], axis=1))
-        mask[i] = not dominated
-    return mask
 
 
 def _taken_keys(name: str | None, kind: str) -> list[str]:

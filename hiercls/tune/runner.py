@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hiercls.tune.space import TRIAL_INDEX
@@ -44,6 +45,7 @@ __all__ = [
     "check_resources",
     "enable_cluster_token",
     "format_table",
+    "pareto_mask",
     "run_search",
     "summarize",
 ]
@@ -80,8 +82,10 @@ class SearchOutcome:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_experiment(spec: SearchSpec, *, resume: bool) -> None:
+def check_experiment(spec: SearchSpec, *, resume: bool) -> dict[str, Any]:
     """Refuse to overwrite an experiment without ``resume``, and a changed spec with it.
+
+    Returns the experiment's saved spec (with its ``trainable``) when resuming, else ``{}``.
 
     Raises:
         SpecError: the experiment exists (new search), does not exist or cannot be restored (resume),
@@ -98,7 +102,7 @@ def check_experiment(spec: SearchSpec, *, resume: bool) -> None:
                 f"experiment {str(folder)!r} already exists; pass --resume to continue it or choose "
                 "another --name (it is never overwritten)"
             ])
-        return
+        return {}
     if not exists:
         raise SpecError([f"nothing to resume: experiment {str(folder)!r} does not exist"])
     if not tune.Tuner.can_restore(str(folder)):
@@ -106,38 +110,32 @@ def check_experiment(spec: SearchSpec, *, resume: bool) -> None:
             f"experiment {str(folder)!r} has no saved Tune state to restore (it stopped before its first "
             "save); start again under another --name"
         ])
+    saved: dict[str, Any] = {}
     if saved_path.is_file():
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
-        saved.pop(TRAINABLE_KEY, None)
-        diffs = spec_differences(saved, spec.to_dict())
+        diffs = spec_differences({k: v for k, v in saved.items() if k != TRAINABLE_KEY}, spec.to_dict())
         if diffs:
             raise SpecError([
                 f"refusing to resume {str(folder)!r}: the search specification changed in "
                 f"{len(diffs)} key(s) (resume with the original space and options, or use a new --name)",
                 *diffs,
             ])
+    return saved
 
 
-def saved_trainable(spec: SearchSpec) -> str:
-    """The trainable an existing experiment was started with (``train`` when not recorded)."""
-    path = spec.experiment_dir / SPEC_FILE
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return "train"
-    return str(saved.get(TRAINABLE_KEY) or "train")
-
-
-def _choose_trainable(spec: SearchSpec, trainable: str | None, resume: bool) -> str:
+def _choose_trainable(spec: SearchSpec, trainable: str | None, saved: Mapping[str, Any], resume: bool) -> str:
+    """The trainable to run: the one asked for (``train`` by default) for a new search; for a resume
+    the experiment's own from its saved spec ``saved`` (``train`` when not recorded), and a different
+    one is refused."""
     if not resume:
         return trainable or "train"
-    saved = saved_trainable(spec)
-    if trainable is not None and trainable != saved:
+    own = str(saved.get(TRAINABLE_KEY) or "train")
+    if trainable is not None and trainable != own:
         raise SpecError([
             f"refusing to resume {str(spec.experiment_dir)!r} with --trainable {trainable}: it was started "
-            f"with --trainable {saved} (resume without --trainable, or use a new --name)"
+            f"with --trainable {own} (resume without --trainable, or use a new --name)"
         ])
-    return saved
+    return own
 
 
 def check_resources(cpus: float, gpus: float) -> None:
@@ -166,6 +164,11 @@ def check_resources(cpus: float, gpus: float) -> None:
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
 
 
+def _explicit_address(address: str | None) -> bool:
+    """A ``HOST:PORT`` to join (not None/``local``: a new instance; not ``auto``: Ray's own lookup)."""
+    return address not in (None, "local", "auto")
+
+
 def cluster_token_source() -> str | None:
     """Where this process would read a Ray authentication token from: ``$RAY_AUTH_TOKEN``, the file in
     ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray 2.60's order); None when there is none."""
@@ -187,7 +190,7 @@ def enable_cluster_token(address: str | None) -> str | None:
     the address is explicit and a token is available (:func:`cluster_token_source`), this sets
     ``RAY_AUTH_MODE=token`` for this process and its children. Returns a note saying so, else None.
     """
-    if address in (None, "local", "auto") or os.environ.get(AUTH_MODE_VAR) is not None:
+    if not _explicit_address(address) or os.environ.get(AUTH_MODE_VAR) is not None:
         return None
     source = cluster_token_source()
     if source is None:
@@ -210,7 +213,7 @@ def check_reachable(address: str | None, timeout: float = 10.0) -> None:
     """
     import socket
 
-    if address in (None, "local", "auto") or address.startswith("ray://"):
+    if not _explicit_address(address) or address.startswith("ray://"):
         return
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -274,8 +277,8 @@ def run_search(
     spec = spec.resolved()
     if trainable not in (None, "train", "toy"):
         raise SpecError([f"trainable {trainable!r} is unknown; valid: train, toy"])
-    check_experiment(spec, resume=resume)
-    trainable = _choose_trainable(spec, trainable, resume)
+    saved = check_experiment(spec, resume=resume)
+    trainable = _choose_trainable(spec, trainable, saved, resume)
     cache_dir = None
     if trainable == "train":
         cache_dir = _warm_data(spec)
@@ -418,19 +421,19 @@ def summarize(results: Any, spec: SearchSpec) -> list[dict[str, Any]]:
     loss/schedule values), ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs``
     (run), ``status`` (ok, nan, error, unfinished: still running or pending when the search was
     interrupted), ``stopped_early`` (ASHA), ``path``; sorted best first (full-length trials first)."""
-    # Ray's own trial objects say which trials are still RUNNING/PENDING/PAUSED (an interrupted search)
-    # and hold the searched config of a trial that never reported (its Result has no metrics)
-    # (the in-memory trials call an interrupted trial TERMINATED; the saved experiment state keeps it
-    # RUNNING, so the status comes from there)
+    # Ray's trial objects hold the id and searched config of a trial that never reported (its Result
+    # has no metrics); whether a trial is still RUNNING/PENDING/PAUSED (an interrupted search) comes
+    # from the saved experiment state, since the in-memory trials then call it TERMINATED
     trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
     saved = read_trial_states(spec.experiment_dir)
     rows = []
     for i, result in enumerate(results):
         trial = trials[i] if len(trials) == len(results) else None
-        trial_id = str((result.metrics or {}).get("trial_id") or getattr(trial, "trial_id", "") or "")
-        ray_status = str((saved.get(trial_id) or {}).get("status") or getattr(trial, "status", "") or "")
         metrics = dict(result.metrics or {})
         config = dict(result.config or getattr(trial, "config", None) or {})
+        trial_id = str(metrics.get("trial_id") or getattr(trial, "trial_id", "")
+                       or Path(str(result.path)).name.removeprefix("trial_"))
+        ray_status = str((saved.get(trial_id) or {}).get("status") or getattr(trial, "status", "") or "")
         params = dict(metrics.get("params") or {})
         params.update({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("params/")})
         params.update({k: v for k, v in config.items() if k not in ("loss", "lr_schedule", TRIAL_INDEX)})
@@ -441,7 +444,6 @@ def summarize(results: Any, spec: SearchSpec) -> list[dict[str, Any]]:
             status = "unfinished"
         else:
             status = str(metrics.get("status", "error"))
-        trial_id = trial_id or Path(str(result.path)).name.removeprefix("trial_")
         rows.append({
             "trial_id": trial_id,
             "loss": metrics.get("loss") or config.get("loss") or spec.train.get("loss", "cross-entropy"),
@@ -472,18 +474,26 @@ def _best(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return dict(min(usable, key=_rank_key)) if usable else None
 
 
+def pareto_mask(points: Any) -> np.ndarray:
+    """Which rows of ``points`` (n x 2 numbers, lower is better on both) are Pareto-optimal: bool [n].
+
+    A point is dominated when another is <= on both coordinates and < on at least one; equal points
+    are all kept. Rows with a NaN (or infinite) coordinate are never on the front and dominate nothing.
+    """
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    ok = np.isfinite(pts).all(axis=1)
+    mask = np.zeros(len(pts), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = pts[ok]
+        dominated = np.any(np.all(others <= pts[i], axis=1) & np.any(others < pts[i], axis=1))
+        mask[i] = not dominated
+    return mask
+
+
 def _pareto(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    pts = [r for r in rows if r["status"] == "ok"
-           and all(math.isfinite(r[m]) for m in MULTI_METRICS)]
-    front = []
-    for r in pts:
-        dominated = any(
-            all(o[m] <= r[m] for m in MULTI_METRICS) and any(o[m] < r[m] for m in MULTI_METRICS)
-            for o in pts
-        )
-        if not dominated:
-            front.append(dict(r))
-    return sorted(front, key=lambda r: r["val_top1_error"])
+    pts = [r for r in rows if r["status"] == "ok"]
+    on_front = pareto_mask([[r[m] for m in MULTI_METRICS] for r in pts])
+    return sorted((dict(r) for r, on in zip(pts, on_front) if on), key=lambda r: r["val_top1_error"])
 
 
 def _short(value: Any) -> str:
