@@ -8,7 +8,7 @@ unpickled, and no Ray cluster is needed:
 * ``search_spec.yaml``: the resolved search specification (objective, epochs, fixed keys, space);
 * ``trial_<id>/config.yaml``: the full resolved training config the engine ran (when the trial got that
   far; otherwise it is rebuilt exactly as the trainable builds it: the spec's fixed keys + the trial's
-  ``params.json`` + the seed derived from the search seed and the trial's index);
+  searched values + the seed derived from the search seed and the trial's index);
 * ``trial_<id>/all_epoch_results.json``: the engine's per-epoch records (preferred), else Ray's
   ``result.json`` (JSON lines); records are de-duplicated by epoch, the latest record winning (a trial
   resumed from an earlier checkpoint reports some epochs again);
@@ -22,6 +22,30 @@ and fewer epochs than configured, or no epoch at all), ``nan`` (an epoch with st
 objective), ``unfinished`` (Ray's state says RUNNING/PENDING/PAUSED: an interrupted search that
 ``--resume`` would continue), ``stopped early`` (fewer epochs than configured: ASHA stopped it),
 ``complete``.
+
+Damaged files (a full disk, a killed process) are never skipped silently and never filled with
+defaults; each one becomes a line of the trial's :attr:`Trial.problems` (``FILE: WHAT; CONSEQUENCE``),
+which ``analysis.rank`` prints as a warning and writes to the ``problems`` column of ``trials.csv``.
+WHAT is ``empty``, ``blank`` (only whitespace or NUL bytes), ``torn: invalid JSON at line N column C``
+(the text ends mid-value: the write was cut), ``corrupt: invalid JSON at line N column C`` (bad text
+before the end), ``torn: no newline at the end`` / ``torn: ends after key K`` (a YAML file cut short),
+``unreadable: ...``, or a wrong structure. The rules:
+
+* searched values: ``params.json``; when it is missing or damaged, the searched keys of the spec (the
+  branch keys of the chosen branch only) are taken from the trial's valid ``config.yaml``, else from
+  Ray's copies (the ``config`` of a readable ``result.json`` line, then Ray's experiment state). When
+  no source has them, they stay unknown (:attr:`Trial.unknown_params`; empty cells in the table), the
+  config is not rebuilt (``config`` None: no defaults stand in for them) and ``analysis.export``
+  refuses the trial;
+* config: a ``config.yaml`` that is empty, torn, incomplete (it lacks keys the engine writes) or
+  invalid is not used; the config is rebuilt from the spec and the searched values when they are known;
+* epoch records: a complete, non-empty ``all_epoch_results.json`` wins (a damaged ``result.json`` is
+  then only reported); otherwise an undamaged ``result.json``; otherwise the damaged file whose readable
+  records reach the later epoch (the lines that parse of ``result.json``; the records of
+  ``all_epoch_results.json`` before the tear). The status is computed from the readable records, so a
+  trial whose last record was torn may show ``stopped early`` although it ran longer (Ray's
+  ``TERMINATED`` cannot tell this from an ASHA stop): its problem line then says that the status is
+  uncertain and, when the torn text shows it, which epoch the lost record was.
 """
 
 from __future__ import annotations
@@ -29,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -53,6 +78,8 @@ __all__ = [
 SPEC_FILE = "search_spec.yaml"
 ENGINE_FILE = "all_epoch_results.json"
 RAY_RESULT_FILE = "result.json"
+PARAMS_FILE = "params.json"
+CONFIG_FILE = "config.yaml"
 STATUSES = ("complete", "stopped early", "unfinished", "nan", "error")
 FINISHED = ("complete", "stopped early")
 TRIAL_INDEX = "trial_index"  # hiercls.tune.space.TRIAL_INDEX, kept in params.json by the searcher
@@ -69,9 +96,12 @@ class Trial:
     Attributes:
         trial_id: Ray's trial id (the folder is ``trial_<id>``).
         path: the trial folder (None for a trial Ray listed but never started).
-        params: the searched values (``params.json`` without the searcher's ``trial_index``).
+        params: the searched values (``params.json`` without the searcher's ``trial_index``; when that
+            file is missing or damaged, the searched keys recovered from ``config.yaml`` or Ray's copies;
+            see the module docstring). Keys whose values are unknown are absent.
         config: the full resolved training config (dict of :class:`~hiercls.config.TrainConfig` keys), or
-            None when it could be neither read nor rebuilt.
+            None when it could be neither read nor rebuilt (never rebuilt from defaults standing in for
+            unknown searched values).
         config_source: ``config.yaml``, ``rebuilt`` (from the spec and params) or None.
         records: the per-epoch records, one per epoch (ascending), de-duplicated.
         duplicates: how many repeated epoch records were dropped.
@@ -79,6 +109,9 @@ class Trial:
         status: one of :data:`STATUSES`.
         ray_status: Ray's final status from the experiment state, None when unknown.
         error: the last line of Ray's ``error.txt`` for an errored trial, else None.
+        problems: one line per damaged file or missing value, ``FILE: WHAT; CONSEQUENCE`` (e.g.
+            ``params.json: empty; searched values taken from config.yaml``); empty when all is well.
+        unknown_params: the searched keys whose values no file could give (shown empty; not exportable).
     """
 
     trial_id: str
@@ -92,6 +125,8 @@ class Trial:
     status: str
     ray_status: str | None = None
     error: str | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
+    unknown_params: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def epochs_run(self) -> int:
@@ -121,14 +156,16 @@ class Trial:
 @dataclasses.dataclass
 class Experiment:
     """A loaded experiment: ``path``, ``spec`` (the saved ``search_spec.yaml`` as a dict), ``objective``
-    (callable: record -> the number minimised by ``best`` scope), ``objective_text`` and ``trials``
-    (sorted by trial id)."""
+    (callable: record -> the number minimised by ``best`` scope), ``objective_text``, ``trials``
+    (sorted by trial id) and ``problems`` (damaged experiment-level files, e.g. a torn
+    ``experiment_state-*.json``; the trials' own problems are on each :class:`Trial`)."""
 
     path: Path
     spec: dict[str, Any]
     objective: Callable[[Mapping[str, Any]], float]
     objective_text: str
     trials: list[Trial]
+    problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -153,6 +190,11 @@ class Experiment:
         for t in self.trials:
             out[t.status] += 1
         return out
+
+    def warnings(self) -> list[str]:
+        """One line per problem, for the user: the experiment's own (``FILE: WHAT; ...``), then each
+        trial's in trial order (``trial ID: FILE: WHAT; CONSEQUENCE``). Empty when nothing is damaged."""
+        return [*self.problems, *(f"trial {t.trial_id}: {p}" for t in self.trials for p in t.problems)]
 
     def require_finished(self) -> None:
         """Raise :class:`AnalysisError` when no trial is ``complete`` or ``stopped early``."""
@@ -181,9 +223,12 @@ def run_cli(parser: Any, argv: Sequence[str] | None, command: Callable[[Any], in
 def load_experiment(path: str | Path) -> Experiment:
     """Read the experiment at ``path`` (``STORAGE_PATH/NAME``) from its text files.
 
+    Damaged trial files do not raise: they become the trial's :attr:`Trial.problems` (see the module
+    docstring), and a torn experiment state becomes :attr:`Experiment.problems`.
+
     Raises:
         AnalysisError: ``path`` is not an experiment folder (no ``search_spec.yaml``; when experiments
-            sit below it they are listed), or the spec is unreadable.
+            sit below it they are listed), or the spec is empty, torn or unreadable (one line).
     """
     folder = Path(path).expanduser()
     spec_path = folder / SPEC_FILE
@@ -200,14 +245,15 @@ def load_experiment(path: str | Path) -> Experiment:
             f"{str(folder)!r} is not an experiment folder: it {reason} (expected STORAGE_PATH/NAME as "
             f"written by tune_main.py, holding {SPEC_FILE} and trial_<id>/ folders){hint}"
         )
-    try:
-        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise AnalysisError(f"{spec_path}: not valid YAML: {err}") from err
-    if not isinstance(spec, dict):
-        raise AnalysisError(f"{spec_path}: must hold a mapping of search settings")
+    spec, problem = _read_yaml(spec_path)
+    if problem is None and not isinstance(spec, dict):
+        problem = "not a mapping of search settings"
+    if problem is not None:
+        raise AnalysisError(f"{spec_path}: {problem}; the experiment cannot be analysed without its spec")
     objective_text, objective = _objective(spec, spec_path)
+    tree = _search_tree(spec)
     state = read_trial_states(folder)
+    problems = [] if state else _state_problems(folder)
     folders = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name.startswith("trial_")}
     for entry in state.values():
         logdir = entry.get("relative_logdir")
@@ -215,15 +261,23 @@ def load_experiment(path: str | Path) -> Experiment:
             folders.setdefault(str(logdir), folder / logdir)
     trials: dict[str, Trial] = {}
     for trial_path in folders.values():
-        trial = _load_trial(trial_path, spec, objective, state)
+        trial = _load_trial(trial_path, spec, tree, objective, state)
         trials[trial.trial_id] = trial
     for trial_id, entry in state.items():  # listed by Ray but never started: no folder
         if trial_id not in trials:
-            params = {k: v for k, v in (entry.get("config") or {}).items() if k != TRIAL_INDEX}
-            trials[trial_id] = _make_trial(trial_id, None, params, entry.get("config") or {}, [], 0, spec,
-                                           objective, entry, None)
+            raw = dict(entry.get("config") or {})
+            trial_problems: list[str] = []
+            params, unknown = _searched_values(tree, raw)
+            if unknown:
+                trial_problems.append(
+                    f"searched values unknown ({', '.join(unknown)}): the trial never got a folder and "
+                    "Ray's saved state holds no plain-JSON config; shown empty, not exportable"
+                )
+            params = {k: v for k, v in raw.items() if k != TRIAL_INDEX}
+            trials[trial_id] = _make_trial(trial_id, None, params, raw, [], 0, spec, objective, entry, None,
+                                           problems=trial_problems, unknown=unknown)
     ordered = sorted(trials.values(), key=lambda t: t.trial_id)
-    return Experiment(folder, spec, objective, objective_text, ordered)
+    return Experiment(folder, spec, objective, objective_text, ordered, problems)
 
 
 def _objective(spec: Mapping[str, Any], where: Path) -> tuple[str, Callable[[Mapping[str, Any]], float]]:
@@ -246,83 +300,346 @@ def trial_objective(objective: Callable[[Mapping[str, Any]], float], record: Map
         return math.nan
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+# ---------------------------------------------------------------------------------------------- files
+@dataclasses.dataclass
+class _Read:
+    """What one file gave: ``value`` (None when nothing usable), ``problem`` (None: absent or fine),
+    ``torn_end`` (the damage is at the end: records after it may be lost) and ``lost_epoch`` (the epoch
+    a torn last record names, when its text shows it)."""
+
+    value: Any = None
+    problem: str | None = None
+    torn_end: bool = False
+    lost_epoch: int | None = None
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
+_CUT_TAIL = re.compile(r"[-+.\w]{0,12}")
+_EPOCH_IN_TEXT = re.compile(r'"(?:epoch|training_iteration)":\s*(\d+)')
+
+
+def _read_text(path: Path) -> tuple[str | None, str | None]:
+    """(text, None); (None, None) for a missing file; (None, problem) for an empty, blank or unreadable
+    one."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, f"unreadable: {err.strerror or err}"
+    if not data:
+        return None, "empty"
+    if not data.strip(b" \t\r\n\x00"):
+        return None, f"blank: {len(data)} bytes of whitespace or NUL bytes, no data"
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as err:
+        return None, f"corrupt: not UTF-8 text at byte {err.start}"
+
+
+def _json_error(err: json.JSONDecodeError, text: str) -> tuple[str, bool]:
+    """The problem text of a JSON parse error and whether the text was cut (the error is in the last,
+    unfinished token: the write was cut short) rather than bad before its end."""
+    where = f"invalid JSON at line {err.lineno} column {err.colno}"
+    cut = err.msg.startswith("Unterminated string") or bool(_CUT_TAIL.fullmatch(text[err.pos:].rstrip()))
+    return (f"torn: {where}" if cut else f"corrupt: {where} ({err.msg})"), cut
+
+
+def _read_json(path: Path, kind: type, what: str) -> _Read:
+    """A JSON document that must be a ``kind`` (``dict`` or ``list``, described by ``what``). A torn list
+    keeps the complete elements before the tear (``value``), with the problem set."""
+    text, problem = _read_text(path)
+    if text is None:
+        return _Read(problem=problem)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        problem, cut = _json_error(err, text)
+        value, end = _scan_list(text) if kind is list else (None, 0)
+        found = _EPOCH_IN_TEXT.search(text[end:]) if value is not None and cut else None
+        return _Read(value, problem, torn_end=True, lost_epoch=int(found.group(1)) if found else None)
+    if not isinstance(value, kind):
+        return _Read(problem=f"not {what}")
+    return _Read(value)
+
+
+def _scan_list(text: str) -> tuple[list[Any] | None, int]:
+    """The complete elements of a JSON list whose text is cut or corrupt after them, and where the
+    first bad element starts (None when the text does not start a list)."""
+    start = len(text) - len(text.lstrip())
+    if not text[start:].startswith("["):
+        return None, start
+    decoder, out, i = json.JSONDecoder(), [], start + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
         try:
-            value = json.loads(line)
-        except ValueError:  # a torn last line of a killed trial
-            continue
+            value, end = decoder.raw_decode(text, i)
+        except ValueError:
+            return out, i
+        out.append(value)
+        i = end
+
+
+def _read_json_lines(path: Path) -> _Read:
+    """Ray's ``result.json``: one JSON object per line. ``value`` is the objects that parse; a line that
+    does not parse is never skipped silently: it sets ``problem`` (``torn`` for an unfinished last
+    line, ``corrupt`` otherwise)."""
+    text, problem = _read_text(path)
+    if text is None and problem is not None and problem.startswith("corrupt: not UTF-8"):
+        text = path.read_bytes().decode("utf-8", errors="replace")  # bad bytes spoil their lines only
+    if text is None:
+        return _Read(problem=problem)
+    lines = text.splitlines()
+    numbered = [(n, ln) for n, ln in enumerate(lines, start=1) if ln.strip(" \t\r\x00")]
+    out: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for n, line in numbered:
+        try:
+            value = json.loads(line) if "\ufffd" not in line else None
+        except ValueError:
+            value = None
         if isinstance(value, dict):
             out.append(value)
-    return out
+        else:
+            bad.append(n)
+    if not bad:
+        return _Read(out)
+    last = numbered[-1][0]
+    torn_end = bad[-1] == last
+    cut = torn_end and not text.endswith("\n")
+    where = f"line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} of {last}"
+    label = "torn" if cut and len(bad) == 1 else "corrupt"
+    problem = f"{label}: invalid JSON at {where}"
+    lost = None
+    if torn_end:
+        found = _EPOCH_IN_TEXT.search(lines[last - 1])
+        lost = int(found.group(1)) if found else None
+    return _Read(out, problem, torn_end=torn_end, lost_epoch=lost)
+
+
+def _read_yaml(path: Path) -> tuple[Any, str | None]:
+    """(value, None), (None, None) for a missing file, or (None, problem) for an empty, blank, torn or
+    invalid one; a file written by ``yaml.safe_dump`` ends with a newline, so one without is torn."""
+    text, problem = _read_text(path)
+    if text is None:
+        return None, problem
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        cut = "torn" if not text.endswith("\n") else "corrupt"
+        return None, f"{cut}: invalid YAML{line}"
+    if not text.endswith("\n"):
+        return None, "torn: no newline at the end (cut mid-line)"
+    return value, None
+
+
+def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A trial's ``config.yaml``: (config, None), (None, None) when missing, or (None, problem) when it is
+    empty, torn, incomplete (the engine writes every :class:`~hiercls.config.TrainConfig` key) or
+    invalid."""
+    from hiercls.config import ConfigError, TrainConfig
+
+    value, problem = _read_yaml(path)
+    if problem is not None or value is None:
+        return None, problem
+    if not isinstance(value, dict):
+        return None, "not a mapping of config keys"
+    fields = TrainConfig.field_names()
+    missing = [k for k in fields if k not in value]
+    if missing:
+        present = [k for k in value if k in fields]
+        if present and present == fields[: len(present)]:
+            return None, f"torn: ends after key {present[-1]!r} ({len(present)} of {len(fields)} keys)"
+        return None, f"incomplete: {len(missing)} key(s) missing ({', '.join(missing[:5])}" + (
+            ", ...)" if len(missing) > 5 else ")")
+    try:
+        TrainConfig.from_dict(value)
+    except ConfigError as err:
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if not ln.strip().startswith("valid keys")]
+        return None, "invalid: " + "; ".join(lines or [str(err)])
+    return value, None
+
+
+def _state_problems(folder: Path) -> list[str]:
+    """The problem of the newest ``experiment_state-*.json`` when :func:`read_trial_states` could not read
+    it (none when there is no such file)."""
+    files = sorted(folder.glob("experiment_state-*.json"))
+    if not files:
+        return []
+    read = _read_json(files[-1], dict, "a JSON object")
+    what = read.problem or "not in Ray's format (no readable trial_data)"
+    if read.problem is None and not (read.value or {}).get("trial_data"):
+        return []  # a state that lists no trial: nothing lost
+    return [f"{files[-1].name}: {what}; Ray's trial statuses are unknown: statuses come from the trial "
+            "folders alone (a trial still running when the search stopped may show as stopped early)"]
 
 
 def dedupe_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """One record per epoch (the latest in file order wins), ascending; also the number dropped.
 
     The epoch is the record's ``epoch`` key (Ray's ``training_iteration`` when absent); records with
-    neither are skipped.
+    neither (or an epoch that is not a whole number) are skipped.
     """
     by_epoch: dict[int, dict[str, Any]] = {}
     kept = 0
     for r in records:
-        epoch = r.get("epoch", r.get("training_iteration"))
-        if epoch is None:
+        try:
+            epoch = int(r.get("epoch", r.get("training_iteration")))
+        except (TypeError, ValueError):
             continue
         kept += 1
         r = dict(r)
-        r["epoch"] = int(epoch)
-        by_epoch[int(epoch)] = r
+        r["epoch"] = epoch
+        by_epoch[epoch] = r
     return [by_epoch[e] for e in sorted(by_epoch)], kept - len(by_epoch)
 
 
-def _load_trial(path: Path, spec: Mapping[str, Any], objective, state: Mapping[str, Any]) -> Trial:
-    result_lines = _json_lines(path / RAY_RESULT_FILE)
+def _last_epoch(records: Sequence[Mapping[str, Any]]) -> int:
+    deduped, _ = dedupe_records(records)
+    return deduped[-1]["epoch"] if deduped else 0
+
+
+# ---------------------------------------------------------------------------------------------- searched
+def _search_tree(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's ``search:`` mapping parsed into :class:`hiercls.tune.spec.Param` trees (empty when it
+    cannot be parsed)."""
+    from hiercls.tune.spec import parse_params
+
+    problems: list[str] = []  # the spec was validated before the search ran
+    epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
+    try:
+        return parse_params(spec.get("search") or {}, "search", problems, epochs=epochs)
+    except (TypeError, ValueError, AttributeError):
+        return {}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, a list equal to the tuple with the same items."""
+    return (tuple(a) if isinstance(a, list) else a) == (tuple(b) if isinstance(b, list) else b)
+
+
+def _searched_values(tree: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values in ``source`` of the keys the spec searches (a choice's branch keys only under the
+    branch ``source`` selects; a value fixed inside a branch from the spec when ``source`` lacks it),
+    and the searched keys ``source`` has no value for, in the spec's order."""
+    found: dict[str, Any] = {}
+    missing: list[str] = []
+
+    def walk(params: Mapping[str, Any]) -> None:
+        for name, p in params.items():
+            if name in source:
+                found[name] = source[name]
+            elif p.kind == "fixed":
+                found[name] = p.value
+            else:
+                missing.append(name)
+                continue
+            if p.branches is not None:
+                for value, branch in p.branches.items():
+                    if _same(value, found[name]):
+                        walk(branch)
+
+    walk(tree)
+    return found, missing
+
+
+# ---------------------------------------------------------------------------------------------- one trial
+def _load_trial(path: Path, spec: Mapping[str, Any], tree: Mapping[str, Any], objective,
+                state: Mapping[str, Any]) -> Trial:
+    result = _read_json_lines(path / RAY_RESULT_FILE)
+    result_lines: list[dict[str, Any]] = result.value or []
     trial_id = path.name.removeprefix("trial_")
     for r in result_lines:
         if r.get("trial_id"):
             trial_id = str(r["trial_id"])
             break
-    raw_params = _read_json(path / "params.json")
-    if not isinstance(raw_params, dict):
-        raw_params = next((r["config"] for r in result_lines if isinstance(r.get("config"), dict)), None)
-    if not isinstance(raw_params, dict):
-        raw_params = dict((state.get(trial_id) or {}).get("config") or {})
+    config, config_problem = _read_config(path / CONFIG_FILE)
+    config_source = CONFIG_FILE if config is not None else None
+
+    # searched values: params.json, else config.yaml, else Ray's copies; never defaults
+    params_read = _read_json(path / PARAMS_FILE, dict, "a JSON object of searched values")
+    ray_config = next((r["config"] for r in result_lines if isinstance(r.get("config"), dict)), None)
+    sources = [(PARAMS_FILE, params_read.value), (CONFIG_FILE, config),
+               (f"{RAY_RESULT_FILE} (Ray's copy)", ray_config),
+               ("Ray's experiment state", (state.get(trial_id) or {}).get("config") or None)]
+    raw_params: dict[str, Any] | None = None
+    recovered_from = None
+    for name, candidate in sources:
+        if isinstance(candidate, dict) and not _searched_values(tree, candidate)[1]:
+            raw_params = _searched_values(tree, candidate)[0] if name == CONFIG_FILE else dict(candidate)
+            recovered_from = name
+            break
+    unknown: list[str] = []
+    if raw_params is None:
+        raw_params = dict(params_read.value or {})
+        _, unknown = _searched_values(tree, raw_params)
+    if unknown:
+        names = ", ".join(unknown)
+        consequence = f"searched values unknown ({names}): shown empty, the trial cannot be exported"
+    elif recovered_from is not None:
+        consequence = f"searched values taken from {recovered_from}"
+    else:
+        consequence = "the spec lists no searched key"
+    params_problems = []
+    if params_read.problem is not None:
+        params_problems.append(f"{PARAMS_FILE}: {params_read.problem}; {consequence}")
+    elif params_read.value is not None and recovered_from != PARAMS_FILE:
+        missing = _searched_values(tree, params_read.value)[1]
+        params_problems.append(f"{PARAMS_FILE}: no value for searched key(s) {', '.join(missing)}; "
+                               f"{consequence}")
+    elif unknown:
+        params_problems.append(f"searched values unknown ({names}): no {PARAMS_FILE}, and no valid "
+                               f"{CONFIG_FILE} or Ray copy holds them; shown empty, the trial cannot be "
+                               "exported")
     params = {k: v for k, v in raw_params.items() if k != TRIAL_INDEX}
-    engine = _read_json(path / ENGINE_FILE)
-    source = engine if isinstance(engine, list) and engine else result_lines
-    records, dropped = dedupe_records([r for r in source if isinstance(r, dict)])
-    config: dict[str, Any] | None = None
-    config_source = None
-    try:
-        loaded = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-        if isinstance(loaded, dict):
-            config, config_source = loaded, "config.yaml"
-    except (OSError, yaml.YAMLError):
-        pass
+
+    # epoch records
+    engine = _read_json(path / ENGINE_FILE, list, "a JSON list of epoch records")
+    engine_records = [r for r in (engine.value or []) if isinstance(r, dict)]
+    candidates = [(ENGINE_FILE, engine, engine_records), (RAY_RESULT_FILE, result, result_lines)]
+    chosen = next(((n, rd, recs) for n, rd, recs in candidates if rd.problem is None and recs), None)
+    if chosen is None:  # no undamaged source: the damaged one reaching the later epoch (engine on ties)
+        chosen = max(candidates, key=lambda c: _last_epoch(c[2]))
+    source_name, source_read, source_records = chosen
+    records, dropped = dedupe_records(source_records)
+    record_problems = []
+    for name, read, _ in candidates:
+        if read.problem is None:
+            continue
+        if not records:
+            where = "no epoch record could be read"
+        elif name == source_name:
+            where = f"epoch records from its {len(source_records)} readable record(s)"
+        else:
+            where = f"epoch records from {source_name}"
+        record_problems.append(f"{name}: {read.problem}; {where}")
+
     error = None
     error_file = path / "error.txt"
     if error_file.is_file():
         text = error_file.read_text(encoding="utf-8", errors="replace")
         lines = [ln for ln in text.splitlines() if ln.strip()]
         error = lines[-1].strip() if lines else "error.txt"
-    return _make_trial(trial_id, path, params, raw_params, records, dropped, spec, objective,
-                       state.get(trial_id), error, config, config_source)
+    trial = _make_trial(trial_id, path, params, raw_params, records, dropped, spec, objective,
+                        state.get(trial_id), error, config, config_source, unknown=unknown)
+    config_problems = []
+    if config_problem is not None:
+        rebuilt = ("config rebuilt from search_spec.yaml and the searched values"
+                   if trial.config_source == "rebuilt" else "config unknown")
+        config_problems.append(f"{CONFIG_FILE}: {config_problem}; {rebuilt}")
+    trial.problems = params_problems + config_problems + record_problems
+    if source_read.problem is not None and source_read.torn_end and trial.status == "stopped early":
+        lost = source_read.lost_epoch
+        trial.problems.append(
+            f"status 'stopped early' is uncertain: {source_name} is damaged at its end, so the trial may "
+            f"have run longer than the {trial.epochs_run} epoch(s) read"
+            + (f" (the damaged record is epoch {lost}'s)" if lost is not None else "")
+            + ("; Ray's status TERMINATED does not tell this from an ASHA stop"
+               if trial.ray_status == "TERMINATED" else "; it may also be an ASHA stop")
+        )
+    return trial
 
 
 def _make_trial(
@@ -338,8 +655,11 @@ def _make_trial(
     error: str | None,
     config: dict[str, Any] | None = None,
     config_source: str | None = None,
+    *,
+    problems: list[str] | None = None,
+    unknown: Sequence[str] = (),
 ) -> Trial:
-    if config is None:
+    if config is None and not unknown:  # never rebuilt with defaults standing in for unknown values
         config = rebuild_config(spec, raw_params, trial_id)
         config_source = "rebuilt" if config is not None else None
         if config is not None and path is not None:
@@ -365,19 +685,16 @@ def _make_trial(
         error = ("no epoch reported (or its result files are gone)" if not records
                  else "Ray marked the trial ERROR")
     return Trial(trial_id, path, params, config, config_source, records, dropped, epochs, status, ray_status,
-                 error if status == "error" else None)
+                 error if status == "error" else None, list(problems or []), list(unknown))
 
 
 def searched_params(spec: Mapping[str, Any]) -> list[Any]:
     """The searched parameters of a saved spec (:class:`hiercls.tune.spec.Param`, branch parameters
     included, fixed values excluded), in the order the spec lists them; a name searched in several
     branches appears once per branch."""
-    from hiercls.tune.spec import iter_params, parse_params
+    from hiercls.tune.spec import iter_params
 
-    problems: list[str] = []  # the spec was validated before the search ran
-    epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
-    params = parse_params(spec.get("search") or {}, "search", problems, epochs=epochs)
-    return [p for p, _ in iter_params(params) if p.kind != "fixed"]
+    return [p for p, _ in iter_params(_search_tree(spec)) if p.kind != "fixed"]
 
 
 def rebuild_config(
@@ -385,7 +702,8 @@ def rebuild_config(
 ) -> dict[str, Any] | None:
     """The resolved training config a trial ran, rebuilt as :func:`hiercls.tune.trainable.train_trial`
     builds it (spec's fixed keys + searched values + derived seed); None when that fails. ``out_folder``
-    is left unset (the trial's folder is not known here)."""
+    is left unset (the trial's folder is not known here). The caller must pass every searched value:
+    a missing one would silently take the training default."""
     from hiercls.config import ConfigError, TrainConfig
     from hiercls.tune.spec import SearchSpec, SpecError
     from hiercls.tune.trainable import trial_seed

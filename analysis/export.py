@@ -19,7 +19,12 @@ report). A ``source:`` block records where it came from (``experiment``, ``trial
 ignores it. The same seed and code reproduce the trial's val metrics at ``source.epoch``.
 
 Candidates are the trials that ran their full length (status ``complete``); NaN, errored, stopped-early
-and unfinished trials are exported only when named with ``--trial``.
+and unfinished trials are exported only when named with ``--trial``. A trial whose searched values no
+file could give (its ``params.json`` empty or torn, and no valid ``config.yaml`` or Ray copy: see
+:mod:`analysis.experiment`) is never exported, also not by ``--trial``: the command stops with a
+one-line error (exit 2) naming the damaged files, since the training defaults would stand in for the
+lost values. The exported trial's other problems (damaged files it could do without) are printed as
+notes.
 """
 
 from __future__ import annotations
@@ -130,21 +135,32 @@ def exported_config(
     """The trial's full training config as exported (see the module docstring), and notes to print.
 
     Raises:
-        AnalysisError: the trial has no config (no ``config.yaml`` and none could be rebuilt) or an
-            invalid one.
+        AnalysisError: the trial's searched values are unknown (damaged ``params.json`` and no other
+            source: the message names the damaged files), the trial has no config (no valid
+            ``config.yaml`` and none could be rebuilt), or an invalid one.
     """
     from hiercls.config import ConfigError, TrainConfig
 
     trial = experiment.trial(trial_id)
     notes = []
+    damage = ", ".join(p.split("; ")[0] for p in trial.problems  # the damaged files, what is wrong
+                       if not p.startswith(("searched values", "status ")))
+    if trial.unknown_params:
+        raise AnalysisError(
+            f"trial {trial.trial_id} cannot be exported: its searched values "
+            f"({', '.join(trial.unknown_params)}) are lost ({damage or 'no params.json'}; no other file "
+            "holds them), and the training defaults would stand in for them"
+        )
     if trial.config is None:
         raise AnalysisError(
-            f"trial {trial.trial_id} has no config.yaml and its config could not be rebuilt from "
-            f"{experiment.path / 'search_spec.yaml'} and its params.json"
+            f"trial {trial.trial_id} cannot be exported: its config could be neither read"
+            + (f" ({damage})" if damage else "") + " nor rebuilt from "
+            f"{experiment.path / 'search_spec.yaml'} and its searched values"
         )
-    if trial.config_source == "rebuilt":
-        notes.append(f"trial {trial.trial_id} wrote no config.yaml: its config was rebuilt from the spec "
-                     "and params.json as the search builds it")
+    config_noted = any(p.startswith("config.yaml:") for p in trial.problems)  # printed as a problem
+    if trial.config_source == "rebuilt" and not config_noted:
+        notes.append(f"trial {trial.trial_id} has no usable config.yaml: its config was rebuilt from the "
+                     "spec and its searched values as the search builds it")
     try:
         config = TrainConfig.from_dict(trial.config)
     except ConfigError as err:
@@ -182,9 +198,15 @@ def export(
 ) -> tuple[list[Path], dict[str, Any], list[str]]:
     """Write the chosen trial's config(s); returns (files written, the source block, notes).
 
+    The notes start with the chosen trial's problems (``trial ID: FILE: WHAT; CONSEQUENCE``, see
+    :mod:`analysis.experiment`), then say why a trial that is not complete was exported, and whether its
+    config was rebuilt.
+
     Raises:
         AnalysisError: bad input (see :func:`choose`), an existing output file without ``force``,
-            repeated or negative seeds, an unknown scope.
+            repeated or negative seeds, an unknown scope; the chosen trial's searched values are unknown
+            (damaged ``params.json`` and no other source; also when it was chosen by ``rank_by``: the
+            message says to name another with ``--trial``), see :func:`exported_config`.
     """
     if scope not in SCOPES:
         raise AnalysisError(f"scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
@@ -205,7 +227,13 @@ def export(
     table = build_table(experiment, scope, require_finished=trial_id is None)
     row, metric, value = choose(experiment, table, rank_by, trial_id)
     trial = experiment.trial(row["trial_id"])
-    notes = []
+    if trial_id is None and trial.unknown_params:
+        try:
+            exported_config(experiment, trial.trial_id)
+        except AnalysisError as err:
+            raise AnalysisError(f"{err}; it is the best trial by {rank_by}: export another one with "
+                                "--trial ID") from None
+    notes = [f"trial {trial.trial_id}: {problem}" for problem in trial.problems]
     if trial.status != "complete":
         notes.append(f"trial {trial.trial_id} is {trial.status} ({trial.epochs_run}/{trial.epochs} epochs"
                      + (f"; {trial.error}" if trial.error else "") + "): exported because it was named")

@@ -8,6 +8,13 @@
 One row per trial (:func:`build_table`), written as ``trials.csv`` (every column) and ``trials.md`` (a
 readable table), plus the plots of :mod:`analysis.plots`; the best rows are printed.
 
+Damaged trial files (empty, torn or corrupt ``params.json``, ``result.json``, ``all_epoch_results.json``,
+``config.yaml``; see :mod:`analysis.experiment` for what is used instead) are printed on stderr, one
+``warning: trial ID: FILE: WHAT; CONSEQUENCE`` line each, before the table; the trial's status is
+followed by ``(!)`` in the printed table and ``trials.md`` (which lists them under "Problems"), and
+``trials.csv`` has them in its ``problems`` column. The other trials are ranked as usual; only an
+unusable experiment (no spec, no finished trial) stops the command (one line, exit 2).
+
 Units: errors are fractions in 0..1 (``val_top1_error`` 0.25 = 25 %); mistake severity and the
 hierarchical distances are in LCA-height units of the search's hierarchy (0 = same class).
 """
@@ -46,6 +53,7 @@ __all__ = [
     "markdown_table",
     "pareto_front",
     "pareto_mask",
+    "print_warnings",
     "select_record",
 ]
 
@@ -62,6 +70,8 @@ PARETO_PAIRS = {
 }
 RANKS = {"rank_top1_error": "val_top1_error", "rank_mistake_severity": "val_mistake_severity"}
 DEFAULT_OUT = "analysis"  # inside the experiment folder
+PROBLEM_SEPARATOR = " | "  # between a trial's problems in the problems column
+DAMAGED = " (!)"  # after the status of a trial with problems, in the readable tables
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -141,7 +151,10 @@ def build_table(
     ``pareto_error_severity`` and ``pareto_error_hdist5`` (on the front of the compared rows on
     (top-1 error, severity) / (top-1 error, hdist@5)); ``pareto_index`` (position on the first front
     sorted by top-1 error, from 0: what ``analysis.export --rank-by pareto:INDEX`` takes);
-    ``duplicates`` (repeated epoch records dropped); ``error``; ``path``.
+    ``duplicates`` (repeated epoch records dropped); ``error``; ``problems`` (the trial's damaged files
+    and unknown values, ``FILE: WHAT; CONSEQUENCE`` joined by `` | ``, empty when none: see
+    :mod:`analysis.experiment`; a searched value no file could give is an empty cell, never a
+    default); ``path``.
 
     Raises:
         AnalysisError: unknown scope; no trial is complete or stopped early (unless not
@@ -185,6 +198,7 @@ def build_table(
         row["compared"] = compared
         row["duplicates"] = trial.duplicates
         row["error"] = trial.error
+        row["problems"] = PROBLEM_SEPARATOR.join(trial.problems) if trial.problems else None
         row["path"] = str(trial.path) if trial.path is not None else None
         rows.append(row)
 
@@ -195,6 +209,7 @@ def build_table(
     rest = [c for c in others if c not in param_cols]
     df = df[["trial_id", "status", "loss", *loss_cols, "lr_schedule", *sched_cols, *param_cols, *rest]]
     df["epoch"] = df["epoch"].astype("Int64")
+    df["seed"] = df["seed"].astype("Int64")  # unknown for a trial whose config is lost
     compared = df["compared"].to_numpy(dtype=bool)
     for col, metric in RANKS.items():
         values = df[metric].where(df["compared"])
@@ -207,7 +222,7 @@ def build_table(
     for i, idx in enumerate(pareto_front(df).index):
         df.loc[idx, "pareto_index"] = i
     order = [*df.columns[: df.columns.get_loc("compared")], "compared", *RANKS, *PARETO_PAIRS, "pareto_index",
-             "duplicates", "error", "path"]
+             "duplicates", "error", "problems", "path"]
     df = df[list(dict.fromkeys(order))]
     df["_unranked"] = df["rank_top1_error"].isna()
     keys = ["_unranked", "rank_top1_error", "rank_mistake_severity", "val_top1_error", "trial_id"]
@@ -233,7 +248,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _param_text(row: Mapping[str, Any], name: str | None, kind: str) -> str:
-    if not name:
+    if _missing(name) or not name:  # unknown (a damaged trial's lost searched value): an empty cell
         return ""
     parts = []
     for k in _taken_keys(name, kind):
@@ -262,7 +277,8 @@ DISPLAY = [
 
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of the readable table (Markdown and console): the ranks by top-1 error (#)
-    and by mistake severity (sev#), loss and schedule with their
+    and by mistake severity (sev#), the status (followed by ``(!)`` when the trial has problems: damaged
+    files or unknown values, listed in the ``problems`` column), loss and schedule with their
     parameters, lr, ``epoch`` as selected/run/configured, the main metrics, and the front memberships
     (``*`` on the front; the (error, severity) front shows its ``pareto:INDEX``)."""
     header = [h for h, _ in DISPLAY]
@@ -280,6 +296,9 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 cells.append(f"{_fmt(row['epoch'])} ({row['epochs_run']}/{row['epochs']})")
             elif head == "front err/sev":
                 cells.append(f"* pareto:{row['pareto_index']}" if row["pareto_error_severity"] else "")
+            elif head == "status":
+                damaged = "problems" in row and not _missing(row["problems"]) and row["problems"]
+                cells.append(str(row["status"]) + (DAMAGED if damaged else ""))
             elif head == "front err/h@5":
                 cells.append("*" if row["pareto_error_hdist5"] else "")
             elif col == "lr":
@@ -313,7 +332,8 @@ def _scope_text(experiment: Experiment, scope: str) -> str:
 def write_outputs(
     experiment: Experiment, table: pd.DataFrame, out: Path, scope: str, include_stopped: bool
 ) -> list[Path]:
-    """``trials.csv`` and ``trials.md`` in ``out``; returns their paths."""
+    """``trials.csv`` and ``trials.md`` in ``out`` (the Markdown ends with a "Problems" list when any
+    file is damaged: :meth:`Experiment.warnings`); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "trials.csv", out / "trials.md"
     table.to_csv(csv_path, index=False)
@@ -331,6 +351,11 @@ def write_outputs(
         markdown_table(header, body),
         "",
     ]
+    warnings = experiment.warnings()
+    if warnings:
+        text += ["## Problems", "",
+                 f"Damaged files and unknown values, marked `{DAMAGED.strip()}` after the status (also in "
+                 "the `problems` column of trials.csv):", "", *(f"- {w}" for w in warnings), ""]
     md_path.write_text("\n".join(text), encoding="utf-8")
     return [csv_path, md_path]
 
@@ -370,8 +395,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser(), argv, _rank)
 
 
+def print_warnings(experiment: Experiment) -> None:
+    """Print each of the experiment's problems (:meth:`Experiment.warnings`) on stderr as
+    ``warning: trial ID: FILE: WHAT; CONSEQUENCE``."""
+    for line in experiment.warnings():
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _rank(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
+    print_warnings(experiment)  # also when nothing can be ranked: they may say why
     table = build_table(experiment, args.scope, include_stopped=args.include_stopped)
     out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
     if out.exists() and not out.is_dir():
@@ -390,6 +423,10 @@ def _rank(args: argparse.Namespace) -> int:
         print(line)
     for note in notes:
         print(f"note: {note}")
+    damaged = sum(1 for t in experiment.trials if t.problems)
+    if damaged or experiment.problems:
+        print(f"warning: {damaged} trial(s) with damaged files or unknown values, marked {DAMAGED.strip()} "
+              "(details above on stderr, in trials.md and in the problems column of trials.csv)")
     print("wrote: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -48,6 +48,7 @@ __all__ = [
     "Splits",
     "default_cache_dir",
     "load_cifar100",
+    "check_complete",
     "make_splits",
 ]
 
@@ -244,6 +245,26 @@ def _read_cifar_pickle(path: Path) -> tuple[Tensor, Tensor]:
         raise ValueError(f"CIFAR-100 pickle {path}: fine labels outside 0..{NUM_CLASSES - 1}")
     images = torch.from_numpy(data.reshape(n, 3, IMAGE_SIZE, IMAGE_SIZE).copy())
     return images, torch.from_numpy(labels.copy())
+
+
+def check_complete(data: Cifar100, source: str | os.PathLike[str] | None = None) -> None:
+    """Refuse data that is not the complete CIFAR-100: every one of the 100 fine labels must appear in
+    the training set and in the test set (a missing class folder would otherwise train a 99-class
+    problem that still writes results).
+
+    Raises:
+        ValueError: naming the split, how many classes it has and the missing labels (first ten).
+    """
+    where = f" in {str(source)!r}" if source is not None else ""
+    for split, labels in (("training", data.train_labels), ("test (val/)", data.test_labels)):
+        present = set(torch.unique(labels).tolist())
+        missing = [c for c in range(NUM_CLASSES) if c not in present]
+        if missing:
+            shown = ", ".join(str(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise ValueError(
+                f"the CIFAR-100 {split} set{where} has {NUM_CLASSES - len(missing)} of the {NUM_CLASSES} "
+                f"classes (missing labels: {shown}); expected all {NUM_CLASSES} class folders 0..99"
+            )
 
 
 # ---- ImageFolder layout ---------------------------------------------------------------------------

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import pickle
 import random
 import sys
-import tempfile
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,22 +35,35 @@ import torch
 from torch import nn
 
 from hiercls.config import ConfigError, TrainConfig
-from hiercls.data import Cifar100, DeviceLoader, load_cifar100, make_splits
+from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_cifar100_hierarchy
 from hiercls.losses import build_loss
 from hiercls.metrics import MetricAccumulator
 from hiercls.models import build_model
 from hiercls.registry import Registry
 from hiercls.schedules import build_schedule
+from hiercls.storage import (
+    StorageError,
+    atomic_write_bytes,
+    atomic_write_files,
+    atomic_write_text,
+    check_writable,
+    serialize,
+)
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
     "OPTIMIZERS",
+    "CheckpointError",
     "Reporter",
     "DataError",
     "RunExistsError",
+    "StorageError",
     "build_optimizer",
     "evaluate",
     "fit",
+    "load_checkpoint",
     "resolve_device",
     "test_results",
 ]
@@ -109,51 +123,149 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# ---------------------------------------------------------------------- small file helpers
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# ---------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "hiercls-checkpoint"
+CHECKPOINT_VERSION = 2
+"""Checkpoints hold only tensors and plain Python values (dicts, lists, numbers, strings), so they are
+read with ``torch.load(weights_only=True)``, which never runs code from the file. Version 1 (before
+this format had a version) stored numpy RNG arrays and cannot be read that way."""
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are for colleagues too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class CheckpointError(ValueError):
+    """A file that is not a readable hiercls checkpoint: missing, corrupt or truncated, from another
+    program or an older hiercls, or holding Python objects other than tensors (never executed)."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
-    _atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    """``torch.save`` into memory, then :func:`hiercls.storage.atomic_write_bytes`: never a torn file,
+    and a full disk raises :class:`~hiercls.storage.StorageError` naming the file and ENOSPC."""
+    atomic_write_bytes(path, _serialize(obj))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temporary file, then rename."""
-    _atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+def _serialize(obj: Any) -> bytes:
+    return serialize(lambda f: torch.save(obj, f))
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def load_checkpoint(path: str | Path, *, require: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """Read a hiercls checkpoint safely: ``torch.load(..., weights_only=True, map_location="cpu")``.
+
+    Every tensor lands on the CPU (RNG states must be CPU ByteTensors; model and optimiser states are
+    copied to the run's device by ``load_state_dict``). Nothing in the file is executed.
+
+    Args:
+        path: a ``last.pth``, ``best.pth`` (or any dict checkpoint with ``require``'s keys).
+        require: keys the checkpoint must hold.
+
+    Raises:
+        CheckpointError: one line naming ``path`` and what is wrong: missing, empty, corrupt or
+            truncated, an older hiercls format, Python objects other than tensors and plain values,
+            or missing keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): a write was cut short")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a plain pickle
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" not in text and "Unsupported" not in text:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt ({_first_line(text)})"
+            ) from err
+        if "numpy" in text:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is in an older hiercls format (numpy RNG state) that cannot be "
+                "read without unpickling Python objects; finish that run with the hiercls version that "
+                "wrote it, or start again"
+            ) from err
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds Python objects other than tensors and plain values "
+            f"({_unsupported_global(text)}); it was not loaded, since unpickling it could run code"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as err:
+        reason = _first_line(str(err)) if isinstance(err, (RuntimeError, OSError, ValueError)) else ""
+        reason = reason or f"not a torch checkpoint: {type(err).__name__}"
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({reason})") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{str(path)!r} is not a hiercls checkpoint (it holds a {type(state).__name__}, not a dict)"
+        )
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{str(path)!r} is not a hiercls checkpoint (no {', '.join(repr(k) for k in missing)} entry)"
+        )
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
+
+
+def _unsupported_global(text: str) -> str:
+    """The line of torch's weights-only refusal that names what was refused."""
+    for line in text.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().rstrip(".")[:200]
+    return "a plain pickle, not a torch checkpoint"
+
+
+def _check_training_checkpoint(state: Mapping[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that :meth:`_Run.load` cannot continue from (one line)."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a hiercls training checkpoint (no format marker)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} is a version {state.get('version')!r} hiercls checkpoint; this hiercls reads "
+            f"version {CHECKPOINT_VERSION}"
+        )
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The RNG states as tensors and plain values: torch's CPU generator (ByteTensor), Python's
+    ``random`` (a list), numpy's legacy generator (a dict of plain values), and, on a CUDA run, the
+    run device's CUDA generator only (so the state restores whatever the number of visible GPUs)."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore :func:`_rng_state`'s output; the CUDA state (if any) goes to ``device`` when it is a CUDA
+    device. RNG tensors are handed to torch as CPU ByteTensors, as it requires."""
+
+    def cpu_bytes(t: Any) -> torch.Tensor:
+        return torch.as_tensor(t).to(device="cpu", dtype=torch.uint8)
+
+    torch.set_rng_state(cpu_bytes(state["torch"]))
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": np.asarray(torch.as_tensor(numpy["key"]).cpu().numpy(), dtype=np.uint32),
+                  "pos": int(numpy["pos"])},
+        "has_gauss": int(numpy["has_gauss"]),
+        "gauss": float(numpy["gauss"]),
+    })
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(cpu_bytes(state["cuda"]), device)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -250,6 +362,10 @@ class _Run:
                 data = load_cifar100(config.data_dir, download=config.download)
             except (OSError, RuntimeError, ValueError) as err:
                 raise DataError(str(err)) from err
+        try:
+            check_complete(data, config.data_dir)
+        except ValueError as err:
+            raise DataError(str(err)) from err
         self.splits = make_splits(
             data, val_size=config.val_size, seed=config.seed, max_train_samples=config.max_train_samples
         )
@@ -280,24 +396,58 @@ class _Run:
         )
 
     def state(self, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        """The training state after ``epoch`` completed epochs (``last.pth``): tensors and plain values
+        only (see :data:`CHECKPOINT_FORMAT`)."""
         return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "kind": "last",
             "epoch": epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "loss_epoch": float(getattr(self.criterion, "epoch", 0.0)),
-            "rng": _rng_state(),
+            "rng": _rng_state(self.device),
+            "history": history,
+            "best": best,
+            "config": self.config.to_dict(),
+        }
+
+    def best_state(self, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        """The weights of the best validation epoch so far (``best.pth``), with the history up to it."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "kind": "best",
+            "epoch": epoch,
+            "model": self.model.state_dict(),
             "history": history,
             "best": best,
             "config": self.config.to_dict(),
         }
 
     def load(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly from a ``last.pth`` state (read with :func:`load_checkpoint`: CPU tensors,
+        copied here to the run's device)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.criterion.set_epoch(state["loss_epoch"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], self.device)
+
+    def load_best(self, state: Mapping[str, Any]) -> None:
+        """Continue from a ``best.pth`` state: its weights and epoch; a fresh optimiser (no momentum),
+        the schedule and loss set to the start of the next epoch, the RNGs reseeded from the seed and
+        the epoch. Not exact: the result differs from an uninterrupted run."""
+        epoch = int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        position = {**self.schedule.state_dict(), "step": epoch * self.schedule.steps_per_epoch}
+        self.schedule.load_state_dict(position)
+        self.criterion.set_epoch(self.schedule.epoch)
+        reseed = self.config.seed * 1_000_003 + epoch
+        torch.manual_seed(reseed)
+        random.seed(reseed)
+        np.random.seed(reseed % 2**32)
 
     def train_epoch(self, epoch: int, progress: Callable[[int], Any] | None) -> tuple[float, bool]:
         """One pass over the training split (``epoch`` counts completed epochs before it, from 0).
@@ -334,17 +484,47 @@ def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
     return found + [f"{ckpt_dir.name}/{p.name}" for p in sorted(ckpt_dir.glob("*.pth"))]
 
 
-def _prepare_output(config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def _resume_hint(ckpt_dir: Path) -> str:
+    best = ckpt_dir / "best.pth"
+    from_best = (
+        "continue from the best epoch's weights with --resume-from-best (not exact: fresh optimiser "
+        "momentum, RNG reseeded), or " if best.is_file() else ""
+    )
+    return f"{from_best}start again with --overwrite instead of --resume (replaces this run's results)"
+
+
+def _prepare_output(
+    config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool, from_best: bool = False
+) -> dict[str, Any] | None:
+    """Check the output folder before any work and read the state to continue from (nothing is written).
+
+    Returns the checkpoint to continue from (``last.pth``, or ``best.pth`` with ``from_best``), or None
+    for a new run.
+
+    Raises:
+        ConfigError: resume and overwrite together; resume with a changed config or without a
+            checkpoint in a folder holding results.
+        CheckpointError: the checkpoint to continue from is unreadable (the message names two ways on).
+        RunExistsError: results exist and neither ``resume`` nor ``overwrite``.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
     existing = _existing_results(out, ckpt_dir)
     if resume:
-        if not (ckpt_dir / "last.pth").exists():
+        source = ckpt_dir / ("best.pth" if from_best else "last.pth")
+        if not source.exists():
+            if from_best:
+                raise ConfigError(
+                    f"cannot resume from the best epoch in {str(out)!r}: {ckpt_dir.name}/best.pth does not "
+                    "exist (no epoch has been validated)"
+                )
             if existing:
                 raise ConfigError(
                     f"cannot resume in {str(out)!r}: it holds results ({', '.join(existing)}) but no "
-                    f"{ckpt_dir.name}/last.pth; pass --overwrite to start again"
+                    f"{ckpt_dir.name}/last.pth; pass --overwrite instead of --resume to start again"
                 )
             log.warning("nothing to resume in %s (no checkpoint yet): starting a new run", out)
-            return
+            return None
         from hiercls.config import load_config
 
         saved = load_config(out / "config.yaml").to_dict()
@@ -356,7 +536,21 @@ def _prepare_output(config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: b
                 f"refusing to resume in {str(out)!r}: the config differs in {len(differing)} key(s): "
                 f"{detail}"
             )
-        return
+        if from_best:
+            state = load_checkpoint(source, require=("model", "epoch"))
+            if not isinstance(state.get("history"), list):  # a best.pth of format version 1
+                state["history"] = _history_until(out / "all_epoch_results.json", int(state["epoch"]))
+            return state
+        try:
+            state = load_checkpoint(
+                source, require=("model", "optimizer", "schedule", "rng", "epoch", "history", "best")
+            )
+            _check_training_checkpoint(state, source)
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume: {err}; {_resume_hint(ckpt_dir)}") from err
+        return state
+    if from_best:
+        raise ConfigError("--resume-from-best continues a run: it needs --resume")
     if existing and not overwrite:
         raise RunExistsError(
             f"output folder {str(out)!r} already holds results ({', '.join(existing)}); pass --resume to "
@@ -367,6 +561,19 @@ def _prepare_output(config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: b
             (out / name).unlink(missing_ok=True)
         for name in ("last.pth", "best.pth"):
             (ckpt_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def _history_until(path: Path, epoch: int) -> list[dict[str, Any]]:
+    """The per-epoch records of ``all_epoch_results.json`` up to ``epoch`` (JSON, never unpickled)."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot resume from the best epoch: {str(path)!r} is unreadable ({err}) and best.pth has no "
+            "history of its own"
+        ) from err
+    return [r for r in records if isinstance(r, dict) and int(r.get("epoch", 0)) <= epoch]
 
 
 def default_out_folder(config: TrainConfig) -> Path:
@@ -398,6 +605,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     data: Cifar100 | None = None,
     progress: bool | None = None,
+    resume_from_best: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` to the end (or to a non-finite loss), validating and checkpointing every epoch.
 
@@ -409,8 +617,11 @@ def fit(
             ``val_*`` metric keys including ``val_crm/...``, ``epoch_seconds``, ``images_per_second``,
             ``status`` ``ok``/``nan``) and the checkpoint folder, which then holds ``last.pth``.
         resume: continue from ``checkpoint_dir/last.pth`` if present; the folder's saved config must
-            equal ``config`` in every key.
+            equal ``config`` in every key. Exact on the CPU (see the README for CUDA).
         overwrite: replace the results of an earlier run in the output folder.
+        resume_from_best: with ``resume``, continue from ``best.pth`` instead (its weights and epoch;
+            fresh optimiser momentum, RNGs reseeded: not exact), e.g. when ``last.pth`` is corrupt; the
+            unreadable ``last.pth`` is kept as ``last.pth.corrupt``.
         checkpoint_dir: where ``last.pth``/``best.pth`` live (default ``<out_folder>/checkpoints``).
         data: the decoded CIFAR-100, to skip loading (e.g. shared by search trials on one node).
         progress: progress bar (default: when stderr is a terminal), else one log line per epoch.
@@ -422,27 +633,66 @@ def fit(
     Raises:
         ConfigError: invalid config, or resume with a differing saved config.
         RunExistsError: the output folder has results and neither ``resume`` nor ``overwrite``.
-        DataError: the data could not be loaded (the message names the folder or file).
+        CheckpointError: the checkpoint to resume from is unreadable, foreign or of an older format
+            (nothing is written then).
+        DataError: the data could not be loaded (the message names the folder or file), or it is not
+            the complete CIFAR-100 (all 100 classes in training and test).
+        StorageError: the output folder is not writable (checked before training), or a write failed
+            during the run (the last completed epoch's checkpoint stays intact: free space and resume).
     """
     config.validate()
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     config = config.replace(out_folder=str(out))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
-    _prepare_output(config, out, ckpt_dir, resume=resume, overwrite=overwrite)
-    run = _Run(config, data)  # data, model, loss: fails here, before anything is written
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = _prepare_output(
+        config, out, ckpt_dir, resume=resume, overwrite=overwrite, from_best=resume_from_best
+    )
+    check_writable(out, "output folder")
+    check_writable(ckpt_dir, "checkpoint folder")
+    run = _Run(config, data)  # data, model, loss: fails here, before any result is written
     atomic_write_text(out / "config.yaml", config.to_yaml())
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "val_top1_error": math.inf}
     start_epoch = 0
-    last_path, best_path = ckpt_dir / "last.pth", ckpt_dir / "best.pth"
-    if resume and last_path.exists():
-        state = torch.load(last_path, map_location=run.device, weights_only=False)
+    last_path = ckpt_dir / "last.pth"
+    if state is not None and resume_from_best:
+        run.load_best(state)
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        best = {"epoch": start_epoch, "val_top1_error": float(state.get("best", {}).get(
+            "val_top1_error", history[-1]["val_top1_error"] if history else math.inf))}
+        if last_path.exists():
+            last_path.replace(last_path.with_name("last.pth.corrupt"))
+        log.warning("resumed %s from the best epoch %d/%d (not exact: fresh optimiser momentum, RNG "
+                    "reseeded)", out, start_epoch, config.epochs)
+    elif state is not None:
         run.load(state)
         history, best, start_epoch = list(state["history"]), dict(state["best"]), int(state["epoch"])
         log.info("resumed %s at epoch %d/%d", out, start_epoch, config.epochs)
 
+    try:
+        return _train(run, config, out, ckpt_dir, reporter, history, best, start_epoch, progress)
+    except StorageError as err:
+        raise StorageError(
+            f"{err}; the run stopped, and the checkpoint of its last completed epoch is intact: free the "
+            "space (or fix the folder) and run the same command with --resume",
+            err.errno,
+        ) from err
+
+
+def _train(
+    run: _Run,
+    config: TrainConfig,
+    out: Path,
+    ckpt_dir: Path,
+    reporter: Reporter | None,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    start_epoch: int,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The epochs of :func:`fit` from ``start_epoch``, then the final model and test results."""
+    last_path, best_path = ckpt_dir / "last.pth", ckpt_dir / "best.pth"
     show_bar = sys.stderr.isatty() if progress is None else progress
     status = history[-1]["status"] if history else "ok"
     n_train = run.train_loader.num_samples
@@ -481,11 +731,13 @@ def fit(
         history.append(record)
 
         if status == "ok":
+            # best.pth and last.pth are replaced together or not at all (a full disk changes neither)
+            files = []
             if run.val_loader is not None and record["val_top1_error"] < best["val_top1_error"]:
                 best = {"epoch": epoch + 1, "val_top1_error": record["val_top1_error"]}
-                weights = {"epoch": epoch + 1, "model": run.model.state_dict(), "config": config.to_dict()}
-                atomic_torch_save(weights, best_path)
-            atomic_torch_save(run.state(epoch + 1, history, best), last_path)
+                files.append((best_path, _serialize(run.best_state(epoch + 1, history, best))))
+            files.append((last_path, _serialize(run.state(epoch + 1, history, best))))
+            atomic_write_files(files)
         atomic_write_text(out / "all_epoch_results.json", json.dumps(history, indent=2))
         log.info(_log_line(record, config.epochs))
         if reporter is not None:
@@ -522,7 +774,7 @@ def _final_test(run: _Run, out: Path, best_path: Path | None, best: Mapping[str,
     results["epoch"] = run.config.epochs
     if best_path is not None:
         last_weights = {k: v.clone() for k, v in run.model.state_dict().items()}
-        run.model.load_state_dict(torch.load(best_path, map_location=run.device, weights_only=False)["model"])
+        run.model.load_state_dict(load_checkpoint(best_path)["model"])
         best_results = test_results(
             evaluate(run.model, loader, run.hierarchy, run.criterion, ks=TEST_KS, amp=run.amp)
         )

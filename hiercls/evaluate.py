@@ -4,6 +4,10 @@
 ``--weights best`` its ``checkpoints/best.pth``); a checkpoint file (``last.pth``/``best.pth``) carries
 its own config. The split is rebuilt from the config's seed and sizes, so ``--split val`` scores the
 exact validation images of the run. Prints the metrics as JSON (fractions; see hiercls.metrics).
+
+Weights are read with ``torch.load(weights_only=True)``: a file holding anything but tensors and plain
+values is refused, never executed. Exit status: 0 done, 2 bad input (missing or unreadable file, not a
+hiercls checkpoint, data that is not CIFAR-100).
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ __all__ = ["evaluate_saved", "main"]
 
 
 def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and model weights of a run folder or checkpoint file, read with
+    ``weights_only=True`` (nothing in the file is executed).
+
+    Raises:
+        FileNotFoundError: no run folder, config or weights file.
+        ValueError: unknown ``weights``.
+        CheckpointError: a weights file that is corrupt, truncated, not a hiercls checkpoint, or holds
+            Python objects other than tensors and plain values.
+    """
+    from hiercls.engine import CheckpointError, load_checkpoint
+
     if target.is_dir():
         config_path = target / "config.yaml"
         if not config_path.is_file():
@@ -42,13 +57,18 @@ def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any]]:
                 else "no epoch has finished yet"
             )
             raise FileNotFoundError(f"{str(path)!r} does not exist ({hint})")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return config, state["model"] if "model" in state else state
+        state = load_checkpoint(path, require=())
+        model = state["model"] if "model" in state else state
+        if not all(isinstance(v, torch.Tensor) for v in model.values()):
+            raise CheckpointError(f"{str(path)!r} holds no model weights (a mapping of tensors)")
+        return config, model
     if target.is_file():
-        state = torch.load(target, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or "config" not in state or "model" not in state:
-            raise ValueError(f"{str(target)!r} is not a hiercls checkpoint (no 'config' and 'model' entries)")
-        return TrainConfig.from_dict(state["config"]), state["model"]
+        state = load_checkpoint(target, require=("config", "model"))
+        try:
+            config = TrainConfig.from_dict(state["config"])
+        except (ConfigError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{str(target)!r} holds an invalid config: {err}") from err
+        return config, state["model"]
     raise FileNotFoundError(f"{str(target)!r} is neither a run folder nor a checkpoint file")
 
 
@@ -75,9 +95,11 @@ def evaluate_saved(
 
     Raises:
         FileNotFoundError: missing run folder, config or weights.
-        ValueError: unknown split or weights, a run without a validation split asked for ``val``.
+        ValueError: unknown split or weights, a run without a validation split asked for ``val``, data
+            that is not the complete CIFAR-100.
+        CheckpointError: an unreadable, foreign or unsafe weights file (never executed).
     """
-    from hiercls.data import DeviceLoader, load_cifar100, make_splits
+    from hiercls.data import DeviceLoader, check_complete, load_cifar100, make_splits
     from hiercls.engine import TEST_KS, evaluate, resolve_device
     from hiercls.hierarchy import load_cifar100_hierarchy
     from hiercls.losses import build_loss
@@ -90,8 +112,10 @@ def evaluate_saved(
     config = config.replace(**changes) if changes else config
     run_device = resolve_device(config.device)
     hierarchy = load_cifar100_hierarchy(config.hierarchy)
+    data = load_cifar100(config.data_dir, download=config.download)
+    check_complete(data, config.data_dir)
     splits = make_splits(
-        load_cifar100(config.data_dir, download=config.download),
+        data,
         val_size=config.val_size, seed=config.seed, max_train_samples=config.max_train_samples,
     )
     chosen = splits.val if split == "val" else splits.test
@@ -125,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = evaluate_saved(args.target, split=args.split, weights=args.weights, data_dir=args.data_dir,
                                 device=args.device)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(json.dumps(result, indent=2))
     return 0

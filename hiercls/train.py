@@ -13,6 +13,12 @@ Examples::
     python -m hiercls.train --config best.yaml          # a config exported by analysis.export
     python -m hiercls.train ... --resume                # continue an interrupted run
     python -m hiercls.train --smoke-test --data-dir data/cifar-100
+
+Exit status: 0 done; 1 the run's loss went NaN; 2 bad input, fixed in the arguments or files (flags,
+config, data folder without the 100 CIFAR-100 classes, existing results, a corrupt or foreign
+checkpoint); 3 an OS error while writing results (no space left, read-only, permission, a path under a
+regular file): one line names the file, and the last completed epoch stays resumable; 130 interrupted
+(Ctrl-C or SIGTERM; a second Ctrl-C is ignored while the run stops): rerun with ``--resume``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hiercls.config import ConfigError, TrainConfig, load_config, parse_overrides
+from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NAN, EXIT_OK, EXIT_WRITE
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -80,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hiercls.train",
         description="Train one CIFAR-100 classifier with a hierarchy-aware loss.",
-        epilog="Precedence: defaults < --config < flags < --set. Resolved config: OUT/config.yaml.",
+        epilog="Precedence: defaults < --config < flags < --set. Resolved config: OUT/config.yaml. "
+               "Exit status: 0 done, 1 the loss went NaN, 2 bad input (flags, config, data, checkpoint), "
+               "3 a write failed (disk full, read-only, permission), 130 interrupted (rerun with --resume).",
     )
     parser.add_argument("--config", help="YAML file of config keys (e.g. an earlier run's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -99,7 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adamw: use the AMSGrad variant")
     parser.add_argument("--no-test", dest="evaluate_test", action="store_false", default=argparse.SUPPRESS,
                         help="do not score the official test set at the end")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out_folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out_folder from checkpoints/last.pth (exact on the CPU; "
+                             "on CUDA see the README)")
+    parser.add_argument("--resume-from-best", "--resume_from_best", dest="resume_from_best",
+                        action="store_true",
+                        help="with --resume: continue from checkpoints/best.pth (its weights and epoch) "
+                             "when last.pth is unreadable; not exact: fresh optimiser momentum, RNG "
+                             "reseeded; the unreadable last.pth is kept as last.pth.corrupt")
     parser.add_argument("--overwrite", action="store_true", help="replace the results in --out_folder")
     parser.add_argument("--smoke-test", action="store_true",
                         help="1 epoch on 1,000 training and 500 val images (CPU friendly)")
@@ -115,7 +131,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     Raises:
         ConfigError: unknown keys, wrong types, bad --set items.
     """
-    not_config = ("config", "set", "resume", "overwrite", "smoke_test")
+    not_config = ("config", "set", "resume", "overwrite", "smoke_test", "resume_from_best")
     flags = {k: v for k, v in vars(args).items() if k not in not_config}
     overrides = {**flags, **parse_overrides(args.set)}
     if args.smoke_test:
@@ -126,36 +142,65 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    # the first Ctrl-C (or SIGTERM) stops the run; later ones are ignored while it stops, so a second
+    # Ctrl-C cannot cut the clean-up short or end in a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 a run that went NaN, 2 bad input, 130 interrupted)."""
+    """Run the CLI; returns the exit status (0 ok, 1 a run that went NaN, 2 bad input, 3 a failed write,
+    130 interrupted; see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    from hiercls.engine import DataError, RunExistsError, fit
-
+    if args.resume_from_best and not args.resume:
+        parser.error("--resume-from-best continues a run: add --resume")
     try:
         config = config_from_args(args)
     except ConfigError as err:
         parser.error(str(err))
     # Both signals end the run the same way (also when SIGINT was ignored by a launching shell).
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    status = _run(parser, args, config)
+    if status != EXIT_INTERRUPTED:  # after an interrupt further signals stay ignored until the exit
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, config: TrainConfig) -> int:
+    from hiercls.engine import CheckpointError, DataError, RunExistsError, StorageError, fit
+
     try:
-        result = fit(config, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, RunExistsError, DataError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        result = fit(config, resume=args.resume, overwrite=args.overwrite,
+                     resume_from_best=args.resume_from_best)
+    except (ConfigError, RunExistsError, DataError, CheckpointError) as err:
+        _ignore_signals()
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except StorageError as err:
+        _ignore_signals()
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_WRITE
     except KeyboardInterrupt:
+        _ignore_signals()
         print(
             "\ninterrupted: every completed epoch is checkpointed; run the same command with --resume "
             "to continue",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
     print(f"results: {result['out_folder']}")
-    return 0 if result["status"] == "ok" else 1
+    return EXIT_OK if result["status"] == "ok" else EXIT_NAN
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -258,6 +260,248 @@ def test_experiment_state_statuses(tmp_path):
     assert r["hhhh0008"]["compared"] and not r["iiii0009"]["compared"]
     assert r["kkkk0011"]["lr"] == 0.07 and r["kkkk0011"]["epochs_run"] == 0
 
+
+# ---------------------------------------------------------------------------------------------- damaged files
+def without_ray_config(trial_dir: Path) -> None:
+    """Drop Ray's copy of the searched values (``config``) from every line of result.json."""
+    path = trial_dir / "result.json"
+    lines = [json.loads(ln) for ln in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in ln.items() if k != "config"}) + "\n"
+                            for ln in lines))
+
+
+def tear_last_line(path: Path, keep: int) -> None:
+    """Cut the file inside its last line, ``keep`` characters into it (no newline after: a torn write)."""
+    text = path.read_text()
+    start = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: start + keep])
+
+
+def test_damaged_params_json_never_filled_with_defaults(tmp_path, capsys):
+    """Issue 10: an empty or torn params.json showed the TrainConfig defaults (lr 0.05, cross-entropy).
+    The searched values come from config.yaml (else Ray's copy in result.json); when no file has them
+    they are empty cells, the trial is flagged and analysis.export refuses it."""
+    folder = make_experiment(tmp_path / "tune")
+    b, c, d = (folder / f"trial_{t}" for t in ("bbbb0002", "cccc0003", "dddd0004"))
+    (b / "params.json").write_text("")  # 0 bytes; config.yaml fine; no Ray copy either
+    without_ray_config(b)
+    c_config = yaml.safe_load((c / "config.yaml").read_text())
+    (c / "params.json").write_text('{"loss": "soft-labels", "lr": 0.0')  # torn; config.yaml empty
+    (c / "config.yaml").write_text("")
+    (d / "params.json").write_text('{"loss": "cross-entropy", "lr": 0.')  # torn, nothing else has them
+    config_text = (d / "config.yaml").read_text()
+    (d / "config.yaml").write_text(config_text[: config_text.index("\nlr: ") + 6])  # 'lr: 0' would parse
+    without_ray_config(d)
+
+    experiment = load_experiment(folder)
+    tb, tc, td = (experiment.trial(t) for t in ("bbbb0002", "cccc0003", "dddd0004"))
+    assert tb.params == {"lr": 0.01, "loss": "hierarchical-cross-entropy", "alpha": 0.3}
+    assert tb.config_source == "config.yaml" and tb.unknown_params == []
+    assert tb.problems == ["params.json: empty; searched values taken from config.yaml"]
+    assert tc.params == {"loss": "soft-labels", "lr": 0.02, "beta": 5.0}
+    assert tc.config_source == "rebuilt" and tc.config == c_config  # seed from the trial index, out_folder
+    assert tc.problems == [
+        "params.json: torn: invalid JSON at line 1 column 34; searched values taken from result.json "
+        "(Ray's copy)",
+        "config.yaml: empty; config rebuilt from search_spec.yaml and the searched values",
+    ]
+    assert td.params == {} and td.config is None and td.seed is None and td.unknown_params == ["lr", "loss"]
+    assert td.status == "complete" and td.epochs == 3  # its records are fine
+    assert td.problems == [
+        "params.json: torn: invalid JSON at line 1 column 34; searched values unknown (lr, loss): shown "
+        "empty, the trial cannot be exported",
+        "config.yaml: torn: no newline at the end (cut mid-line); config unknown",
+    ]
+
+    r = rows(build_table(experiment))
+    assert r["bbbb0002"]["loss"] == "hierarchical-cross-entropy" and r["bbbb0002"]["alpha"] == 0.3
+    assert pd.isna(r["dddd0004"]["loss"]) and math.isnan(r["dddd0004"]["lr"])
+    assert pd.isna(r["dddd0004"]["seed"])
+    assert r["dddd0004"]["problems"] == " | ".join(td.problems) and pd.isna(r["aaaa0001"]["problems"])
+
+    out = tmp_path / "analysis"
+    assert rank_cli.main([str(folder), "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr()
+    assert ("warning: trial dddd0004: params.json: torn: invalid JSON at line 1 column 34; searched values "
+            "unknown (lr, loss): shown empty, the trial cannot be exported\n") in printed.err
+    assert ("warning: trial bbbb0002: params.json: empty; searched values taken from config.yaml\n"
+            in printed.err)
+    assert "warning: 3 trial(s) with damaged files or unknown values, marked (!)" in printed.out
+    line = next(ln for ln in printed.out.splitlines() if "dddd0004" in ln)
+    assert "complete (!)" in line and "cross-entropy" not in line and "0.05" not in line
+    csv = pd.read_csv(out / "trials.csv").set_index("trial_id")
+    assert math.isnan(csv.loc["dddd0004", "lr"])
+    assert "searched values unknown" in csv.loc["dddd0004", "problems"]
+    md = (out / "trials.md").read_text()
+    assert "## Problems" in md and "- trial cccc0003: config.yaml: empty; config rebuilt" in md
+
+    # dddd0004 has the lowest error: export refuses it (one line, exit 2), also when named
+    with pytest.raises(AnalysisError, match=r"^trial dddd0004 cannot be exported: its searched values \(lr, "
+                       r"loss\) are lost \(params.json: torn: invalid JSON at line 1 column 34, config.yaml: "
+                       r"torn: no newline at the end \(cut mid-line\); no other file holds them\), and the "
+                       r"training defaults would stand in for them; it is the best trial by val_top1_error: "
+                       r"export another one with --trial ID$"):
+        export(folder, tmp_path / "x.yaml", rank_by="val_top1_error")
+    assert export_cli.main([str(folder), "--out", str(tmp_path / "x.yaml"), "--trial", "dddd0004"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "trial dddd0004 cannot be exported" in err
+    assert not (tmp_path / "x.yaml").exists()
+    _, source, notes = export(folder, tmp_path / "b.yaml")  # the search's objective: bbbb0002, exportable
+    assert source["trial_id"] == "bbbb0002"
+    assert notes == ["trial bbbb0002: params.json: empty; searched values taken from config.yaml"]
+    _, config = load_exported(tmp_path / "b.yaml")
+    assert (config["loss"], config["lr"], config["alpha"]) == ("hierarchical-cross-entropy", 0.01, 0.3)
+
+
+def test_torn_result_json_is_reported_not_silently_stopped_early(tmp_path, capsys):
+    """Issue 10: a result.json torn mid-line turned a complete trial into "stopped early" silently. A
+    complete all_epoch_results.json wins; without it, the readable records are kept and the trial is
+    flagged: its status is uncertain."""
+    folder = make_experiment(tmp_path / "tune")
+    a, b, c, d = (folder / f"trial_{t}" for t in ("aaaa0001", "bbbb0002", "cccc0003", "dddd0004"))
+    tear_last_line(a / "result.json", 30)  # the engine's file is complete
+    engine = (c / "all_epoch_results.json").read_text()
+    torn_engine = engine[: engine.index('"epoch": 2') + 40]  # torn inside its second record
+    (c / "all_epoch_results.json").write_text(torn_engine)
+    (b / "all_epoch_results.json").write_text(torn_engine)  # both damaged:
+    tear_last_line(b / "result.json", 30)  # the engine's file has 1 epoch, result.json 2
+    tear_last_line(d / "result.json", 30)  # result.json only (epochs 1, 2, 2, 3): epoch 3 torn
+    assert (d / "result.json").read_text().splitlines()[-1].startswith('{"epoch": 3, "lr": 0.01, "tra')
+    state = {"trial_data": [[json.dumps({"trial_id": "dddd0004", "status": "TERMINATED",
+                                         "relative_logdir": "trial_dddd0004", "config": {}}), "{}"]]}
+    (folder / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps(state))
+
+    experiment = load_experiment(folder)
+    ta, tb, tc, td = (experiment.trial(t) for t in ("aaaa0001", "bbbb0002", "cccc0003", "dddd0004"))
+    assert ta.status == "complete" and ta.epochs_run == 3
+    assert ta.problems == ["result.json: torn: invalid JSON at line 3 of 3; epoch records from "
+                           "all_epoch_results.json"]
+    assert tc.status == "complete" and tc.epochs_run == 3
+    torn_line = torn_engine.count("\n") + 1
+    assert tc.problems == [f"all_epoch_results.json: torn: invalid JSON at line {torn_line} column 5; "
+                           "epoch records from result.json"]
+    assert tb.status == "stopped early" and [r["epoch"] for r in tb.records] == [1, 2]
+    assert tb.problems[0].startswith("all_epoch_results.json: torn: invalid JSON at line ")
+    assert tb.problems[0].endswith("; epoch records from result.json")
+    assert tb.problems[1:] == [
+        "result.json: torn: invalid JSON at line 3 of 3; epoch records from its 2 readable record(s)",
+        "status 'stopped early' is uncertain: result.json is damaged at its end, so the trial may have run "
+        "longer than the 2 epoch(s) read (the damaged record is epoch 3's); it may also be an ASHA stop",
+    ]
+    assert td.status == "stopped early" and td.ray_status == "TERMINATED" and td.epochs_run == 2
+    assert td.duplicates == 1 and td.record(2)["val_top1_error"] == 0.58
+    assert td.problems == [
+        "result.json: torn: invalid JSON at line 4 of 4; epoch records from its 3 readable record(s)",
+        "status 'stopped early' is uncertain: result.json is damaged at its end, so the trial may have run "
+        "longer than the 2 epoch(s) read (the damaged record is epoch 3's); Ray's status TERMINATED does not "
+        "tell this from an ASHA stop",
+    ]
+
+    out = tmp_path / "analysis"
+    assert rank_cli.main([str(folder), "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr()
+    assert ("warning: trial dddd0004: status 'stopped early' is uncertain: result.json is damaged at its "
+            "end") in printed.err
+    assert "warning: trial aaaa0001: result.json: torn: invalid JSON at line 3 of 3;" in printed.err
+    assert "stopped early (!)" in next(ln for ln in printed.out.splitlines() if "dddd0004" in ln)
+    csv = pd.read_csv(out / "trials.csv").set_index("trial_id")
+    assert csv.loc["dddd0004", "status"] == "stopped early" and "uncertain" in csv.loc["dddd0004", "problems"]
+    assert csv.loc["aaaa0001", "status"] == "complete"
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), [
+    ("params.json", b"", "params.json: empty; searched values taken from config.yaml"),
+    ("params.json", b"\0" * 64, "params.json: blank: 64 bytes of whitespace or NUL bytes, no data; searched "
+                                "values taken from config.yaml"),
+    ("params.json", b'{"loss": "hier', "params.json: torn: invalid JSON at line 1 column 10; searched values "
+                                       "taken from config.yaml"),
+    ("params.json", b'{"loss" "x"}', "params.json: corrupt: invalid JSON at line 1 column 9 (Expecting ':' "
+                                     "delimiter); searched values taken from config.yaml"),
+    ("params.json", b"[1, 2]", "params.json: not a JSON object of searched values; searched values taken "
+                               "from config.yaml"),
+    ("params.json", b'{"loss": "hierarchical-cross-entropy", "lr": 0.01}',
+     "params.json: no value for searched key(s) alpha; searched values taken from config.yaml"),
+    ("config.yaml", b"", "config.yaml: empty; config rebuilt from search_spec.yaml and the searched values"),
+    ("config.yaml", "cut:lr", "config.yaml: torn: no newline at the end (cut mid-line); config rebuilt from "
+                              "search_spec.yaml and the searched values"),  # 'lr: 0' would parse
+    ("config.yaml", "lines:12", "config.yaml: torn: ends after key 'lambda_fine' (12 of "),
+    ("config.yaml", b"lr: [0.1\nloss: x\n", "config.yaml: corrupt: invalid YAML at line 2; config rebuilt"),
+    ("config.yaml", "extra", "config.yaml: invalid: unknown key 'bogus'; config rebuilt"),
+    ("all_epoch_results.json", b"", "all_epoch_results.json: empty; epoch records from result.json"),
+    ("all_epoch_results.json", b'{"epoch": 1}', "all_epoch_results.json: not a JSON list of epoch records; "
+                                                "epoch records from result.json"),
+    ("result.json", b"", "result.json: empty; epoch records from all_epoch_results.json"),
+    ("result.json", "middle", "result.json: corrupt: invalid JSON at line 2 of 3; epoch records from "
+                              "all_epoch_results.json"),
+])
+def test_damaged_file_messages(tmp_path, name, content, problem):
+    """Each damaged trial file is named with what is wrong, and the trial keeps its true values."""
+    folder = make_experiment(tmp_path / "tune", {"bbbb0002": TRIALS["bbbb0002"]})
+    path = folder / "trial_bbbb0002" / name
+    text = path.read_text()
+    if content == "middle":
+        lines = text.splitlines(keepends=True)
+        content = (lines[0] + lines[1][:50] + "\n" + lines[2]).encode()
+    elif content == "extra":
+        content = (text + "bogus: 1\n").encode()
+    elif content == "cut:lr":  # inside the value of lr
+        content = text[: text.index("\nlr: ") + 6].encode()
+    elif isinstance(content, str) and content.startswith("lines:"):
+        content = "".join(text.splitlines(keepends=True)[: int(content.split(":")[1])]).encode()
+    path.write_bytes(content)
+    if name == "params.json":
+        without_ray_config(path.parent)  # config.yaml is the only other source
+    trial = load_experiment(folder).trial("bbbb0002")
+    assert len(trial.problems) == 1 and trial.problems[0].startswith(problem), trial.problems
+    assert trial.status == "complete" and trial.epochs_run == 3 and trial.unknown_params == []
+    assert trial.loss == "hierarchical-cross-entropy"
+    assert (trial.params["lr"], trial.params["alpha"]) == (0.01, 0.3)
+    assert (trial.config["lr"], trial.config["alpha"]) == (0.01, 0.3)
+
+
+def test_damaged_experiment_files(tmp_path, capsys):
+    """An empty or torn search_spec.yaml makes the experiment unusable: one line, exit 2. A torn Ray
+    state is a warning; a never-started trial whose searched values Ray's state holds only pickled
+    shows them empty, not as defaults."""
+    folder = make_experiment(tmp_path / "tune", {k: TRIALS[k] for k in ("aaaa0001", "bbbb0002")})
+    spec = (folder / "search_spec.yaml").read_text()
+    cut = spec[: spec.index("val_mistake_severity") + 5]  # parses: 'objective: val_top1_error + 0.1 * val_m'
+    for text, what in (("", "empty"), (cut, "torn: no newline at the end (cut mid-line)")):
+        (folder / "search_spec.yaml").write_text(text)
+        with pytest.raises(AnalysisError, match=f"search_spec.yaml: {re.escape(what)}; the experiment cannot "
+                                                "be analysed without its spec$"):
+            load_experiment(folder)
+        assert rank_cli.main([str(folder), "--no-plots"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and f"search_spec.yaml: {what}" in err
+    (folder / "search_spec.yaml").write_text(spec)
+
+    def entry(trial_id: str, status: str, config: dict) -> list:
+        return [json.dumps({"trial_id": trial_id, "status": status, "relative_logdir": None,
+                            "config": config}), "{}"]
+
+    pickled = {"_type": "CLOUDPICKLE_FALLBACK", "value": "80059500"}
+    state = {"trial_data": [entry("kkkk0011", "PENDING", pickled)]}
+    (folder / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps(state))
+    experiment = load_experiment(folder)
+    k = experiment.trial("kkkk0011")
+    assert k.status == "unfinished" and k.config is None and k.unknown_params == ["lr", "loss"]
+    assert k.problems == ["searched values unknown (lr, loss): the trial never got a folder and Ray's saved "
+                          "state holds no plain-JSON config; shown empty, not exportable"]
+    r = rows(build_table(experiment, include_stopped=True))
+    assert math.isnan(r["kkkk0011"]["lr"]) and pd.isna(r["kkkk0011"]["loss"])  # not 0.05, cross-entropy
+
+    torn = json.dumps(state)[:40]
+    (folder / "experiment_state-2026-01-03_00-00-00.json").write_text(torn)  # the newest, torn
+    experiment = load_experiment(folder)
+    assert [t.trial_id for t in experiment.trials] == ["aaaa0001", "bbbb0002"]
+    assert experiment.problems == [
+        "experiment_state-2026-01-03_00-00-00.json: torn: invalid JSON at line 1 column 18; Ray's trial "
+        "statuses are unknown: statuses come from the trial folders alone (a trial still running when the "
+        "search stopped may show as stopped early)"
+    ]
+    assert rank_cli.main([str(folder), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    assert "warning: experiment_state-2026-01-03_00-00-00.json: torn: invalid JSON" in capsys.readouterr().err
 
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_errors(synth, tmp_path, capsys):

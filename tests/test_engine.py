@@ -13,10 +13,11 @@ import yaml
 
 from hiercls.config import ConfigError, load_config
 from hiercls.data import DeviceLoader
-from hiercls.engine import DataError, RunExistsError, _Run, _umask, fit
+from hiercls.engine import DataError, RunExistsError, _Run, fit
 from hiercls.evaluate import evaluate_saved
 from hiercls.losses import LOSSES
 from hiercls.schedules import SCHEDULES
+from hiercls.storage import _umask
 
 TIMING = ("epoch_seconds", "images_per_second")
 
@@ -60,7 +61,7 @@ def test_checkpoint_round_trip_and_evaluate(tiny_run, cifar) -> None:
     config = tiny_run(epochs=1)
     result = fit(config, data=cifar)
     out = Path(config.out_folder)
-    state = torch.load(out / "checkpoints" / "last.pth", weights_only=False)
+    state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and state["history"] == result["history"]
     fresh = _Run(config.resolved(), cifar)
     fresh.load(state)

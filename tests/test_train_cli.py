@@ -23,6 +23,14 @@ def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def exit_status(argv: list[str]) -> int:
+    """``main``'s exit status, whether it returns it or argparse exits (usage errors)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
 def without_timing(history):
     return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in history]
 
@@ -60,18 +68,16 @@ def test_original_flags_and_precedence(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, capsys, args, message) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o")])
-    assert exit_info.value.code == 2
+    argv = [*args, "--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o")]
+    assert exit_status(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_data_folder(tmp_path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o"), *SMALL,
-              "--set", "download=false"])
-    assert exit_info.value.code == 2
+    code = main(["--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o"), *SMALL,
+                 "--set", "download=false"])
+    assert code == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "ImageFolder" in err and "cifar-100-python" in err
 
@@ -81,9 +87,7 @@ def test_unreadable_image_is_named(tmp_path, capsys) -> None:
         folder = tmp_path / "data" / split / "0"
         folder.mkdir(parents=True)
         (folder / "0_0.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--data-dir", str(tmp_path / "data"), "--out_folder", str(tmp_path / "o"), *SMALL])
-    assert exit_info.value.code == 2
+    assert main(["--data-dir", str(tmp_path / "data"), "--out_folder", str(tmp_path / "o"), *SMALL]) == 2
     assert "0_0.jpg" in capsys.readouterr().err
 
 
@@ -91,9 +95,7 @@ def test_existing_results_are_never_overwritten(cifar_dir, tmp_path, capsys) -> 
     out = tmp_path / "o"
     out.mkdir()
     (out / "final_test_results.json").write_text('{"test_accuracy": 77.0}')
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--data-dir", str(cifar_dir), "--out_folder", str(out), *SMALL])
-    assert exit_info.value.code == 2
+    assert main(["--data-dir", str(cifar_dir), "--out_folder", str(out), *SMALL]) == 2
     assert "already holds results (final_test_results.json)" in capsys.readouterr().err
     assert json.loads((out / "final_test_results.json").read_text()) == {"test_accuracy": 77.0}
 
