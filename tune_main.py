@@ -5,20 +5,41 @@ command-line options. Examples::
 
     python tune_main.py --space search_spaces/hxe.yaml --data-dir data/cifar-100 --name hxe
     python tune_main.py --space search_spaces/joint.yaml --gpus-per-trial 0.25 --max-concurrent 8
-    python tune_main.py --name hxe --resume                     # after Ctrl-C
-    python tune_main.py --smoke-test --data-dir data/cifar-100  # CPU, a few minutes
+    python tune_main.py --name hxe --storage-path runs/tune --resume   # after Ctrl-C, a kill, a full disk
+    python tune_main.py --smoke-test --data-dir data/cifar-100          # CPU, a few minutes
 
-Exit status: 0 done, 2 invalid input (nothing started), 130 interrupted (resume with --resume).
+``--resume`` continues an experiment with Ray's ``Tuner.restore``, which *unpickles* Ray's saved state
+(``tuner.pkl``, ``experiment_state-*.json``, ``searcher-state-*.pkl``, the trials' ``*.pkl``): code in
+those files runs. A folder, or a state file in it, that belongs to another user or is world-writable
+is refused unless ``--trust-experiment`` is given (:func:`hiercls.tune.guard.untrusted_paths`).
+
+Exit status (:mod:`hiercls.storage`):
+
+====  ===========================================================================================
+0     done (trials that went NaN or errored are part of a finished search)
+2     something fixable in the input, found before any trial ran: the spec or a flag, the data
+      folder, an unreachable or non-Ray ``--address``, a resource request no node fits, an
+      experiment that exists (new search) or cannot be resumed, an untrusted experiment folder
+3     an OS error while writing (no space, quota, read-only or unwritable ``--storage-path``; the
+      search is stopped, its finished trials and state kept, ``summary.csv`` written if possible),
+      or a torn Ray experiment state that ``--resume`` refuses
+130   interrupted (Ctrl-C, twice included, or SIGTERM); resume with the printed command
+====  ===========================================================================================
+
+The search itself never exits 1 (1 is the training CLI's "loss went NaN"); a traceback with status 1
+is a bug in hiercls or Ray.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hiercls.tune.spec import DEFAULT_SPACE, SMOKE_SPACE, SearchSpec, SpecError
+from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_WRITE, StorageError, describe_os_error
+from hiercls.tune.spec import DEFAULT_SPACE, MAX_SAMPLES, SMOKE_SPACE, SearchSpec, SpecError
 
 DEFAULTS = SearchSpec()
 
@@ -61,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search the hyperparameters of hierarchy-aware CIFAR-100 training with Ray Tune "
                     "(Optuna TPE + ASHA).",
         epilog="Every option can also be set in the space file (same name, underscores); the command line "
-               "wins. Results: STORAGE_PATH/NAME (summary.csv, one folder per trial).",
+               "wins. Results: STORAGE_PATH/NAME (summary.csv, one folder per trial). Resume with: python "
+               "tune_main.py --name NAME --storage-path DIR --resume. Resuming unpickles Ray's saved state "
+               "(tuner.pkl, experiment_state-*.json, searcher-state-*.pkl, the trials' *.pkl), which runs "
+               "code from those files: a folder or state file owned by another user or world-writable is "
+               "refused unless --trust-experiment. Exit status: 0 done; 2 fixable input (spec, data folder, "
+               "unreachable or non-Ray --address, resources no node has, an untrusted or unresumable "
+               "experiment); 3 an OS error while writing (no space, read-only, unwritable --storage-path: "
+               "finished trials are kept, resume after fixing it) or a torn Ray state; 130 interrupted "
+               "(Ctrl-C, SIGTERM); never 1.",
     )
     default_space = DEFAULT_SPACE.relative_to(DEFAULT_SPACE.parents[1])
     parser.add_argument("--space", default=None, help=f"search space YAML (default: {default_space})")
@@ -76,7 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the experiment --name in --storage-path (Tuner.restore: finished "
                              "trials are kept, unfinished ones resume from their checkpoint, errored ones "
-                             "restart); without --space the saved spec is used")
+                             "restart); without --space the saved spec is used. Restoring unpickles Ray's "
+                             "saved state: the folder is checked first (see --trust-experiment), and a "
+                             "torn state is refused (exit 3) rather than starting a new search")
+    parser.add_argument("--trust-experiment", action="store_true",
+                        help="resume even when the experiment folder or a state file in it belongs to "
+                             "another user or is world-writable (its pickles run code when unpickled)")
+    parser.add_argument("--allow-large-search", dest="allow_large_search", action="store_true",
+                        default=None,
+                        help=f"allow --num-samples above {MAX_SAMPLES:,} (Ray keeps every trial in memory "
+                             "and rewrites them all in its state after every epoch)")
     parser.add_argument("--smoke-test", action="store_true",
                         help=f"use {SMOKE_SPACE.relative_to(SMOKE_SPACE.parents[1])} (CPU: plainnet, "
                              "2 epochs, 2,000 training and 500 val images, a few minutes)")
@@ -95,10 +133,11 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     Raises:
         SpecError: a bad file, unknown keys or wrong types; ``--space`` with ``--smoke-test``.
     """
-    from hiercls.tune.runner import SPEC_FILE
+    from hiercls.tune.runner import SPEC_FILE, TRAINABLE_KEY
 
     overrides = {key: getattr(args, key) for _, key, _, _ in _OPTIONS}
     overrides["multi_objective"] = args.multi_objective
+    overrides["allow_large_search"] = args.allow_large_search
     if args.smoke_test and args.space:
         raise SpecError(["--smoke-test uses search_spaces/smoke.yaml; do not combine it with --space"])
     space = SMOKE_SPACE if args.smoke_test else args.space
@@ -107,22 +146,63 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
         saved = storage / args.name / SPEC_FILE
         if saved.is_file():
             space = saved
-    return SearchSpec.load(space, overrides)
+    # an experiment's saved spec also records its trainable (read by the runner on resume)
+    ignore = (TRAINABLE_KEY,) if args.resume or (space is not None and Path(space).name == SPEC_FILE) else ()
+    return SearchSpec.load(space, overrides, ignore=ignore)
+
+
+def _interrupted_line(spec: SearchSpec | None) -> str:
+    from hiercls.tune.runner import resume_command
+
+    if spec is None or not spec.name:
+        return "interrupted before the search started; nothing was saved"
+    folder = spec.experiment_dir
+    if not (folder / "tuner.pkl").is_file():
+        return f"interrupted before the search saved any state in {str(folder)!r}; start it again"
+    return (f"interrupted; the saved state in {str(folder)!r} is kept (finished trials too): resume with: "
+            f"{resume_command(spec)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from hiercls.tune.guard import UntrustedExperimentError
     from hiercls.tune.runner import ResourceError, run_search
 
+    def error(message: object) -> None:
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+
+    def terminate(number: int, frame: object) -> None:  # SIGTERM (e.g. SLURM's time limit) = Ctrl-C
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, terminate)  # run_search keeps it once Ray has started
+    previous_int = signal.getsignal(signal.SIGINT)
+    spec: SearchSpec | None = None
     try:
         spec = spec_from_args(args)
-        outcome = run_search(spec, resume=args.resume, trainable=args.trainable, toy_sleep=args.toy_sleep)
-    except (SpecError, ResourceError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 130 if outcome.interrupted else 0
+        outcome = run_search(spec, resume=args.resume, trainable=args.trainable, toy_sleep=args.toy_sleep,
+                             trust=args.trust_experiment, sigterm_interrupts=True)
+    except KeyboardInterrupt:  # a second Ctrl-C while Tune saves its state, or one before Ray started
+        print(f"{parser.prog}: {_interrupted_line(spec)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (SpecError, ResourceError, UntrustedExperimentError) as err:
+        error(err)
+        return EXIT_INPUT
+    except StorageError as err:
+        error(err)
+        return EXIT_WRITE
+    except OSError as err:
+        error(describe_os_error(err, err.filename or "the experiment folder", "use"))
+        return EXIT_WRITE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == EXIT_INTERRUPTED:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # no traceback from yet another Ctrl-C while exiting
+    sys.exit(status)

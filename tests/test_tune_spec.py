@@ -241,3 +241,68 @@ def test_define_by_run_keeps_inactive_parameters_out():
     assert len(seen_losses) == 4
     sample = draw(params, random.Random(0))
     assert "loss" in sample and "lr" in sample
+
+
+def test_large_searches_need_allow_large_search(tmp_path, capsys):
+    import tune_main
+    from hiercls.tune.spec import MAX_SAMPLES
+
+    problems = problems_of(make(num_samples=MAX_SAMPLES + 1))
+    assert any("--allow-large-search" in p and "10,000" in p for p in problems), problems
+    make(num_samples=MAX_SAMPLES).validate()
+    make(num_samples=MAX_SAMPLES + 1, allow_large_search=True).validate()
+    # a runtime setting: a resume may add or drop it without "the search specification changed"
+    saved = make(num_samples=50_000, allow_large_search=True).resolved().to_dict()
+    assert spec_differences(saved, make(num_samples=50_000).resolved().to_dict()) == []
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({"num_samples": 20_000, "epochs": 4, "grace_period": 1,
+                                    "train": {"architecture": "plainnet"}}))
+    assert tune_main.main(["--space", str(path), "--storage-path", str(tmp_path), "--trainable", "toy"]) == 2
+    assert "--allow-large-search" in capsys.readouterr().err
+    args = tune_main.build_parser().parse_args(["--space", str(path), "--allow-large-search"])
+    assert tune_main.spec_from_args(args).allow_large_search is True
+
+
+def test_grace_period_equal_to_epochs_warns():
+    notes = make(epochs=10, grace_period=10).validate()
+    assert any("grace_period=10 equals epochs" in n and "ASHA stops no trial" in n for n in notes), notes
+    assert not any("equals epochs" in n for n in make(epochs=10, grace_period=9).validate())
+    assert not any("equals epochs" in n for n in make(epochs=10, grace_period=10,
+                                                       multi_objective=True).validate())
+    assert any("grace_period=11 is out of range" in p for p in problems_of(make(epochs=10, grace_period=11)))
+
+
+def test_resume_reads_a_saved_spec_that_records_its_trainable(tmp_path):
+    """``--resume`` without --space loads STORAGE/NAME/search_spec.yaml, which also holds ``trainable:``
+    (the README's resume command failed with "unknown setting 'trainable'")."""
+    import tune_main
+
+    spec = make(storage_path=str(tmp_path), name="old", num_samples=7).resolved()
+    folder = spec.experiment_dir
+    folder.mkdir()
+    (folder / "search_spec.yaml").write_text(spec.to_yaml() + yaml.safe_dump({"trainable": "toy"}))
+    args = tune_main.build_parser().parse_args(["--name", "old", "--storage-path", str(tmp_path), "--resume"])
+    loaded = tune_main.spec_from_args(args)
+    assert loaded.num_samples == 7 and loaded.name == "old"
+    assert spec_differences(spec.to_dict(), loaded.resolved().to_dict()) == []
+    # the saved spec given as --space (e.g. copied to start a similar search) is read as well
+    args = tune_main.build_parser().parse_args(["--space", str(folder / "search_spec.yaml"), "--name", "new"])
+    assert tune_main.spec_from_args(args).num_samples == 7
+    with pytest.raises(SpecError, match="unknown setting 'trainable'"):  # elsewhere it stays an error
+        other = tmp_path / "space.yaml"
+        other.write_text(yaml.safe_dump({"trainable": "toy"}))
+        SearchSpec.load(other)
+
+
+def test_cli_help_documents_resume_trust_and_exit_statuses(capsys):
+    import tune_main
+
+    with pytest.raises(SystemExit):
+        tune_main.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    needles = ("--trust-experiment", "--allow-large-search", "unpickles",
+               "--name NAME --storage-path DIR --resume", "Exit status: 0 done",
+               "3 an OS error while writing", "130 interrupted", "never 1")
+    for needle in needles:
+        assert needle in text, needle
+    assert "Exit status" in tune_main.__doc__ and "130" in tune_main.__doc__

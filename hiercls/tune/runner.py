@@ -3,15 +3,24 @@
 Order of work in :func:`run_search`:
 
 1. the spec is validated (every problem listed in one :class:`~hiercls.tune.spec.SpecError`); the
-   experiment folder ``storage_path/name`` is checked: a new search refuses an existing experiment,
-   ``resume`` refuses a changed spec (listing the changed keys) or a folder with nothing to restore;
+   experiment folder ``storage_path/name`` is checked: a new search refuses an existing experiment;
+   ``resume`` refuses a folder another user could have written (Ray unpickles its state:
+   :func:`hiercls.tune.guard.check_trusted`, unless ``trust``), a folder with nothing to restore, a
+   changed spec (listing the changed keys) and a torn Ray state (:func:`~hiercls.tune.guard.
+   check_state_intact`); the folder must be writable (:func:`hiercls.storage.check_writable`);
 2. CIFAR-100 is decoded once on the driver (warming the decode cache every trial on this node reads);
-3. Ray starts (or is joined: ``address``), and the per-trial CPU/GPU request is checked against the
-   nodes (a GPU request on a cluster without GPUs fails here instead of leaving trials PENDING);
+3. Ray starts (or is joined: ``address``, first probed for a Ray GCS), and the per-trial CPU/GPU
+   request is checked against the nodes (a GPU request on a cluster without GPUs fails here instead of
+   leaving trials PENDING);
 4. OptunaSearch (TPE, seeded, define-by-run for conditional spaces, ``points_to_evaluate`` first) under
    a concurrency limit, with ``ASHAScheduler(time_attr="epoch", max_t=epochs)``; ``multi_objective``
-   uses NSGA-II on (val_top1_error, val_mistake_severity) and no scheduler;
-5. a table of the best trials and ``summary.csv`` in the experiment folder.
+   uses NSGA-II on (val_top1_error, val_mistake_severity) and no scheduler. Ray writes through
+   :mod:`hiercls.tune.atomicfs` (no torn files; old checkpoints deleted only once the saved state no
+   longer names them); a write failure on the storage stops the search as Ctrl-C does
+   (:func:`hiercls.tune.guard.ray_log_guard`), and a failed restore raises instead of Ray starting a
+   new search;
+5. a table of the best trials and ``summary.csv`` in the experiment folder (written atomically, also
+   after a write failure when there is room).
 
 Known Ray limits (documented for users): Optuna is told an ASHA-stopped trial's last, early value as a
 COMPLETE trial (so TPE compares epoch-3 values with epoch-30 values); ASHA's rung records are not
@@ -25,6 +34,8 @@ import csv
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +44,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hiercls.storage import StorageError
 from hiercls.tune.space import TRIAL_INDEX
 from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
 from hiercls.tune.state import UNFINISHED, read_trial_states
@@ -40,12 +52,14 @@ from hiercls.tune.state import UNFINISHED, read_trial_states
 __all__ = [
     "SPEC_FILE",
     "SearchOutcome",
+    "SearchStorageError",
     "check_experiment",
     "check_reachable",
     "check_resources",
     "enable_cluster_token",
     "format_table",
     "pareto_mask",
+    "resume_command",
     "run_search",
     "summarize",
 ]
@@ -82,16 +96,23 @@ class SearchOutcome:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_experiment(spec: SearchSpec, *, resume: bool) -> dict[str, Any]:
-    """Refuse to overwrite an experiment without ``resume``, and a changed spec with it.
+def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False) -> dict[str, Any]:
+    """Refuse to overwrite an experiment without ``resume``, and for a resume: a folder another user
+    could have written (unless ``trust``), a changed spec, a folder with nothing to restore, or a torn
+    Ray state. Nothing is unpickled here.
 
     Returns the experiment's saved spec (with its ``trainable``) when resuming, else ``{}``.
 
     Raises:
-        SpecError: the experiment exists (new search), does not exist or cannot be restored (resume),
-            or its saved spec differs (the changed keys are listed).
+        SpecError: the experiment exists (new search), does not exist or has nothing to restore
+            (resume), or its saved spec differs (the changed keys are listed).
+        UntrustedExperimentError: the folder or a state file in it is another user's or world-writable
+            (see :func:`hiercls.tune.guard.untrusted_paths`), and ``trust`` is False.
+        TornStateError: Ray's saved state is incomplete (:func:`hiercls.tune.guard.check_state_intact`).
     """
     from ray import tune
+
+    from hiercls.tune.guard import STATE_GLOB, check_state_intact, check_trusted
 
     folder = spec.experiment_dir
     saved_path = folder / SPEC_FILE
@@ -105,7 +126,9 @@ def check_experiment(spec: SearchSpec, *, resume: bool) -> dict[str, Any]:
         return {}
     if not exists:
         raise SpecError([f"nothing to resume: experiment {str(folder)!r} does not exist"])
-    if not tune.Tuner.can_restore(str(folder)):
+    if not trust:
+        check_trusted(folder)
+    if not tune.Tuner.can_restore(str(folder)) or not any(folder.glob(STATE_GLOB)):
         raise SpecError([
             f"experiment {str(folder)!r} has no saved Tune state to restore (it stopped before its first "
             "save); start again under another --name"
@@ -120,7 +143,17 @@ def check_experiment(spec: SearchSpec, *, resume: bool) -> dict[str, Any]:
                 f"{len(diffs)} key(s) (resume with the original space and options, or use a new --name)",
                 *diffs,
             ])
+    check_state_intact(folder)
     return saved
+
+
+def resume_command(spec: SearchSpec) -> str:
+    """The command that resumes this experiment (the README's): ``python tune_main.py --name NAME
+    --storage-path DIR --resume`` (the saved spec supplies everything else)."""
+    import shlex
+
+    return (f"python tune_main.py --name {shlex.quote(str(spec.name))} --storage-path "
+            f"{shlex.quote(str(spec.storage_path))} --resume")
 
 
 def _choose_trainable(spec: SearchSpec, trainable: str | None, saved: Mapping[str, Any], resume: bool) -> str:
@@ -205,11 +238,19 @@ def enable_cluster_token(address: str | None) -> str | None:
     return f"joining {address} with token authentication (token from {source}; {AUTH_MODE_VAR}=token)"
 
 
-def check_reachable(address: str | None, timeout: float = 10.0) -> None:
-    """Fail at once when nothing listens at an explicit ``HOST:PORT`` (Ray itself retries for minutes).
+def check_reachable(address: str | None, timeout: float = 10.0, handshake_timeout: float = 5.0) -> None:
+    """Fail at once when nothing, or something that is not Ray, listens at an explicit ``HOST:PORT``
+    (Ray itself retries for minutes in both cases).
+
+    After the TCP connection, a short protocol probe: Ray's GCS speaks gRPC, i.e. HTTP/2, so the HTTP/2
+    client preface is sent and the server's first frame must be SETTINGS (type 0x4, byte 3 of the
+    reply). Any other reply (an HTTP/1 "400 Bad Request", an SSH banner, ...), a closed connection or
+    silence for ``handshake_timeout`` seconds means another server. Skipped for ``ray://`` addresses and
+    with ``RAY_USE_TLS`` set (the GCS then expects a TLS handshake first).
 
     Raises:
-        ResourceError: the address is malformed or the TCP connection is refused or times out.
+        ResourceError: the address is malformed, the TCP connection is refused or times out, or the
+            server there does not speak HTTP/2.
     """
     import socket
 
@@ -219,13 +260,43 @@ def check_reachable(address: str | None, timeout: float = 10.0) -> None:
     if not sep or not host or not port.isdigit():
         raise ResourceError(f"--address {address!r} is not HOST:PORT (or auto); e.g. 10.0.0.1:6379")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as err:
         raise ResourceError(
             f"could not join the Ray cluster at {address!r}: nothing answers there ({err}). Start it with "
             "`ray start --head --port=PORT` on that machine, or use --address auto on a cluster node."
         ) from err
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true", "yes"):
+            return
+        reply, problem = b"", ""
+        try:
+            connection.settimeout(handshake_timeout)
+            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            while len(reply) < 9:
+                chunk = connection.recv(9 - len(reply))
+                if not chunk:
+                    problem = "it closed the connection"
+                    break
+                reply += chunk
+        except TimeoutError:
+            problem = f"no reply within {handshake_timeout:g} s"
+        except OSError as err:
+            problem = f"the connection failed: {err}"
+    if len(reply) >= 9 and reply[3] == 0x04:
+        return
+    if not problem:
+        shown = reply[:24].decode("ascii", "replace").replace("\r", " ").replace("\n", " ").strip()
+        problem = f"it replied {shown!r}" if shown else "it replied with something else"
+    raise ResourceError(
+        f"could not join the Ray cluster at {address!r}: a server listens there, but it is not a Ray head "
+        f"(Ray's GCS answers gRPC over HTTP/2; {problem}). Check the port: `ray start --head` prints the "
+        "address to use (default port 6379), or use --address auto on a cluster node."
+    )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, stream 0
 
 
 def _connection_help(address: str, err: Exception) -> str:
@@ -252,24 +323,41 @@ def run_search(
     echo: Callable[[str], Any] = print,
     ray_init_kwargs: Mapping[str, Any] | None = None,
     callbacks: Sequence[Any] = (),
+    trust: bool = False,
+    sigterm_interrupts: bool = False,
 ) -> SearchOutcome:
     """Validate, start (or resume) the search described by ``spec`` and summarise it.
 
     Args:
         spec: the search; validated here before anything else happens.
         resume: continue ``storage_path/name`` with ``Tuner.restore`` (unfinished trials resume from
-            their last checkpoint, errored ones restart).
+            their last checkpoint, errored ones restart). Restoring unpickles Ray's saved state: the
+            folder is checked first (:func:`hiercls.tune.guard.check_trusted`).
         trainable: ``train`` (the real one) or ``toy`` (:mod:`hiercls.tune.toy`: no data, no training);
             None: ``train`` for a new search, the experiment's own for a resume (saved in its spec).
         toy_sleep: seconds per toy epoch.
         echo: where the summary lines go.
         ray_init_kwargs: extra ``ray.init`` arguments when this call starts Ray.
         callbacks: ``tune.Callback`` objects for a new search (e.g. timing in the benchmark).
+        trust: resume even a folder that another user could have written (``--trust-experiment``).
+        sigterm_interrupts: treat SIGTERM (e.g. a batch system's time limit) as Ctrl-C while the search
+            runs: Tune saves its state and stops (``ray.init`` would otherwise install its own handler,
+            which exits at once). Main thread only.
+
+    Every file Ray writes to the experiment folder is written atomically
+    (:mod:`hiercls.tune.atomicfs`), and so are ``search_spec.yaml`` and ``summary.csv``.
 
     Raises:
         SpecError: invalid spec or experiment folder state (before Ray starts).
+        UntrustedExperimentError: resuming a folder another user could have written (before Ray starts).
         ResourceError: no node can host a trial, or the cluster at ``address`` cannot be joined.
+        StorageError: the experiment folder is not writable (before Ray starts); Ray's saved state is
+            torn (:class:`~hiercls.tune.guard.TornStateError`); or a write failed during the search
+            (:class:`SearchStorageError`: the search was stopped, its state and finished trials kept,
+            ``summary.csv`` written when possible, the table printed).
     """
+    from hiercls.storage import check_writable
+
     started = time.perf_counter()
     notes = spec.validate()
     for note in notes:
@@ -277,14 +365,23 @@ def run_search(
     spec = spec.resolved()
     if trainable not in (None, "train", "toy"):
         raise SpecError([f"trainable {trainable!r} is unknown; valid: train, toy"])
-    saved = check_experiment(spec, resume=resume)
+    saved = check_experiment(spec, resume=resume, trust=trust)
     trainable = _choose_trainable(spec, trainable, saved, resume)
+    folder = check_writable(spec.experiment_dir, "--storage-path")
     cache_dir = None
     if trainable == "train":
         cache_dir = _warm_data(spec)
 
     import ray
     from ray import tune
+
+    from hiercls.storage import atomic_write_text, describe_os_error
+    from hiercls.tune.atomicfs import (
+        atomic_local_filesystem,
+        flush_deferred_deletions,
+        remove_stale_temporaries,
+    )
+    from hiercls.tune.guard import RestoreFailedError, TornStateError, ray_log_guard
 
     # one checkpoint kept per trial forces an experiment snapshot after every epoch; that is intended
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -309,14 +406,30 @@ def run_search(
         except ConnectionError as err:
             raise ResourceError(_connection_help(kwargs["address"], err)) from err
         own_ray = True
+
+    previous_sigterm = None
+    if sigterm_interrupts and threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+    failures: list[OSError] = []
+
+    def on_storage_error(err: OSError) -> None:
+        if failures:
+            return
+        failures.append(err)
+        echo(f"storage failure: {describe_os_error(err, folder)}; stopping the search (finished trials and "
+             "Ray's saved state are kept)")
+        _interrupt_tune()
+
     try:
         check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
-        folder = spec.experiment_dir
-        folder.mkdir(parents=True, exist_ok=True)
         if not resume:
-            (folder / SPEC_FILE).write_text(
-                spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}), encoding="utf-8"
-            )
+            atomic_write_text(folder / SPEC_FILE, spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}))
+        else:
+            remove_stale_temporaries(folder)
+            # a failed search earlier in this process may have left deletions waiting; the state this
+            # resume restores may name those checkpoints: keep them
+            flush_deferred_deletions(folder, delete=False)
         setup = TrialSetup(
             base=spec.base_config(), experiment_dir=str(folder), objective=spec.objective,
             search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep,
@@ -324,25 +437,122 @@ def run_search(
         function = train_trial if trainable == "train" else toy_trial
         resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
         runnable = tune.with_resources(tune.with_parameters(function, setup=setup), resources=resources)
-        if resume:
-            echo(f"resuming {folder}")
-            tuner = tune.Tuner.restore(str(folder), runnable, resume_unfinished=True, restart_errored=True)
-        else:
-            tuner = _new_tuner(spec, runnable, callbacks)
-        results = tuner.fit()
-        interrupted = results.num_terminated + results.num_errors < spec.num_samples
+        filesystem = atomic_local_filesystem()
+        with ray_log_guard(on_storage_error):
+            if resume:
+                echo(f"resuming {folder}")
+                tuner = tune.Tuner.restore(
+                    str(folder), runnable, resume_unfinished=True, restart_errored=True,
+                    storage_filesystem=filesystem,
+                )
+            else:
+                tuner = _new_tuner(spec, runnable, callbacks, filesystem)
+            results = _fit(tuner)
+        if not failures:  # Tune's final state is saved: older checkpoints it no longer names can go
+            flush_deferred_deletions(folder)
+        interrupted = bool(failures) or results.num_terminated + results.num_errors < spec.num_samples
+    except RestoreFailedError as err:
+        raise TornStateError(
+            f"cannot resume {str(folder)!r}: {err}; refusing to continue, since Ray would start a new search "
+            "over the experiment (nothing was changed)"
+        ) from err
     finally:
         if own_ray:
-            ray.shutdown()
+            shutdown_ray()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     rows = summarize(results, spec)
     outcome = SearchOutcome(
         experiment_dir=spec.experiment_dir, rows=rows, best=_best(rows), interrupted=interrupted,
         seconds=time.perf_counter() - started, pareto=_pareto(rows) if spec.multi_objective else [],
     )
-    _write_summary(outcome)
+    summary_error: StorageError | None = None
+    try:
+        _write_summary(outcome)
+    except StorageError as err:
+        summary_error = err
     for line in format_table(outcome, spec):
         echo(line)
+    if failures or summary_error is not None:
+        cause = failures[0] if failures else summary_error
+        written = (f"{SUMMARY_FILE} lists the {outcome.num_trials} trials so far" if summary_error is None
+                   else f"{SUMMARY_FILE} was not written ({summary_error})")
+        first = describe_os_error(cause, folder) if failures else str(summary_error)
+        raise SearchStorageError(
+            f"{first}: the search stopped; finished trials and Ray's last saved state are kept; {written}. "
+            f"Free space (or make the folder writable), then resume with: {resume_command(spec)}",
+            cause.errno, outcome,
+        )
     return outcome
+
+
+class SearchStorageError(StorageError):
+    """A write to the experiment folder failed during a search (exit status 3). The search was stopped
+    the way Ctrl-C stops it; ``outcome`` is its :class:`SearchOutcome` so far."""
+
+    def __init__(self, message: str, error_number: int | None, outcome: SearchOutcome) -> None:
+        super().__init__(message, error_number)
+        self.outcome = outcome
+
+
+def _sigterm_as_sigint(number: int, frame: Any) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()`` with Ctrl-C ignored meanwhile (in the main thread): a second Ctrl-C while Ray
+    stops would leave it half shut down, and the process would then end with status 1 at exit."""
+    import ray
+
+    if threading.current_thread() is not threading.main_thread():
+        ray.shutdown()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_tune() -> bool:
+    """Stop the running Tune loop the way Ctrl-C does: SIGUSR1, which Tune's own handler turns into
+    "save the experiment state and return" (running trials stay resumable). False (nothing sent) when
+    no handler is installed (outside ``Tuner.fit``), where the signal would end the process."""
+    number = getattr(signal, "SIGUSR1", None)
+    if number is None or not callable(signal.getsignal(number)):
+        return False
+    signal.raise_signal(number)
+    return True
+
+
+def _fit(tuner: Any) -> Any:
+    """``tuner.fit()``; when Ray finished the run but could not build its ResultGrid (a torn
+    ``error.pkl`` in a trial folder raises ``EOFError``), the results are built again with unreadable
+    trial errors replaced by a note."""
+    from ray.tune import ResultGrid
+
+    local = getattr(tuner, "_local_tuner", None)
+    before = getattr(local, "_experiment_analysis", None)
+    try:
+        return tuner.fit()
+    except Exception:
+        analysis = getattr(local, "_experiment_analysis", None)
+        if analysis is None or analysis is before:  # the run itself failed
+            raise
+
+        class TolerantResultGrid(ResultGrid):
+            @staticmethod
+            def _populate_exception(trial: Any) -> Any:
+                try:
+                    return ResultGrid._populate_exception(trial)
+                except Exception as err:  # torn or unreadable error.pkl / error.txt
+                    from ray.tune import TuneError
+
+                    return TuneError(
+                        f"trial {trial.trial_id} errored; its saved error is unreadable ({err!r})"
+                    )
+
+        return TolerantResultGrid(analysis)
 
 
 def _warm_data(spec: SearchSpec) -> str:
@@ -368,7 +578,7 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = ()):
+def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), filesystem: Any = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -400,7 +610,7 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = ()):
         scheduler=scheduler, num_samples=spec.num_samples, trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=spec.storage_path,
+        name=spec.name, storage_path=spec.storage_path, storage_filesystem=filesystem,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=1, callbacks=list(callbacks) or None,
@@ -549,20 +759,29 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
         lines.append(f"best trial: {outcome.best['path']}{full}")
     if outcome.interrupted:
         lines.append(
-            "interrupted: run the same command with --resume to continue (finished trials are kept, "
-            "running ones continue from their last epoch)"
+            f"interrupted: resume with `{resume_command(spec)}` (finished trials are kept, running ones "
+            "continue from their last epoch)"
         )
     return lines
 
 
 def _write_summary(outcome: SearchOutcome) -> None:
+    """``summary.csv`` in the experiment folder, written atomically (an old one stays whole on failure).
+
+    Raises:
+        StorageError: it could not be written (naming the file and the OS error).
+    """
+    import io
+
+    from hiercls.storage import atomic_write_text
+
     path = outcome.experiment_dir / SUMMARY_FILE
     keys = sorted({k for r in outcome.rows for k in r["params"]})
     fields = ["trial_id", "loss", "lr_schedule", *keys, "objective", "val_top1_error", "val_mistake_severity",
               "epochs", "status", "stopped_early", "path"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in outcome.rows:
-            writer.writerow({**{k: v for k, v in r.items() if k != "params"}, **r["params"]})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for r in outcome.rows:
+        writer.writerow({**{k: v for k, v in r.items() if k != "params"}, **r["params"]})
+    atomic_write_text(path, buffer.getvalue())

@@ -46,6 +46,7 @@ from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS, ConfigError, TrainConfig, _
 
 __all__ = [
     "DEFAULT_SPACE",
+    "MAX_SAMPLES",
     "SMOKE_SPACE",
     "Param",
     "SearchSpec",
@@ -67,6 +68,8 @@ DIST_KEYS = {
     "int": {"type", "low", "high", "log", "scale"},
     "choice": {"type", "values"},
 }
+MAX_SAMPLES = 10_000
+"""``num_samples`` above this is refused unless ``allow_large_search`` (``--allow-large-search``)."""
 START_KEYS = ("fine_loss_start_epoch", "coarse_loss_start_epoch")
 # keys a trial sets itself: searching or fixing them in the space makes no sense
 TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_threads", "download")
@@ -371,7 +374,8 @@ class SearchSpec:
     ``HOST:PORT``: join a cluster), ``objective``, ``multi_objective`` (NSGA-II on
     (val_top1_error, val_mistake_severity), no ASHA), ``seed``, ``data_dir`` (overrides
     ``train.data_dir``), ``max_failures`` (retries of a crashed trial from its last checkpoint),
-    ``top`` (rows in the final table). Space: ``train``, ``search``, ``points_to_evaluate``.
+    ``top`` (rows in the final table), ``allow_large_search`` (permit ``num_samples`` above
+    :data:`MAX_SAMPLES`). Space: ``train``, ``search``, ``points_to_evaluate``.
     """
 
     name: str | None = None
@@ -391,13 +395,15 @@ class SearchSpec:
     data_dir: str | None = None
     max_failures: int = 1
     top: int = 5
+    allow_large_search: bool = False
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     search: dict[str, Any] = dataclasses.field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     space_file: str | None = None
 
     # keys that define the search: a change on --resume is refused
-    RUNTIME_KEYS = ("name", "storage_path", "address", "max_concurrent", "space_file", "top", "max_failures")
+    RUNTIME_KEYS = ("name", "storage_path", "address", "max_concurrent", "space_file", "top", "max_failures",
+                    "allow_large_search")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -406,9 +412,16 @@ class SearchSpec:
         return [f.name for f in dataclasses.fields(cls) if f.name != "space_file"]
 
     @classmethod
-    def load(cls, path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SearchSpec:
+    def load(
+        cls,
+        path: str | Path | None,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        ignore: Sequence[str] = (),
+    ) -> SearchSpec:
         """The YAML file at ``path`` (default :data:`DEFAULT_SPACE`) with ``overrides`` (given, not None,
-        command-line values) laid over it.
+        command-line values) laid over it. Top-level keys in ``ignore`` are dropped from the file (e.g.
+        ``trainable``, which an experiment's saved ``search_spec.yaml`` records beside the spec).
 
         Raises:
             SpecError: missing or malformed file, unknown keys, wrong types (all listed).
@@ -422,7 +435,7 @@ class SearchSpec:
             raise SpecError([f"{path}: not valid YAML: {err}"]) from err
         if not isinstance(raw, dict):
             raise SpecError([f"{path}: must hold a mapping of settings"])
-        values = dict(raw)
+        values = {k: v for k, v in raw.items() if k not in ignore}
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         values.setdefault("name", path.stem)
         values["space_file"] = str(path.resolve())
@@ -534,6 +547,19 @@ class SearchSpec:
         for key, ok, valid in checks:
             if not ok:
                 problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
+        large = isinstance(self.num_samples, int) and self.num_samples > MAX_SAMPLES
+        if large and not self.allow_large_search:
+            problems.append(
+                f"num_samples={self.num_samples:,} is above {MAX_SAMPLES:,}: Ray Tune keeps every trial in "
+                "the driver's memory and rewrites all of them in the experiment state after every epoch of "
+                "every trial; check for a typo, or pass --allow-large-search (allow_large_search: true)"
+            )
+        if (not self.multi_objective and isinstance(self.grace_period, int) and isinstance(self.epochs, int)
+                and self.grace_period == self.epochs):
+            notes.append(
+                f"grace_period={self.grace_period} equals epochs: ASHA stops no trial before its last epoch, "
+                "so every trial runs in full; lower grace_period to let ASHA stop weak trials early"
+            )
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             problems.append(f"gpus_per_trial={self.gpus_per_trial} : above 1 it must be a whole number")
         if self.cpus_per_trial > 1 and self.cpus_per_trial != int(self.cpus_per_trial):

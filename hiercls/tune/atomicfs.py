@@ -1,0 +1,304 @@
+"""Every file Ray Tune writes to the experiment folder written atomically (never a torn file).
+
+Ray Tune 2.60 writes its experiment state by copying the driver's staging folder onto the storage path
+with ``pyarrow.fs.copy_files``, which truncates each destination file and then writes it: a full disk,
+a quota or a killed driver in the middle leaves a torn ``experiment_state-*.json`` (``Tuner.restore``
+then fails to read it and silently starts a *new* search), an empty ``error.pkl`` (the driver crashes
+with ``EOFError: Ran out of input`` building its results) or an empty ``params.json``.
+
+:func:`atomic_local_filesystem` is a pyarrow filesystem for Ray's own hook,
+``RunConfig(storage_filesystem=...)`` / ``Tuner.restore(storage_filesystem=...)``: the local file
+system, except that a file opened for writing is written to a temporary file beside it
+(``.NAME.XXXXXXXX.hiercls-tmp``, created with the user's umask) and renamed over ``NAME`` only when it
+was written and closed without an error. A failed write removes the temporary file and leaves the
+previous complete ``NAME`` (or none) in place. Ray's state files (``tuner.pkl``,
+``experiment_state-*.json``, ``search_gen_state-*.json``, ``searcher-state-*.pkl``,
+``callback-states-*.pkl``) are also fsynced before the rename; trial artifacts (``result.json``,
+checkpoints, ...) are not, to keep the per-epoch uploads cheap. The filesystem pickles (trial processes
+receive it with their storage context) and is used by trials to upload their checkpoints too.
+
+Old checkpoints are deleted late. Ray keeps ``num_to_keep`` checkpoints per trial and deletes older
+ones as soon as a newer one is registered, but the saved experiment state that names the older one may
+not have been replaced yet (or may never be: a full disk, a killed driver); a resume would then fail
+with "checkpoint does not exist on storage anymore". Here a checkpoint folder's deletion waits until two
+uploads of ``experiment_state-*.json`` that began after the request have completed (the second one was
+saved after the request, so it names the newer checkpoint); :func:`flush_deferred_deletions` deletes
+the rest when a search ends with its final state saved. After a failure or an interrupt a trial folder
+may keep one or two older ``checkpoint_*`` folders; they are never read.
+
+A temporary file left behind by a killed process is never read by Ray (its name does not match Ray's
+patterns); :func:`remove_stale_temporaries` deletes them before a resume.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+import pyarrow.fs as pafs
+
+__all__ = [
+    "TEMP_SUFFIX",
+    "AtomicLocalHandler",
+    "atomic_local_filesystem",
+    "flush_deferred_deletions",
+    "pending_deletions",
+    "remove_stale_temporaries",
+]
+
+TEMP_SUFFIX = ".hiercls-tmp"
+STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+                  "callback-states-*.pkl")
+
+
+def _is_state_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in STATE_PATTERNS)
+
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")
+_LOCK = threading.Lock()
+# checkpoint folders whose deletion waits: path -> completed experiment-state uploads begun after the request
+_DEFERRED: dict[str, int] = {}
+_UPLOADS_NEEDED = 2
+
+
+def _delete_now(path: str) -> None:
+    try:
+        pafs.LocalFileSystem().delete_dir(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def _state_upload_done(waiting: list[str]) -> None:
+    """An ``experiment_state-*.json`` upload that began while ``waiting`` were deferred has completed."""
+    ready = []
+    with _LOCK:
+        for path in waiting:
+            if path in _DEFERRED:
+                _DEFERRED[path] += 1
+                if _DEFERRED[path] >= _UPLOADS_NEEDED:
+                    ready.append(path)
+                    del _DEFERRED[path]
+    for path in ready:
+        _delete_now(path)
+
+
+def pending_deletions() -> list[str]:
+    """The checkpoint folders this process has been asked to delete and has not deleted yet."""
+    with _LOCK:
+        return sorted(_DEFERRED)
+
+
+def flush_deferred_deletions(folder: str | os.PathLike[str], *, delete: bool = True) -> int:
+    """Delete the deferred checkpoint folders under ``folder`` (an experiment) now; call it only once
+    the experiment's final state has been saved (it names the newer checkpoints). With ``delete=False``
+    they are forgotten and kept instead (before a resume in the same process: the state it restores
+    may name them). Returns how many there were."""
+    root = os.path.join(os.path.abspath(folder), "")
+    with _LOCK:
+        paths = [p for p in _DEFERRED if os.path.abspath(p).startswith(root)]
+        for path in paths:
+            del _DEFERRED[path]
+    if delete:
+        for path in paths:
+            _delete_now(path)
+    return len(paths)
+
+
+class _AtomicWriter:
+    """A binary file object for ``pyarrow.PythonFile``: writes go to a temporary file, ``close`` renames
+    it over the target. After any failed write or close the temporary file is removed and the target is
+    left as it was.
+
+    Writes are unbuffered (``os.write``) so that a full disk fails the ``write`` call itself:
+    ``pyarrow.fs.copy_files`` ignores errors raised by ``close`` (pyarrow 26), and an upload whose error
+    is lost would let Ray delete the trial's previous checkpoint for one that was never written. (A file
+    system that reports errors only on close, e.g. some NFS setups, still loses them; the target is then
+    left as it was, never torn.)
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fsync = _is_state_file(os.path.basename(path))
+        folder, name = os.path.split(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)  # as pyarrow's LocalFileSystem does for an output stream
+        for _ in range(100):
+            candidate = os.path.join(folder, f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+            try:
+                # 0o666 through the umask: the same permissions a plain open() gives the final file
+                self._fd: int | None = os.open(
+                    candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+                )
+            except FileExistsError:
+                continue
+            break
+        else:  # pragma: no cover - 100 random collisions
+            raise FileExistsError(errno.EEXIST, "no free temporary name", path)
+        self._tmp: str | None = candidate
+        self._size = 0
+        self.closed = False
+        self._waiting: list[str] | None = None
+        if fnmatch.fnmatchcase(name, "experiment_state-*.json"):
+            with _LOCK:
+                self._waiting = list(_DEFERRED)
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = None
+        self.closed = True
+
+    def write(self, data: Any) -> int:
+        if self._fd is None:
+            raise ValueError(f"write to a closed file: {self.path}")
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self._size += written
+        except BaseException:
+            self._discard()
+            raise
+        return len(memoryview(data).cast("B"))
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self._size
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except BaseException:
+            self._discard()
+            raise
+        self.closed = True
+        if self._waiting:
+            _state_upload_done(self._waiting)
+
+
+class AtomicLocalHandler(pafs.FileSystemHandler):
+    """The local file system with atomic file writes (see the module docstring); every other operation
+    is pyarrow's ``LocalFileSystem``'s."""
+
+    def __init__(self) -> None:
+        self._fs = pafs.LocalFileSystem()
+
+    def __reduce__(self):
+        return (AtomicLocalHandler, ())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AtomicLocalHandler)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(AtomicLocalHandler)
+
+    def get_type_name(self) -> str:
+        return "hiercls-atomic-local"
+
+    def normalize_path(self, path: str) -> str:
+        return self._fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self._fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self._fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self._fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        if _CHECKPOINT_DIR.fullmatch(os.path.basename(path.rstrip("/"))):
+            with _LOCK:  # a trial's old checkpoint: deleted once the saved state no longer names it
+                _DEFERRED.setdefault(path, 0)
+            return
+        self._fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise PermissionError(errno.EPERM, "refusing to delete the contents of the root folder")
+
+    def delete_file(self, path: str) -> None:
+        self._fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self._fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        with self._fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
+            while chunk := source.read(1 << 24):
+                target.write(chunk)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self._fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self._fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return pyarrow.PythonFile(_AtomicWriter(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        return self._fs.open_append_stream(path)
+
+
+def atomic_local_filesystem() -> pafs.PyFileSystem:
+    """A pyarrow filesystem for ``RunConfig(storage_filesystem=...)``: local paths, atomic writes."""
+    return pafs.PyFileSystem(AtomicLocalHandler())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete the temporary files (``*.hiercls-tmp``) a killed process left in an experiment folder
+    (top level, trial folders and their checkpoint folders); returns how many were removed."""
+    removed = 0
+    root = Path(folder)
+    for pattern in (f".*{TEMP_SUFFIX}", f"*/.*{TEMP_SUFFIX}", f"*/*/.*{TEMP_SUFFIX}"):
+        for path in root.glob(pattern):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+    return removed

@@ -1,0 +1,297 @@
+"""Checks that make ``--resume`` safe, and a guard over Ray Tune's log during a search.
+
+Resuming an experiment is ``Tuner.restore``, which *unpickles* Ray's saved state: code stored in those
+files runs in the driver. Before Ray starts, :func:`check_trusted` refuses an experiment folder that
+someone else could have written (unless the user says ``--trust-experiment``), and
+:func:`check_state_intact` refuses a torn state (Ray would log "Failed to restore the run state" and
+silently start a *new* search over the old experiment). During the search, :func:`ray_log_guard` turns
+a write failure on the storage (no space, quota, read-only) into one recorded error, stops the search
+the way Ctrl-C does, and keeps Ray's tracebacks of those failures off the terminal; a failed restore
+raises instead of starting over.
+
+Reading the state here never unpickles anything: JSON is parsed as plain JSON, and pickles are only
+walked opcode by opcode (:mod:`pickletools`) to see that they are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import pickletools
+import re
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from hiercls.storage import StorageError
+
+__all__ = [
+    "RestoreFailedError",
+    "TornStateError",
+    "UntrustedExperimentError",
+    "check_state_intact",
+    "check_trusted",
+    "newest_state_file",
+    "ray_log_guard",
+    "storage_os_error",
+    "untrusted_paths",
+]
+
+STATE_GLOB = "experiment_state-*.json"
+# top-level files Ray reads back on restore with pickle (or JSON holding cloudpickled values); Ray takes
+# the newest of each pattern (largest name)
+PICKLED_STATE = ("search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
+TUNER_FILE = "tuner.pkl"
+
+
+class UntrustedExperimentError(ValueError):
+    """An experiment folder (or a state file in it) that someone else could have written: resuming it
+    would run code from it. Exit status 2; ``--trust-experiment`` overrides."""
+
+
+class TornStateError(StorageError):
+    """Ray's saved experiment state is incomplete (a full disk or a kill while it was written), or Ray
+    could not restore it. Exit status 3."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None)
+
+
+class RestoreFailedError(RuntimeError):
+    """Raised from Ray's log record "Failed to restore the run state" (instead of Ray starting a new
+    search over the experiment); ``__cause__`` is Ray's exception."""
+
+
+# ---------------------------------------------------------------------------------------------- trust
+def _owner_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def untrusted_paths(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
+    """The paths in an experiment folder that make resuming it unsafe, each with the reason.
+
+    Checked (``os.stat``, following symbolic links to what Ray would open):
+
+    * the experiment folder itself;
+    * every top-level ``*.pkl`` and ``*.json`` file: ``tuner.pkl`` (unpickled by ``Tuner.restore``),
+      ``experiment_state-*.json`` (trial states with cloudpickled values), ``search_gen_state-*.json``
+      and ``searcher-state-*.pkl`` (pickles of the search algorithm and Optuna's study),
+      ``callback-states-*.pkl``; Ray copies every top-level ``.json``/``.pkl`` into its staging folder
+      before restoring;
+    * every folder directly inside (the trial folders, where a new file could be planted) and every
+      ``*.pkl`` in them (``params.pkl``; ``error.pkl``, unpickled when Ray builds the results).
+
+    A path is unsafe when it is owned by another user than the one running this process
+    (``os.getuid()``), or when it is world-writable. Checkpoints are not listed: hiercls reads them
+    as JSON (toy) or with ``torch.load(weights_only=True)``, which never runs code.
+    """
+    root = Path(folder)
+    me = os.getuid()
+    candidates: list[Path] = [root]
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.suffix in (".pkl", ".json") and entry.is_file():
+            candidates.append(entry)
+        elif entry.is_dir():
+            candidates.append(entry)
+            with contextlib.suppress(OSError):
+                candidates.extend(sorted(p for p in entry.glob("*.pkl") if p.is_file()))
+    out: list[tuple[Path, str]] = []
+    for path in candidates:
+        try:
+            info = path.stat()
+        except OSError as err:
+            out.append((path, f"cannot be checked ({err.strerror or err})"))
+            continue
+        if info.st_uid != me:
+            out.append((path, f"is owned by {_owner_name(info.st_uid)}, not by you ({_owner_name(me)})"))
+        elif info.st_mode & stat.S_IWOTH:
+            out.append((path, f"is world-writable (mode {stat.S_IMODE(info.st_mode):04o})"))
+    return out
+
+
+def check_trusted(folder: str | os.PathLike[str]) -> None:
+    """Refuse to resume an experiment folder that another user could have written (see
+    :func:`untrusted_paths` for what is checked).
+
+    Raises:
+        UntrustedExperimentError: one line naming the first unsafe path, its reason and how many more
+            there are, and ``--trust-experiment``.
+    """
+    bad = untrusted_paths(folder)
+    if not bad:
+        return
+    path, reason = bad[0]
+    more = f" (and {len(bad) - 1} more path(s))" if len(bad) > 1 else ""
+    raise UntrustedExperimentError(
+        f"refusing to resume {str(folder)!r}: {str(path)!r} {reason}{more}. Resuming unpickles Ray's saved "
+        "state (tuner.pkl, experiment_state-*.json, searcher-state-*.pkl, the trials' *.pkl), which runs "
+        "any code planted in those files; fix the owner or permissions (e.g. chmod -R o-w), or pass "
+        "--trust-experiment if you trust everyone who can write there"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- torn state
+def newest_state_file(folder: str | os.PathLike[str], pattern: str = STATE_GLOB) -> Path | None:
+    """The file Ray restores from: the largest name matching ``pattern`` (Ray's own rule), or None."""
+    files = sorted(Path(folder).glob(pattern), key=lambda p: p.name)
+    return files[-1] if files else None
+
+
+def _state_json_problem(data: bytes) -> str | None:
+    if not data:
+        return "it is empty"
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"it is not UTF-8 text ({err.reason} at byte {err.start})"
+    except json.JSONDecodeError as err:
+        return f"it is not complete JSON: {err.msg} (byte {err.pos} of {len(data)})"
+    if not (isinstance(state, dict) and isinstance(state.get("trial_data"), list) and "runner_data" in state):
+        return "it lacks Ray's trial_data/runner_data"
+    return None
+
+
+def _pickle_problem(data: bytes) -> str | None:
+    """Whether ``data`` is one complete pickle, found by walking its opcodes (nothing is executed)."""
+    if not data:
+        return "it is empty"
+    try:
+        for opcode, _, _ in pickletools.genops(data):
+            if opcode.name == "STOP":
+                return None
+    except (ValueError, EOFError, IndexError, KeyError) as err:  # truncated or garbage opcodes
+        return f"it is not a complete pickle ({err})"
+    return "it is not a complete pickle (no STOP opcode)"
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return f"it cannot be read ({err.strerror or err})"
+    if path.name.startswith("experiment_state-"):
+        return _state_json_problem(data)
+    return _pickle_problem(data)
+
+
+def check_state_intact(folder: str | os.PathLike[str]) -> None:
+    """Refuse to resume from a torn Ray state: the newest ``experiment_state-*.json`` must be complete
+    JSON with Ray's keys, and ``tuner.pkl`` and the newest ``search_gen_state-*.json``,
+    ``searcher-state-*.pkl`` and ``callback-states-*.pkl`` complete pickles (checked without
+    unpickling). Ray itself would log "Failed to restore the run state" and start a new search.
+
+    Raises:
+        TornStateError: naming the file and what is wrong, with the way out when an older complete
+            ``experiment_state-*.json`` exists.
+    """
+    root = Path(folder)
+    checks = [root / TUNER_FILE, newest_state_file(root)]
+    checks += [newest_state_file(root, pattern) for pattern in PICKLED_STATE]
+    for path in checks:
+        if path is None or not path.exists():
+            continue
+        problem = _problem(path)
+        if problem is None:
+            continue
+        hint = ""
+        if path.name.startswith("experiment_state-"):
+            states = sorted(root.glob(STATE_GLOB), key=lambda p: p.name)[:-1]
+            older = [p for p in states if _problem(p) is None]
+            if older:
+                hint = (f"; an older complete state exists ({older[-1].name}): move {path.name!r} out of the "
+                        "folder to resume from it (trials since then run again)")
+        raise TornStateError(
+            f"cannot resume {str(root)!r}: Ray's saved state {str(path)!r} is torn ({problem}; a full disk "
+            "or a killed process while it was written); refusing to resume, since Ray would start a new "
+            f"search over the experiment{hint}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- Ray's log
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]|No space left on device|Disk quota exceeded|Read-only file system")
+_TEXT_ERRNO = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+               "Read-only file system": errno.EROFS}
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        cause = getattr(exc, "cause", None)  # RayTaskError keeps the trial's exception here
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def storage_os_error(exc: BaseException | None = None, text: str = "") -> OSError | None:
+    """The storage write failure (no space, quota, read-only file system) in ``exc`` (or its causes, or
+    a trial's error from Ray) or in ``text``, as an ``OSError`` with its errno; None when there is none."""
+    texts = [text]
+    for item in _chain(exc):
+        if isinstance(item, OSError) and item.errno in STORAGE_ERRNOS:
+            return OSError(item.errno, os.strerror(item.errno))
+        texts.append(str(item))
+    for match in _ERRNO_TEXT.finditer("\n".join(texts)):
+        number = int(match.group(1)) if match.group(1) else _TEXT_ERRNO[match.group(0)]
+        if number in STORAGE_ERRNOS:
+            return OSError(number, os.strerror(number))
+    return None
+
+
+# the loggers whose records carry trial failures, failed state uploads and the failed restore
+GUARDED_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state",
+                   "ray.train._internal.syncer", "ray.tune.tune", "ray._private.worker")
+RESTORE_FAILED = "Failed to restore the run state"
+
+
+class _Guard(logging.Filter):
+    def __init__(self, on_storage_error: Callable[[OSError], None]) -> None:
+        super().__init__()
+        self.on_storage_error = on_storage_error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: judge its template
+            message = str(record.msg)
+        if message.startswith(RESTORE_FAILED):
+            raise RestoreFailedError(
+                f"Ray could not restore the experiment: {type(exc).__name__}: {exc}"
+            ) from exc
+        if record.levelno < logging.WARNING:
+            return True
+        failure = storage_os_error(exc, message)
+        if failure is None:
+            return True
+        self.on_storage_error(failure)
+        return False  # reported once by hiercls, without Ray's traceback
+
+
+@contextlib.contextmanager
+def ray_log_guard(on_storage_error: Callable[[OSError], None]) -> Iterator[None]:
+    """While active, Ray's warnings and errors caused by a storage write failure (a trial or an upload
+    of the experiment state hitting ENOSPC, EDQUOT or EROFS) go to ``on_storage_error(OSError)`` instead
+    of the terminal, and Ray's "Failed to restore the run state" raises :class:`RestoreFailedError`
+    (Ray would otherwise start a new search over the experiment)."""
+    guard = _Guard(on_storage_error)
+    loggers = [logging.getLogger(name) for name in GUARDED_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(guard)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(guard)
