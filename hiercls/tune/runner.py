@@ -557,7 +557,7 @@ def _fit(tuner: Any) -> Any:
 
 def _warm_data(spec: SearchSpec) -> str:
     """Decode CIFAR-100 once on the driver (fills the decode cache); returns the absolute cache folder."""
-    from hiercls.data import default_cache_dir, load_cifar100
+    from hiercls.data import check_complete, default_cache_dir, load_cifar100
 
     data_dir = spec.base_config().get("data_dir")
     cache = default_cache_dir().expanduser().resolve()
@@ -567,7 +567,8 @@ def _warm_data(spec: SearchSpec) -> str:
             "(torchvision or ImageFolder layout)"
         ])
     try:
-        load_cifar100(data_dir, download=bool(spec.train.get("download", False)), cache_dir=cache)
+        data = load_cifar100(data_dir, download=bool(spec.train.get("download", False)), cache_dir=cache)
+        check_complete(data, data_dir)
     except (OSError, RuntimeError, ValueError) as err:
         raise SpecError([f"CIFAR-100 could not be loaded from {data_dir!r}: {err}"]) from err
     return str(cache)
