@@ -43,7 +43,9 @@ def test_smoke_search_runs_trials_and_asha_stops_some(smoke_search):
 @pytest.mark.realdata
 def test_smoke_trials_are_real_runs_with_absolute_paths(smoke_search, cifar_dir):
     outcome = smoke_search["outcome"]
-    first = min(outcome.rows, key=lambda r: Path(r["path"]).stat().st_mtime)
+    # the searcher's first trial (trial_index 0 in params.json; folder mtimes change with every write)
+    first = min(outcome.rows,
+                key=lambda r: json.loads((Path(r["path"]) / "params.json").read_text())["trial_index"])
     seeds = set()
     for row in outcome.rows:
         folder = Path(row["path"])
