@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from hiercls.tune.state import UNFINISHED, read_trial_states
+from hiercls.tune.state import UNFINISHED, newest_state_file, read_trial_states
 
 __all__ = [
     "AnalysisError",
@@ -465,14 +465,14 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 def _state_problems(folder: Path) -> list[str]:
     """The problem of the newest ``experiment_state-*.json`` when :func:`read_trial_states` could not read
     it (none when there is no such file)."""
-    files = sorted(folder.glob("experiment_state-*.json"))
-    if not files:
+    newest = newest_state_file(folder)
+    if newest is None:
         return []
-    read = _read_json(files[-1], dict, "a JSON object")
+    read = _read_json(newest, dict, "a JSON object")
     what = read.problem or "not in Ray's format (no readable trial_data)"
     if read.problem is None and not (read.value or {}).get("trial_data"):
         return []  # a state that lists no trial: nothing lost
-    return [f"{files[-1].name}: {what}; Ray's trial statuses are unknown: statuses come from the trial "
+    return [f"{newest.name}: {what}; Ray's trial statuses are unknown: statuses come from the trial "
             "folders alone (a trial still running when the search stopped may show as stopped early)"]
 
 

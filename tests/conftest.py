@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -111,3 +112,40 @@ def smoke_search(ray_session, cifar_dir, tmp_path_factory):
     outcome = run_search(spec, echo=lines.append)
     return {"outcome": outcome, "spec": spec, "lines": lines, "seconds": time.perf_counter() - started,
             "storage": storage}
+
+
+class Tmpfs:
+    """Small tmpfs mounts for fault tests (a full or read-only disk); root only. Whatever is still
+    mounted when the test ends is unmounted."""
+
+    def __init__(self) -> None:
+        self.mounted: list[Path] = []
+
+    def mount(self, path: Path, size: str, *options: str) -> bool:
+        """Mount a tmpfs of ``size`` (e.g. ``"60m"``) with extra mount ``options`` (e.g. ``"ro"``) at
+        ``path`` (created); False when mounting is not allowed here."""
+        path.mkdir(parents=True, exist_ok=True)
+        opts = ",".join((f"size={size}", *options))
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                                  capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if done.returncode == 0:
+            self.mounted.append(path)
+        return done.returncode == 0
+
+    def umount(self, path: Path) -> None:
+        """Unmount ``path`` (lazily, so open files do not block it)."""
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+        if path in self.mounted:
+            self.mounted.remove(path)
+
+
+@pytest.fixture
+def tmpfs():
+    """A :class:`Tmpfs` whose mounts are undone after the test."""
+    mounts = Tmpfs()
+    yield mounts
+    for path in reversed(list(mounts.mounted)):
+        mounts.umount(path)

@@ -290,18 +290,7 @@ def test_resume_and_overwrite_together_are_refused(tiny_run, cifar):
 
 
 # ------------------------------------------------------------------------------------ full / bad disks
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    return proc.returncode == 0
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(cifar_dir, tmp_path, trained):
+def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(tmpfs, cifar_dir, tmp_path, trained):
     """Problem 4: a plain run whose disk fills during epoch 2's checkpoint ends with one line naming
     the file and ENOSPC (exit 3); epoch 1's checkpoint and results are intact and no temporary file is
     left; after space is freed, --resume finishes with the same results as an uninterrupted run.
@@ -312,7 +301,7 @@ def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(cifar_dir
     disk = tmp_path / "disk"
     out = disk / "run"
     args = ["--data_path", str(cifar_dir), "--out_folder", str(out), "--epochs", "2", *SMALL]
-    if not _mount_tmpfs(disk, "60m"):
+    if not tmpfs.mount(disk, "60m"):
         pytest.fail("cannot mount a tmpfs here; see test_full_disk_simulated for the in-process variant")
     try:
         proc = run_cli(*args)
@@ -331,7 +320,7 @@ def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(cifar_dir
         assert without_timing(resumed) == without_timing(
             json.loads((trained / "all_epoch_results.json").read_text()))
     finally:
-        _umount(disk)
+        tmpfs.umount(disk)
 
 
 def test_full_disk_simulated(tiny_run, cifar, monkeypatch):
@@ -378,7 +367,7 @@ def test_checkpoint_pair_is_replaced_together_or_not_at_all(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
 
 
-def test_unwritable_output_folder_is_refused_before_training(cifar_dir, tmp_path):
+def test_unwritable_output_folder_is_refused_before_training(tmpfs, cifar_dir, tmp_path):
     """Problem 5: --out_folder under a regular file, or on a read-only mount: one line, exit 3, before
     any data is loaded or any epoch runs."""
     blocker = tmp_path / "file"
@@ -390,7 +379,7 @@ def test_unwritable_output_folder_is_refused_before_training(cifar_dir, tmp_path
     line = one_line_error(proc.stderr)
     assert str(blocker) in line and "regular file" in line
     readonly = tmp_path / "ro"
-    if not _mount_tmpfs(readonly, "1m"):
+    if not tmpfs.mount(readonly, "1m"):
         pytest.fail("cannot mount a tmpfs here")
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(readonly)], check=True)
@@ -400,7 +389,7 @@ def test_unwritable_output_folder_is_refused_before_training(cifar_dir, tmp_path
         line = one_line_error(proc.stderr)
         assert "read-only file system (EROFS)" in line and str(readonly / "run") in line
     finally:
-        _umount(readonly)
+        tmpfs.umount(readonly)
     assert time.perf_counter() - started < 120
 
 

@@ -200,21 +200,6 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------- item 3
-def _mount_tmpfs(path: Path, size: str, *options: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    opts = ",".join((f"size={size}", *options))
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True,
-                              timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
 def _fill(path: Path) -> None:
     """Write a file that takes every free byte of ``path``'s file system."""
     info = os.statvfs(path)
@@ -228,12 +213,14 @@ def _fill(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_full_disk_stops_with_status_3_and_resume_loses_nothing(ray_session, tmp_path, record_property):
+def test_full_disk_stops_with_status_3_and_resume_loses_nothing(
+    tmpfs, ray_session, tmp_path, record_property
+):
     """A toy search on a small tmpfs that fills up: exit 3, one error line naming the folder and the
     OS error, no traceback on stderr, summary.csv (or a statement that it could not be written). After
     freeing space, --resume finishes with every trial ok and no finished trial run again."""
     mnt = tmp_path / "mnt"
-    if not _mount_tmpfs(mnt, "8m"):
+    if not tmpfs.mount(mnt, "8m"):
         record_property("full_disk", "simulated (mount failed)")
         print("tmpfs mount failed: simulating ENOSPC in the driver's atomic writes instead")
         _simulated_full_disk(ray_session, tmp_path)
@@ -288,7 +275,7 @@ def test_full_disk_stops_with_status_3_and_resume_loses_nothing(ray_session, tmp
         assert finished <= {r["trial_id"] for r in rows}  # finished trials kept, with their results
         _no_rerun(folder, finished)
     finally:
-        _umount(mnt)
+        tmpfs.umount(mnt)
 
 
 def _simulated_full_disk(ray_session, tmp_path):
@@ -360,7 +347,7 @@ def test_old_checkpoints_are_deleted_after_two_state_uploads(tmp_path):
     assert not trial.exists()
 
 
-def test_atomic_filesystem_keeps_the_old_file_on_a_full_disk(tmp_path):
+def test_atomic_filesystem_keeps_the_old_file_on_a_full_disk(tmpfs, tmp_path):
     """Ray's uploads go through pyarrow.fs.copy_files; with the atomic filesystem a failed upload leaves
     the previous complete file (and no temporary file), and the error reaches the caller."""
     import pyarrow.fs as pafs
@@ -372,7 +359,7 @@ def test_atomic_filesystem_keeps_the_old_file_on_a_full_disk(tmp_path):
     source.mkdir()
     (source / "experiment_state-x.json").write_text(json.dumps({"trial_data": [], "runner_data": {}}))
     mnt = tmp_path / "mnt"
-    mounted = _mount_tmpfs(mnt, "1m")
+    mounted = tmpfs.mount(mnt, "1m")
     target = mnt / "exp"
     try:
         pafs.copy_files(str(source), str(target), destination_filesystem=fs)
@@ -398,10 +385,10 @@ def test_atomic_filesystem_keeps_the_old_file_on_a_full_disk(tmp_path):
         assert pickle.loads(pickle.dumps(fs)).type_name == fs.type_name  # trial processes get it
     finally:
         if mounted:
-            _umount(mnt)
+            tmpfs.umount(mnt)
 
 
-def test_unwritable_storage_path_exits_3_before_ray(tmp_path, monkeypatch, capsys):
+def test_unwritable_storage_path_exits_3_before_ray(tmpfs, tmp_path, monkeypatch, capsys):
     import ray
 
     import tune_main
@@ -421,12 +408,12 @@ def test_unwritable_storage_path_exits_3_before_ray(tmp_path, monkeypatch, capsy
     assert str(blocker) in err and "regular file" in err
 
     readonly = tmp_path / "ro"
-    if _mount_tmpfs(readonly, "1m", "ro"):
+    if tmpfs.mount(readonly, "1m", "ro"):
         try:
             code = tune_main.main(["--space", str(space), "--trainable", "toy", "--name", "x",
                                    "--storage-path", str(readonly)])
         finally:
-            _umount(readonly)
+            tmpfs.umount(readonly)
     else:  # simulated read-only file system
         import tempfile
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hiercls.storage import StorageError
+from hiercls.tune.state import STATE_GLOB, newest_state_file
 
 __all__ = [
     "RestoreFailedError",
@@ -40,7 +41,6 @@ __all__ = [
     "untrusted_paths",
 ]
 
-STATE_GLOB = "experiment_state-*.json"
 # top-level files Ray reads back on restore with pickle (or JSON holding cloudpickled values); Ray takes
 # the newest of each pattern (largest name)
 PICKLED_STATE = ("search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
@@ -143,12 +143,6 @@ def check_trusted(folder: str | os.PathLike[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- torn state
-def newest_state_file(folder: str | os.PathLike[str], pattern: str = STATE_GLOB) -> Path | None:
-    """The file Ray restores from: the largest name matching ``pattern`` (Ray's own rule), or None."""
-    files = sorted(Path(folder).glob(pattern), key=lambda p: p.name)
-    return files[-1] if files else None
-
-
 def _state_json_problem(data: bytes) -> str | None:
     if not data:
         return "it is empty"

@@ -13,9 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UNFINISHED", "read_trial_states"]
+__all__ = ["STATE_GLOB", "UNFINISHED", "newest_state_file", "read_trial_states"]
+
+STATE_GLOB = "experiment_state-*.json"
 
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # statuses of trials a resume would continue
+
+
+def newest_state_file(folder: str | Path, pattern: str = STATE_GLOB) -> Path | None:
+    """The file Ray restores from: the largest name matching ``pattern`` (Ray's own rule), or None."""
+    files = sorted(Path(folder).glob(pattern), key=lambda p: p.name)
+    return files[-1] if files else None
 
 
 def read_trial_states(folder: str | Path) -> dict[str, dict[str, Any]]:
@@ -27,11 +35,11 @@ def read_trial_states(folder: str | Path) -> dict[str, dict[str, Any]]:
     ``config`` is the searched config when stored as plain JSON, else ``{}``. Returns ``{}`` when there
     is no state file or it cannot be read (the caller falls back to the trial folders).
     """
-    files = sorted(Path(folder).glob("experiment_state-*.json"))
-    if not files:
+    newest = newest_state_file(folder)
+    if newest is None:
         return {}
     try:
-        data = json.loads(files[-1].read_text(encoding="utf-8"))
+        data = json.loads(newest.read_text(encoding="utf-8"))
         out = {}
         for item in data.get("trial_data", []):
             trial = json.loads(item[0]) if isinstance(item[0], str) else dict(item[0])
