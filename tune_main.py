@@ -54,7 +54,8 @@ _OPTIONS = [
      f"ASHA: epochs before a trial can be stopped (default: {DEFAULTS.grace_period})"),
     ("--reduction-factor", "reduction_factor", float,
      f"ASHA: keep 1/R of the trials at each rung (default: {DEFAULTS.reduction_factor:g})"),
-    ("--max-concurrent", "max_concurrent", int, f"trials at once (default: {DEFAULTS.max_concurrent})"),
+    ("--max-concurrent", "max_concurrent", int, "trials at once (default: what the cluster runs: "
+     "GPUs / --gpus-per-trial on GPU searches, else CPUs / --cpus-per-trial)"),
     ("--gpus-per-trial", "gpus_per_trial", float,
      f"GPUs per trial; 0.25 packs four trials on one GPU (default: {DEFAULTS.gpus_per_trial:g})"),
     ("--cpus-per-trial", "cpus_per_trial", float,

@@ -439,13 +439,15 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A trial's ``config.yaml``: (config, None), (None, None) when missing, or (None, problem) when it is
     empty, torn, incomplete (the engine writes every :class:`~hiercls.config.TrainConfig` key) or
     invalid."""
-    from hiercls.config import ConfigError, TrainConfig
+    from hiercls.config import ConfigError, TrainConfig, upgrade_saved_values
 
     value, problem = _read_yaml(path)
     if problem is not None or value is None:
         return None, problem
     if not isinstance(value, dict):
         return None, "not a mapping of config keys"
+    if list(value)[-1:] == ["amp"]:  # complete for the hiercls that wrote it (before the accelerated path)
+        value = upgrade_saved_values(value)
     fields = TrainConfig.field_names()
     missing = [k for k in fields if k not in value]
     if missing:

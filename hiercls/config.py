@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "LOSS_KEYS", "SCHEDULE_KEYS", "TrainConfig", "load_config", "parse_overrides"]
+__all__ = [
+    "ConfigError", "LOSS_KEYS", "RESUME_FREE_KEYS", "SCHEDULE_KEYS", "SWITCH_VALUES", "TrainConfig",
+    "load_config", "parse_overrides", "read_saved_config", "upgrade_saved_values",
+]
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,14 @@ SCHEDULE_KEYS = (
     "t0", "t_mult", "eta_min", "min_lr", "step_size", "milestones", "milestone_fractions", "gamma",
     "warmup_fraction",
 )
+
+
+Switch = str
+"""A config value ``auto`` (decided by the device: on for CUDA), ``true`` or ``false``; YAML booleans and
+``on``/``off`` are read as ``true``/``false``."""
+SWITCH_VALUES = ("auto", "true", "false")
+# keys that may differ when a run is resumed: they change how fast it runs, not what it computes
+RESUME_FREE_KEYS = ("compile", "num_threads", "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +67,20 @@ class TrainConfig:
 
     Run: ``seed``, ``device`` (``auto`` = CUDA when available, else CPU), ``out_folder``,
     ``evaluate_test`` (score the official test set at the end; search trials turn it off),
-    ``num_threads`` (CPU threads for torch, None = torch's default), ``amp`` (bf16 autocast on CUDA).
+    ``num_threads`` (CPU threads for torch, None = torch's default).
+
+    Accelerated path (one code path on every device, so CI on the CPU runs the branches a GPU takes):
+    ``amp`` (bf16 autocast of the training forward pass; validation and test metrics always come from
+    fp32 logits) and ``channels_last`` (NHWC memory format of images and convolution weights) take
+    ``auto`` (on for CUDA, off for the CPU), ``true`` or ``false``; ``deterministic`` (cuDNN benchmark
+    off, deterministic cuDNN and torch algorithms, ``CUBLAS_WORKSPACE_CONFIG``: bit-exact resume and
+    reproduction on CUDA, slower); ``compile`` (``torch.compile`` of the model: one training and one
+    evaluation graph; a batch of another size runs the same weights eagerly); ``checkpoint_every``
+    (epochs between ``last.pth`` writes, default 1; the last epoch is always written, and a resumed run
+    recomputes at most ``checkpoint_every - 1`` epochs).
+
+    Before hiercls 0.3, ``amp: true`` (then the default) meant "bf16 on CUDA only"; a ``config.yaml``
+    written then (it has no ``channels_last`` key) is read with ``amp: auto``, its old meaning.
     """
 
     # data
@@ -104,7 +128,12 @@ class TrainConfig:
     out_folder: str | None = None
     evaluate_test: bool = True
     num_threads: int | None = None
-    amp: bool = True
+    # accelerated path
+    amp: Switch = "auto"
+    channels_last: Switch = "auto"
+    deterministic: bool = False
+    compile: bool = False
+    checkpoint_every: int = 1
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -150,6 +179,14 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ derived values
+    def use_amp(self, device_type: str) -> bool:
+        """Whether training runs under bf16 autocast on a device of type ``device_type`` (``cuda``, ``cpu``)."""
+        return _switch(self.amp, device_type)
+
+    def use_channels_last(self, device_type: str) -> bool:
+        """Whether images and convolution weights use ``torch.channels_last`` on ``device_type``."""
+        return _switch(self.channels_last, device_type)
+
     def loss_kwargs(self) -> dict[str, Any]:
         """The parameters of the chosen loss that are set (not None), by its factory's names."""
         from hiercls.losses import loss_params
@@ -236,6 +273,7 @@ class TrainConfig:
             ("val_size", 0 <= self.val_size < 50_000, "in 0..49999 (0 = no validation split)"),
             ("cutout", 0 <= self.cutout <= 32, "in 0..32 pixels"),
             ("seed", self.seed >= 0, ">= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer (epochs between checkpoints)"),
         ]
         if self.max_train_samples is not None:
             checks.append(("max_train_samples", self.max_train_samples >= 100, "None or at least 100"))
@@ -277,6 +315,10 @@ OPTIMIZERS = ("sgd", "adamw")
 ALIASES = {"data_path": "data_dir"}  # the original project's spelling
 
 
+def _switch(value: str, device_type: str) -> bool:
+    return device_type == "cuda" if value == "auto" else value == "true"
+
+
 def _coerce(name: str, annotation: str, value: Any) -> Any:
     """Check/convert ``value`` for a field declared as ``annotation`` (a string under __future__)."""
     optional = "None" in annotation
@@ -285,6 +327,12 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             return None
         raise TypeError(f"{name} must not be null")
     base = annotation.replace(" | None", "")
+    if base == "Switch":
+        text = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+        text = {"on": "true", "off": "false"}.get(str(text).strip().lower(), str(text).strip().lower())
+        if not isinstance(value, (bool, str)) or text not in SWITCH_VALUES:
+            raise TypeError(f"{name}={value!r} must be one of {', '.join(SWITCH_VALUES)}")
+        return text
     if base == "bool":
         if isinstance(value, bool):
             return value
@@ -325,6 +373,47 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key=value")
         out[key.strip().replace("-", "_")] = yaml.safe_load(text) if text.strip() else None
     return out
+
+
+ADDED_KEYS = ("channels_last", "deterministic", "compile", "checkpoint_every")
+"""Keys a ``config.yaml`` written before the accelerated path (hiercls 0.2) lacks; they take their
+defaults when such a file is read with :func:`upgrade_saved_values`."""
+
+
+def upgrade_saved_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a ``config.yaml`` written by an earlier hiercls, with the meaning they had then.
+
+    A file without ``channels_last`` predates the accelerated path: its ``amp: true`` (then the default)
+    meant "bf16 on CUDA only", which is ``amp: auto`` today; the keys of :data:`ADDED_KEYS` it lacks take
+    their defaults. Newer files are returned unchanged.
+    """
+    out = dict(values)
+    if "channels_last" not in out:
+        if out.get("amp") is True:
+            out["amp"] = "auto"
+        for key in ADDED_KEYS:
+            out.setdefault(key, getattr(TrainConfig, key))
+    return out
+
+
+def read_saved_config(path: str | Path) -> TrainConfig:
+    """A ``config.yaml`` written by an earlier run, read with the meaning it had when written
+    (:func:`upgrade_saved_values`).
+
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"config file {str(path)!r} is unreadable: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    loaded.pop("source", None)
+    return TrainConfig.from_dict(upgrade_saved_values(loaded))
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:

@@ -19,14 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import random
 import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hiercls.config import ConfigError, TrainConfig
+from hiercls.config import RESUME_FREE_KEYS, ConfigError, TrainConfig, read_saved_config
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_cifar100_hierarchy
 from hiercls.losses import build_loss
@@ -61,6 +62,7 @@ __all__ = [
     "RunExistsError",
     "StorageError",
     "build_optimizer",
+    "deterministic_mode",
     "evaluate",
     "fit",
     "load_checkpoint",
@@ -70,8 +72,9 @@ __all__ = [
 
 log = logging.getLogger("hiercls")
 
-Reporter = Callable[[dict[str, Any], Path], None]
-"""Called after every epoch with the flat report dict and the folder holding ``last.pth``."""
+Reporter = Callable[[dict[str, Any], "Path | None"], None]
+"""Called after every epoch with the flat report dict and the folder holding ``last.pth`` when this
+epoch wrote it (every ``checkpoint_every`` epochs and the last one), else None."""
 
 VAL_KS = (1, 5, 10, 20)
 TEST_KS = (1, 5, 10, 20, 100)  # the original project's topK_to_consider
@@ -268,6 +271,59 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(cpu_bytes(state["cuda"]), device)
 
 
+# ---------------------------------------------------------------------- numerics
+@contextmanager
+def deterministic_mode(on: bool, device: torch.device) -> Iterator[None]:
+    """Within the block, torch's global numerics settings for one run; restored afterwards.
+
+    ``on``: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless already set; cuBLAS reads it when its first
+    handle is made, so set it before any CUDA work in the process to be sure), cuDNN benchmark off,
+    ``cudnn.deterministic`` on and ``torch.use_deterministic_algorithms(True)``: an op without a
+    deterministic implementation then raises instead of running (PyTorch's "Reproducibility" notes).
+    ``off``: cuDNN benchmark on for CUDA runs (fixed input shapes: cuDNN times its kernels once and
+    keeps the fastest, which may differ between runs), deterministic algorithms as they were.
+    """
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        cudnn.benchmark, cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True)
+    else:
+        cudnn.benchmark = device.type == "cuda"
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+
+
+@contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Within the block: no autocast and IEEE fp32 convolutions and matmuls (no TF32 on CUDA), so
+    logits are the model's fp32 values on every device; settings restored afterwards."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def eager_for(net: nn.Module, batch: int, full: int) -> nn.Module:
+    """``net``, or the module it compiles when ``batch`` differs from the loader's ``full`` batch size:
+    a compiled model runs one graph per mode; a last partial batch runs the same weights eagerly instead
+    of compiling a second graph."""
+    return getattr(net, "_orig_mod", net) if batch != full else net
+
+
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(
@@ -277,17 +333,20 @@ def evaluate(
     criterion: nn.Module | None = None,
     *,
     ks: tuple[int, ...] = VAL_KS,
-    amp: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on every batch of an evaluation loader (fixed order, last partial batch included).
 
+    The forward pass runs in IEEE fp32 (:func:`ieee_fp32`: no bf16 autocast, no TF32), whatever the
+    training used: bf16 logits tie for the top-1 class in about 2 % of samples and flip it in about 1 %,
+    and ties are broken differently by each device's ``topk``.
+
     Args:
-        model: the network (switched to eval mode here, back to its previous mode afterwards).
+        model: the network, or its ``torch.compile`` wrapper (switched to eval mode here, back to its
+            previous mode afterwards).
         loader: a ``DeviceLoader`` with ``train=False``.
         hierarchy: gives the LCA distances.
         criterion: the training loss, for ``loss`` (mean over samples); None skips it.
         ks: the k of the @k metrics.
-        amp: bf16 autocast (CUDA only).
 
     Returns:
         :func:`hiercls.metrics.compute_metrics`' keys (fractions; ``coarse_error`` on CIFAR-100's 20
@@ -298,15 +357,12 @@ def evaluate(
     device = loader.device
     acc = MetricAccumulator(hierarchy, ks, cifar100_superclass_labels())
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    use_amp = amp and device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-    for images, labels in loader.epoch(0):
-        with autocast:
-            logits = model(images)
-        logits = logits.float()
-        acc.update(logits, labels)
-        if criterion is not None:
-            loss_sum += criterion(logits, labels).double() * labels.shape[0]
+    with ieee_fp32():
+        for images, labels in loader.epoch(0):
+            logits = eager_for(model, labels.shape[0], loader.batch_size)(images).float()
+            acc.update(logits, labels)
+            if criterion is not None:
+                loss_sum += criterion(logits, labels).double() * labels.shape[0]
     model.train(was_training)
     out: dict[str, Any] = dict(acc.compute())
     out["loss"] = float(loss_sum) / acc.num_samples if criterion is not None else float("nan")
@@ -345,15 +401,20 @@ def test_results(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- the run
 class _Run:
-    """Everything built from a config: data, model, loss, optimiser, schedule (no training state)."""
+    """Everything built from a config: data, model, loss, optimiser, schedule (no training state).
+
+    ``model`` is the module whose ``state_dict`` is checkpointed (never a compile wrapper, so compiled and
+    eager runs read each other's checkpoints); ``net`` is what runs the batches: ``model`` itself, or
+    ``torch.compile(model)`` with ``config.compile``. On a non-CPU device the host copies of the data are
+    dropped once the splits are on the device (only the loaders keep the images).
+    """
 
     def __init__(self, config: TrainConfig, data: Cifar100 | None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         self.cuda = self.device.type == "cuda"
-        self.amp = config.amp and self.cuda
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        self.amp = config.use_amp(self.device.type)
+        self.channels_last = config.use_channels_last(self.device.type)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.hierarchy = load_cifar100_hierarchy(config.hierarchy)
@@ -366,22 +427,33 @@ class _Run:
             check_complete(data, config.data_dir)
         except ValueError as err:
             raise DataError(str(err)) from err
-        self.splits = make_splits(
+        splits = make_splits(
             data, val_size=config.val_size, seed=config.seed, max_train_samples=config.max_train_samples
         )
-        common = {"device": self.device, "channels_last": self.cuda}
+        del data
+        common = {"device": self.device, "channels_last": self.channels_last}
         self.train_loader = DeviceLoader(
-            self.splits.train, batch_size=config.batch_size, train=True, seed=config.seed,
+            splits.train, batch_size=config.batch_size, train=True, seed=config.seed,
             cutout=config.cutout, **common,
         )
         self.val_loader = (
-            DeviceLoader(self.splits.val, batch_size=config.eval_batch_size, train=False, **common)
-            if self.splits.val is not None
+            DeviceLoader(splits.val, batch_size=config.eval_batch_size, train=False, **common)
+            if splits.val is not None
             else None
         )
+        # the test split stays on the host (it is scored once, at the end) unless the run is on a device
+        # whose memory should hold everything: then the host copies can go
+        self._test_split = splits.test
+        self._test_loader: DeviceLoader | None = None
+        if self.device.type != "cpu" and config.evaluate_test:
+            self._test_loader = DeviceLoader(splits.test, batch_size=config.eval_batch_size, train=False,
+                                             **common)
+            self._test_split = None
+        del splits
         torch.manual_seed(config.seed)
         model = build_model(config.architecture, num_classes=self.hierarchy.num_classes).to(self.device)
-        self.model = model.to(memory_format=torch.channels_last) if self.cuda else model
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
         self.criterion = build_loss(config.loss, self.hierarchy, **config.loss_kwargs()).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.schedule = build_schedule(
@@ -389,11 +461,53 @@ class _Run:
             steps_per_epoch=len(self.train_loader), **config.schedule_kwargs(),
         )
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast of the training forward pass when ``amp`` is on (any device), else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     def test_loader(self) -> DeviceLoader:
-        return DeviceLoader(
-            self.splits.test, batch_size=self.config.eval_batch_size, train=False, device=self.device,
-            channels_last=self.cuda,
-        )
+        """The official test set as an evaluation loader on the run's device."""
+        if self._test_loader is None:
+            assert self._test_split is not None
+            self._test_loader = DeviceLoader(
+                self._test_split, batch_size=self.config.eval_batch_size, train=False, device=self.device,
+                channels_last=self.channels_last,
+            )
+        return self._test_loader
+
+    def warm_up(self) -> float:
+        """Compile the training and evaluation graphs (``config.compile``) before the first epoch.
+
+        One forward and backward pass on the first training batch and one evaluation forward pass on
+        the first validation batch, after which the weights, BatchNorm statistics, gradients and RNG
+        states are put back exactly as they were: the run's results do not depend on the warm-up.
+
+        Returns:
+            seconds spent (0.0 when not compiling).
+        """
+        if not self.config.compile:
+            return 0.0
+        t0 = time.perf_counter()
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        rng = _rng_state(self.device)
+        was_training = self.model.training
+        images, labels = next(iter(self.train_loader.epoch(0)))
+        self.model.train()
+        with self.autocast():
+            logits = eager_for(self.net, labels.shape[0], self.train_loader.batch_size)(images)
+        self.criterion(logits.float(), labels).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.val_loader is not None:
+            images, labels = next(iter(self.val_loader))
+            with torch.no_grad(), ieee_fp32():
+                self.model.eval()
+                eager_for(self.net, labels.shape[0], self.val_loader.batch_size)(images)
+        self.model.train(was_training)
+        self.model.load_state_dict(weights)
+        _set_rng_state(rng, self.device)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
 
     def state(self, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         """The training state after ``epoch`` completed epochs (``last.pth``): tensors and plain values
@@ -413,15 +527,19 @@ class _Run:
             "config": self.config.to_dict(),
         }
 
-    def best_state(self, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        """The weights of the best validation epoch so far (``best.pth``), with the history up to it."""
+    def best_state(
+        self, epoch: int, history: list[dict[str, Any]], best: dict[str, Any],
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """The weights of the best validation epoch so far (``best.pth``; default the model's current
+        weights), with the history up to it."""
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "kind": "best",
             "epoch": epoch,
-            "model": self.model.state_dict(),
-            "history": history,
+            "model": self.model.state_dict() if weights is None else dict(weights),
+            "history": list(history),
             "best": best,
             "config": self.config.to_dict(),
         }
@@ -449,26 +567,34 @@ class _Run:
         random.seed(reseed)
         np.random.seed(reseed % 2**32)
 
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch (float32 [B, 3, H, W] on the device, int64 [B]).
+
+        The forward pass runs under :meth:`autocast`; the loss is computed from fp32 logits. No host
+        synchronisation. Returns the batch's mean loss as a detached 0-dim tensor on the device.
+        """
+        self.criterion.set_epoch(self.schedule.epoch)
+        with self.autocast():
+            logits = eager_for(self.net, labels.shape[0], self.train_loader.batch_size)(images)
+        loss = self.criterion(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.detach()
+
     def train_epoch(self, epoch: int, progress: Callable[[int], Any] | None) -> tuple[float, bool]:
         """One pass over the training split (``epoch`` counts completed epochs before it, from 0).
 
-        Returns (mean training loss over the samples, whether it stayed finite).
+        The host reads the running loss every :data:`NAN_CHECK_EVERY` steps and at the end (the only
+        synchronisations). Returns (mean training loss over the samples, whether it stayed finite).
         """
         self.model.train()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         steps = len(self.train_loader)
         for step, (images, labels) in enumerate(self.train_loader.epoch(epoch), start=1):
-            self.criterion.set_epoch(self.schedule.epoch)
-            with autocast:
-                logits = self.model(images)
-            loss = self.criterion(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.schedule.step()
-            loss_sum += loss.detach().double() * labels.shape[0]
+            loss_sum += self.train_step(images, labels).double() * labels.shape[0]
             seen += labels.shape[0]
             if step % NAN_CHECK_EVERY == 0 or step == steps:
                 if not math.isfinite(float(loss_sum)):
@@ -476,6 +602,10 @@ class _Run:
             if progress is not None:
                 progress(1)
         return float(loss_sum) / seen, True
+
+    def weights_copy(self) -> dict[str, torch.Tensor]:
+        """A host copy of the model's weights (the ``best.pth`` of an epoch that is not checkpointed)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
 
 def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
@@ -525,10 +655,8 @@ def _prepare_output(
                 )
             log.warning("nothing to resume in %s (no checkpoint yet): starting a new run", out)
             return None
-        from hiercls.config import load_config
-
-        saved = load_config(out / "config.yaml").to_dict()
-        current = config.to_dict()
+        saved = _comparable(read_saved_config(out / "config.yaml"))
+        current = _comparable(config)
         differing = sorted(k for k in current if saved.get(k) != current[k])
         if differing:
             detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
@@ -562,6 +690,19 @@ def _prepare_output(
         for name in ("last.pth", "best.pth"):
             (ckpt_dir / name).unlink(missing_ok=True)
     return None
+
+
+def _comparable(config: TrainConfig) -> dict[str, Any]:
+    """The keys that must match for a resume: all but :data:`~hiercls.config.RESUME_FREE_KEYS` (speed
+    only), with ``amp`` and ``channels_last`` as the on/off they mean on the run's device."""
+    out = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE_KEYS}
+    try:
+        kind = resolve_device(config.device).type
+    except ConfigError:
+        return out
+    out["amp"] = "on" if config.use_amp(kind) else "off"
+    out["channels_last"] = "on" if config.use_channels_last(kind) else "off"
+    return out
 
 
 def _history_until(path: Path, epoch: int) -> list[dict[str, Any]]:
@@ -607,7 +748,8 @@ def fit(
     progress: bool | None = None,
     resume_from_best: bool = False,
 ) -> dict[str, Any]:
-    """Train ``config`` to the end (or to a non-finite loss), validating and checkpointing every epoch.
+    """Train ``config`` to the end (or to a non-finite loss), validating every epoch and checkpointing
+    every ``config.checkpoint_every`` epochs and after the last.
 
     Args:
         config: the run's configuration; validated before any work (ConfigError lists every problem).
@@ -615,9 +757,14 @@ def fit(
             epoch's first step), ``train_loss``, ``val_loss``, ``val_top1_error``,
             ``val_mistake_severity``, ``val_hdist@{1,5,10,20}``, ``val_coarse_error``, all other
             ``val_*`` metric keys including ``val_crm/...``, ``epoch_seconds``, ``images_per_second``,
-            ``status`` ``ok``/``nan``) and the checkpoint folder, which then holds ``last.pth``.
+            ``compile_seconds`` (compiling before this epoch; 0 when eager or already compiled),
+            ``status`` ``ok``/``nan``) and the checkpoint folder when this epoch wrote ``last.pth``
+            into it, else None.
         resume: continue from ``checkpoint_dir/last.pth`` if present; the folder's saved config must
-            equal ``config`` in every key. Exact on the CPU (see the README for CUDA).
+            equal ``config`` in every key but ``compile``, ``num_threads`` and ``checkpoint_every``
+            (``amp``/``channels_last`` compared as on/off on the run's device). Epochs after the last
+            checkpoint are recomputed. Bit-exact on the CPU always; on CUDA only with
+            ``deterministic: true``.
         overwrite: replace the results of an earlier run in the output folder.
         resume_from_best: with ``resume``, continue from ``best.pth`` instead (its weights and epoch;
             fresh optimiser momentum, RNGs reseeded: not exact), e.g. when ``last.pth`` is corrupt; the
@@ -650,7 +797,23 @@ def fit(
     )
     check_writable(out, "output folder")
     check_writable(ckpt_dir, "checkpoint folder")
-    run = _Run(config, data)  # data, model, loss: fails here, before any result is written
+    with deterministic_mode(config.deterministic, resolve_device(config.device)):
+        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, [data])
+
+
+def _fit(
+    config: TrainConfig,
+    reporter: Reporter | None,
+    out: Path,
+    ckpt_dir: Path,
+    state: dict[str, Any] | None,
+    resume_from_best: bool,
+    progress: bool | None,
+    data_box: list[Cifar100 | None],
+) -> dict[str, Any]:
+    """:func:`fit` after its checks, inside the run's numerics settings. ``data_box`` holds the decoded
+    data set and is emptied once the run has built its loaders, so a device run keeps no host copy."""
+    run = _Run(config, data_box.pop())  # data, model, loss: fails here, before any result is written
     atomic_write_text(out / "config.yaml", config.to_yaml())
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "val_top1_error": math.inf}
@@ -669,9 +832,13 @@ def fit(
         run.load(state)
         history, best, start_epoch = list(state["history"]), dict(state["best"]), int(state["epoch"])
         log.info("resumed %s at epoch %d/%d", out, start_epoch, config.epochs)
+    compile_seconds = run.warm_up() if start_epoch < config.epochs else 0.0
+    if config.compile:
+        log.info("compiled the training and evaluation graphs in %.1f s", compile_seconds)
 
     try:
-        return _train(run, config, out, ckpt_dir, reporter, history, best, start_epoch, progress)
+        return _train(run, config, out, ckpt_dir, reporter, history, best, start_epoch, progress,
+                      compile_seconds)
     except StorageError as err:
         raise StorageError(
             f"{err}; the run stopped, and the checkpoint of its last completed epoch is intact: free the "
@@ -690,12 +857,18 @@ def _train(
     best: dict[str, Any],
     start_epoch: int,
     progress: bool | None,
+    compile_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """The epochs of :func:`fit` from ``start_epoch``, then the final model and test results."""
+    """The epochs of :func:`fit` from ``start_epoch``, then the final model and test results.
+
+    ``best.pth`` and ``last.pth`` are written together every ``checkpoint_every`` epochs and after the
+    last one; a better epoch in between is kept as a host copy of its weights until then.
+    """
     last_path, best_path = ckpt_dir / "last.pth", ckpt_dir / "best.pth"
     show_bar = sys.stderr.isatty() if progress is None else progress
     status = history[-1]["status"] if history else "ok"
     n_train = run.train_loader.num_samples
+    pending_best: dict[str, Any] | None = None
     for epoch in range(start_epoch, config.epochs):
         if status != "ok":
             break
@@ -716,7 +889,7 @@ def _train(
         status = "ok" if finite else "nan"
         if run.val_loader is not None:
             if finite:
-                metrics = evaluate(run.model, run.val_loader, run.hierarchy, run.criterion, amp=run.amp)
+                metrics = evaluate(run.net, run.val_loader, run.hierarchy, run.criterion)
                 if not math.isfinite(metrics["loss"]):
                     status = "nan"
             if not finite or status == "nan":
@@ -727,22 +900,29 @@ def _train(
             record.update({f"val_{k}": v for k, v in metrics.items() if k not in skip})
         record["epoch_seconds"] = time.perf_counter() - t0
         record["images_per_second"] = n_train / train_seconds if train_seconds > 0 else float("nan")
+        record["compile_seconds"] = compile_seconds
+        compile_seconds = 0.0
         record["status"] = status
         history.append(record)
 
+        written = None
         if status == "ok":
-            # best.pth and last.pth are replaced together or not at all (a full disk changes neither)
-            files = []
             if run.val_loader is not None and record["val_top1_error"] < best["val_top1_error"]:
                 best = {"epoch": epoch + 1, "val_top1_error": record["val_top1_error"]}
-                files.append((best_path, _serialize(run.best_state(epoch + 1, history, best))))
-            files.append((last_path, _serialize(run.state(epoch + 1, history, best))))
-            atomic_write_files(files)
+                pending_best = run.best_state(epoch + 1, history, best, run.weights_copy())
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                # best.pth and last.pth are replaced together or not at all (a full disk changes neither)
+                files = [] if pending_best is None else [(best_path, _serialize(pending_best))]
+                files.append((last_path, _serialize(run.state(epoch + 1, history, best))))
+                atomic_write_files(files)
+                pending_best, written = None, ckpt_dir
         atomic_write_text(out / "all_epoch_results.json", json.dumps(history, indent=2))
         log.info(_log_line(record, config.epochs))
         if reporter is not None:
-            reporter(dict(record), ckpt_dir)
+            reporter(dict(record), written)
 
+    if pending_best is not None:  # a run that went NaN before its next checkpoint
+        atomic_write_files([(best_path, _serialize(pending_best))])
     atomic_torch_save(run.model.state_dict(), out / "final_model.pth")
     test = None
     if config.evaluate_test and status == "ok":
@@ -769,14 +949,14 @@ def evaluate_keys(hierarchy: Hierarchy) -> list[str]:
 
 def _final_test(run: _Run, out: Path, best_path: Path | None, best: Mapping[str, Any]) -> dict[str, Any]:
     loader = run.test_loader()
-    scores = evaluate(run.model, loader, run.hierarchy, run.criterion, ks=TEST_KS, amp=run.amp)
+    scores = evaluate(run.net, loader, run.hierarchy, run.criterion, ks=TEST_KS)
     results = test_results(scores)
     results["epoch"] = run.config.epochs
     if best_path is not None:
         last_weights = {k: v.clone() for k, v in run.model.state_dict().items()}
         run.model.load_state_dict(load_checkpoint(best_path)["model"])
         best_results = test_results(
-            evaluate(run.model, loader, run.hierarchy, run.criterion, ks=TEST_KS, amp=run.amp)
+            evaluate(run.net, loader, run.hierarchy, run.criterion, ks=TEST_KS)
         )
         best_results["epoch"] = best["epoch"]
         results["best_val_model"] = best_results

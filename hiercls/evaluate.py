@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from hiercls.config import ConfigError, TrainConfig, load_config
+from hiercls.config import ConfigError, TrainConfig, read_saved_config
 
 __all__ = ["evaluate_saved", "main"]
 
@@ -42,7 +42,7 @@ def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any]]:
         config_path = target / "config.yaml"
         if not config_path.is_file():
             raise FileNotFoundError(f"{str(target)!r} is not a run folder: it has no config.yaml")
-        config = load_config(config_path)
+        config = read_saved_config(config_path)
         if weights == "best":
             path = target / "checkpoints" / "best.pth"
         elif weights == "last":
@@ -124,15 +124,15 @@ def evaluate_saved(
     model = build_model(config.architecture, num_classes=hierarchy.num_classes)
     model.load_state_dict(state)
     model.to(run_device)
-    cuda = run_device.type == "cuda"
-    if cuda:
+    channels_last = config.use_channels_last(run_device.type)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(chosen, batch_size=config.eval_batch_size, train=False, device=run_device,
-                          channels_last=cuda)
+                          channels_last=channels_last)
     criterion = build_loss(config.loss, hierarchy, **config.loss_kwargs()).to(run_device)
     criterion.set_epoch(float(config.epochs))
     ks = TEST_KS if split == "test" else (1, 5, 10, 20)
-    metrics = evaluate(model, loader, hierarchy, criterion, ks=ks, amp=config.amp and cuda)
+    metrics = evaluate(model, loader, hierarchy, criterion, ks=ks)  # fp32 logits, as in training
     return {**metrics, "split": split, "source": str(target)}
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "HierarchyLoss",
     "SimpleHierarchyLoss",
     "SoftLabelsLoss",
+    "cross_entropy",
     "build_loss",
     "hxe_edge_weights",
     "loss_params",
@@ -82,6 +83,18 @@ def _compute_dtype(logits: torch.Tensor) -> torch.Tensor:
     if logits.dtype in (torch.float16, torch.bfloat16):
         return logits.float()
     return logits
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy ``logsumexp(x) - x[y]`` over the batch: float ``[N, C]``, long ``[N]`` -> scalar.
+
+    Equals ``F.cross_entropy`` (to float rounding) without its NLL kernel: the CUDA NLL loss is refused
+    by ``torch.use_deterministic_algorithms(True)``, while ``gather``'s backward (a scatter-add) has a
+    deterministic CUDA implementation under that flag (torch's documentation of the flag lists both).
+    """
+    x = _compute_dtype(logits)
+    picked = x.gather(1, targets.view(-1, 1)).squeeze(1)
+    return (x.logsumexp(dim=1) - picked).mean()
 
 
 def _zero_with_graph(logits: torch.Tensor) -> torch.Tensor:
@@ -150,7 +163,7 @@ class HierarchyLoss(nn.Module):
 
 @LOSSES.register("cross-entropy")
 class CrossEntropyLoss(HierarchyLoss):
-    """Flat cross-entropy ``-log softmax(logits)[y]``, mean over the batch (``F.cross_entropy``).
+    """Flat cross-entropy ``-log softmax(logits)[y]``, mean over the batch (:func:`cross_entropy`).
 
     Args:
         hierarchy: only used for the class count check; may be None.
@@ -163,7 +176,7 @@ class CrossEntropyLoss(HierarchyLoss):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self._check(logits, targets)
-        return F.cross_entropy(_compute_dtype(logits), targets)
+        return cross_entropy(logits, targets)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -461,7 +474,7 @@ class SimpleHierarchyLoss(HierarchyLoss):
         wf, wc = self.weights()
         total = None
         if wf > 0:
-            term = wf * F.cross_entropy(x, targets)
+            term = wf * cross_entropy(x, targets)
             total = term
         if wc > 0:
             term = wc * -self.coarse_log_prob(x, targets).mean()

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from hiercls.registry import Registry
 
-__all__ = ["MODELS", "PlainNet11", "PreActWideResNet", "ResNetCifar", "build_model", "count_parameters"]
+__all__ = ["MODELS", "PlainNet11", "PreActWideResNet", "ResNetCifar", "GlobalAvgPool", "build_model", "count_parameters"]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -49,6 +49,19 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(m.bias)
+
+
+class GlobalAvgPool(nn.Module):
+    """Global average pooling [B, C, H, W] -> [B, C] as a mean over the spatial dimensions.
+
+    Equal to ``nn.AdaptiveAvgPool2d(1)`` followed by ``flatten(1)``, but its backward is a plain
+    broadcast, which CUDA runs deterministically; ``AdaptiveAvgPool2d``'s CUDA backward is refused by
+    ``torch.use_deterministic_algorithms(True)`` (see its documentation). The mean is taken in the
+    input's dtype (fp32 accumulation inside the reduction kernel).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,7 +101,7 @@ class PlainNet11(nn.Module):
                 layers += [nn.Conv2d(in_ch, item, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(item)]
                 in_ch = item
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.embedding = nn.Sequential(
             nn.Linear(in_ch, fc_width), nn.ReLU(inplace=True), nn.BatchNorm1d(fc_width)
         )
@@ -97,7 +110,7 @@ class PlainNet11(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """float32 [B, 3, H, W] -> logits [B, num_classes]."""
-        x = self.pool(self.features(x)).flatten(1)
+        x = self.pool(self.features(x))
         return self.classifier(self.embedding(x))
 
 
@@ -150,13 +163,13 @@ class ResNetCifar(nn.Module):
             stages.append(nn.Sequential(*stage))
             in_ch = width
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(in_ch, num_classes)
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """float32 [B, 3, H, W] -> logits [B, num_classes]."""
-        x = self.pool(self.stages(self.stem(x))).flatten(1)
+        x = self.pool(self.stages(self.stem(x)))
         return self.classifier(x)
 
 
@@ -217,13 +230,13 @@ class PreActWideResNet(nn.Module):
             groups.append(nn.Sequential(*blocks))
             in_ch = width
         self.groups = nn.Sequential(*groups)
-        self.head = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), GlobalAvgPool())
         self.classifier = nn.Linear(in_ch, num_classes)
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """float32 [B, 3, H, W] -> logits [B, num_classes]."""
-        x = self.head(self.groups(self.stem(x))).flatten(1)
+        x = self.head(self.groups(self.stem(x)))
         return self.classifier(x)
 
 

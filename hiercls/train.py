@@ -64,6 +64,10 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("device", (), str, "auto, cpu, cuda, cuda:N"),
     ("out_folder", (), str, "output folder (default runs/<loss>_<architecture>_seed<seed>)"),
     ("num_threads", (), int, "CPU threads for torch"),
+    ("amp", (), str, "bf16 autocast of the training forward pass: auto (CUDA only), true, false; "
+                     "metrics always come from fp32 logits"),
+    ("channels_last", (), str, "NHWC memory format: auto (CUDA only), true, false"),
+    ("checkpoint_every", (), int, "epochs between checkpoints (the last epoch is always saved)"),
 ]
 
 
@@ -106,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     parser.add_argument("--amsgrad", dest="amsgrad", action="store_true", default=argparse.SUPPRESS,
                         help="adamw: use the AMSGrad variant")
+    parser.add_argument("--deterministic", dest="deterministic", action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="deterministic cuDNN and torch algorithms: bit-exact resume and reproduction "
+                             "on CUDA (slower); the CPU is always exact")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=argparse.SUPPRESS,
+                        help="torch.compile the model (compile time is reported apart from epoch time)")
     parser.add_argument("--no-test", dest="evaluate_test", action="store_false", default=argparse.SUPPRESS,
                         help="do not score the official test set at the end")
     parser.add_argument("--resume", action="store_true",

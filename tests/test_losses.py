@@ -13,6 +13,7 @@ from hiercls.losses import (
     LOSSES,
     HierarchicalCrossEntropyLoss,
     build_loss,
+    cross_entropy,
     hxe_edge_weights,
     loss_params,
     ramp_weight,
@@ -404,9 +405,23 @@ def test_simple_hierarchy_before_start_is_exact_zero(tiny):
     v = loss(y, t)
     v.backward()
     y2 = y.detach().clone().requires_grad_()
-    F.cross_entropy(y2, t).backward()
-    assert v.item() == F.cross_entropy(y.detach(), t).item()
+    cross_entropy(y2, t).backward()
+    assert v.item() == cross_entropy(y.detach(), t).item()
     assert torch.allclose(y.grad, y2.grad, atol=0, rtol=0)
+    assert v.item() == pytest.approx(F.cross_entropy(y.detach(), t).item(), rel=1e-6)
+
+
+def test_cross_entropy_equals_torch_without_the_nll_kernel():
+    """The gather-based cross-entropy (deterministic on CUDA) equals F.cross_entropy in value and gradient."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(64, 100, generator=g) * 5).requires_grad_()
+    t = torch.randint(0, 100, (64,), generator=g)
+    x2 = x.detach().clone().requires_grad_()
+    a, b = cross_entropy(x, t), F.cross_entropy(x2, t)
+    a.backward()
+    b.backward()
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-7, rtol=1e-5)
 
 
 def test_simple_hierarchy_ramped_term_before_start_has_zero_grad(tiny):

@@ -56,6 +56,7 @@ __all__ = [
     "check_experiment",
     "check_reachable",
     "check_resources",
+    "cluster_capacity",
     "enable_cluster_token",
     "format_table",
     "pareto_mask",
@@ -169,6 +170,26 @@ def _choose_trainable(spec: SearchSpec, trainable: str | None, saved: Mapping[st
             f"with --trainable {own} (resume without --trainable, or use a new --name)"
         ])
     return own
+
+
+def cluster_capacity(cpus: float, gpus: float, nodes: Sequence[tuple[float, float]] | None = None) -> int:
+    """How many trials of ``cpus`` CPUs and ``gpus`` GPUs the cluster runs at once: the sum over live
+    nodes of ``min(node CPUs // cpus, node GPUs // gpus)`` (the GPU term only on GPU searches), at
+    least 1. ``nodes``: (CPUs, GPUs) per node, default Ray's live nodes. The default of
+    ``max_concurrent``; an autoscaling cluster counts only the nodes up now (set it explicitly there).
+    """
+    if nodes is None:
+        import ray
+
+        live = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+        nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in live]
+    total = 0
+    for node_cpus, node_gpus in nodes:
+        fit = math.floor(node_cpus / cpus + 1e-9)
+        if gpus > 0:
+            fit = min(fit, math.floor(node_gpus / gpus + 1e-9))
+        total += max(0, fit)
+    return max(1, total)
 
 
 def check_resources(cpus: float, gpus: float) -> None:
@@ -423,6 +444,11 @@ def run_search(
 
     try:
         check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+        if spec.max_concurrent is None and not resume:
+            spec = dataclasses.replace(
+                spec, max_concurrent=cluster_capacity(spec.cpus_per_trial, spec.gpus_per_trial)
+            )
+            echo(f"max_concurrent: {spec.max_concurrent} (trials the cluster's resources run at once)")
         if not resume:
             atomic_write_text(folder / SPEC_FILE, spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}))
         else:
@@ -432,7 +458,7 @@ def run_search(
             flush_deferred_deletions(folder, delete=False)
         setup = TrialSetup(
             base=spec.base_config(), experiment_dir=str(folder), objective=spec.objective,
-            search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep,
+            search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep, gpu_fraction=spec.gpus_per_trial,
         )
         function = train_trial if trainable == "train" else toy_trial
         resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}

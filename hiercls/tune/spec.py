@@ -369,7 +369,8 @@ class SearchSpec:
     Search settings: ``name`` (experiment name; default the space file's stem), ``storage_path`` (the
     experiment folder is ``storage_path/name``), ``num_samples`` (trials in all), ``epochs`` (each
     trial's length and ASHA's ``max_t``), ``grace_period``, ``reduction_factor`` (ASHA),
-    ``max_concurrent`` (trials at once), ``startup_trials`` (random trials before TPE models the
+    ``max_concurrent`` (trials at once; None: as many as the cluster's resources can run, see
+    :func:`hiercls.tune.runner.cluster_capacity`), ``startup_trials`` (random trials before TPE models the
     results), ``gpus_per_trial``, ``cpus_per_trial``, ``address`` (None: a local Ray; ``auto`` or
     ``HOST:PORT``: join a cluster), ``objective``, ``multi_objective`` (NSGA-II on
     (val_top1_error, val_mistake_severity), no ASHA), ``seed``, ``data_dir`` (overrides
@@ -384,7 +385,7 @@ class SearchSpec:
     epochs: int = 30
     grace_period: int = 3
     reduction_factor: float = 3.0
-    max_concurrent: int = 4
+    max_concurrent: int | None = None
     startup_trials: int = 10
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
@@ -531,7 +532,8 @@ class SearchSpec:
         checks = [
             ("num_samples", isinstance(self.num_samples, int) and self.num_samples >= 1, ">= 1"),
             ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, ">= 1"),
-            ("max_concurrent", self.max_concurrent >= 1, ">= 1"),
+            ("max_concurrent", self.max_concurrent is None or self.max_concurrent >= 1,
+             ">= 1, or null for what the cluster can run"),
             ("startup_trials", self.startup_trials >= 0, ">= 0"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),

@@ -11,7 +11,12 @@ The engine knows nothing of Ray; this module adapts it:
 * a restored trial (``tune.get_checkpoint()``) copies that ``last.pth`` back and calls
   ``fit(resume=True)``, which continues from the next epoch;
 * CIFAR-100 is decoded once per node: the driver warms the decode cache before Ray starts, and every
-  trial process reads the cache (about 0.5 s), never the JPEG files.
+  trial process reads the cache (about 0.5 s), never the JPEG files. A CPU trial keeps the decoded set
+  for the next trial in its process; a GPU trial does not (its splits live on the GPU, and the host
+  copies, about 340 MB, are freed once they are there);
+* a trial given a fraction of a GPU (``gpus_per_trial`` 0.25: four trials per GPU) caps its own CUDA
+  memory at that fraction (``torch.cuda.set_per_process_memory_fraction``), so one trial cannot starve
+  the others of memory; it fails with CUDA's out-of-memory error instead.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ class TrialSetup:
 
     ``base``: fixed TrainConfig keys; ``experiment_dir``: ``storage_path/name``; ``objective``: the
     objective text (:func:`hiercls.tune.spec.parse_objective`); ``search_seed``; ``cache_dir``: the
-    decode cache; ``toy_sleep``: seconds per epoch of the toy trainable.
+    decode cache; ``toy_sleep``: seconds per epoch of the toy trainable; ``gpu_fraction``: the GPUs
+    per trial (a fraction below 1 caps the trial's CUDA memory to it).
     """
 
     base: dict[str, Any]
@@ -45,6 +51,7 @@ class TrialSetup:
     search_seed: int = 0
     cache_dir: str | None = None
     toy_sleep: float = 0.0
+    gpu_fraction: float = 0.0
 
 
 def trial_seed(search_seed: int, index: int | str) -> int:
@@ -70,14 +77,30 @@ def trial_folder(setup: TrialSetup) -> Path:
     return Path(setup.experiment_dir) / name
 
 
-def _load_data(setup: TrialSetup):
+def _load_data(setup: TrialSetup, *, keep: bool):
+    """The decoded CIFAR-100 from the node's decode cache; ``keep`` holds it in this process for the next
+    trial (CPU trials), otherwise the process keeps no reference and the caller's run owns it."""
     from hiercls.data import load_cifar100
 
     key = (str(setup.base.get("data_dir")), setup.cache_dir)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_cifar100(setup.base["data_dir"], download=False, cache_dir=setup.cache_dir)
-    return _DATA_CACHE[key]
+    data = _DATA_CACHE.get(key)
+    _DATA_CACHE.clear()
+    if data is None:
+        data = load_cifar100(setup.base["data_dir"], download=False, cache_dir=setup.cache_dir)
+    if keep:
+        _DATA_CACHE[key] = data
+    return data
+
+
+def cap_gpu_memory(fraction: float, device: str) -> bool:
+    """Limit this process's CUDA memory to ``fraction`` (0 < fraction < 1) of ``device``'s memory;
+    returns whether a cap was set (not on the CPU, nor for whole GPUs)."""
+    import torch
+
+    if not 0 < fraction < 1 or not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+    return True
 
 
 def report_params(config) -> dict[str, Any]:
@@ -125,7 +148,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                 shutil.copy2(source, ckpt_dir / "last.pth")
                 resume = True
 
-    def reporter(record: dict[str, Any], folder: Path) -> None:
+    def reporter(record: dict[str, Any], folder: Path | None) -> None:
         metrics = dict(record)
         status = metrics.get("status", "ok")
         value = objective(metrics) if status == "ok" else math.nan
@@ -137,7 +160,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         metrics["lr_schedule"] = resolved.lr_schedule
         metrics["params"] = params
         metrics["trial_seed"] = resolved.seed
-        if status != "ok":
+        if status != "ok" or folder is None:  # no new checkpoint this epoch (checkpoint_every)
             tune.report(metrics)
             return
         # a folder holding only last.pth (hard link when possible: no copy of best.pth, no extra I/O)
@@ -149,6 +172,8 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             shutil.copy2(folder / "last.pth", report_dir / "last.pth")
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
 
+    on_gpu = train_config.device.startswith("cuda")
+    cap_gpu_memory(setup.gpu_fraction, train_config.device if ":" in train_config.device else "cuda:0")
     try:
         fit(
             train_config,
@@ -156,7 +181,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             resume=resume,
             overwrite=not resume,
             checkpoint_dir=ckpt_dir,
-            data=_load_data(setup),
+            data=_load_data(setup, keep=not on_gpu),
             progress=False,
         )
     finally:
