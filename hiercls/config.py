@@ -180,7 +180,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived values
     def use_amp(self, device_type: str) -> bool:
-        """Whether training runs under bf16 autocast on a device of type ``device_type`` (``cuda``, ``cpu``)."""
+        """Whether training runs under bf16 autocast on a ``device_type`` (``cuda``, ``cpu``) device."""
         return _switch(self.amp, device_type)
 
     def use_channels_last(self, device_type: str) -> bool:
@@ -273,7 +273,7 @@ class TrainConfig:
             ("val_size", 0 <= self.val_size < 50_000, "in 0..49999 (0 = no validation split)"),
             ("cutout", 0 <= self.cutout <= 32, "in 0..32 pixels"),
             ("seed", self.seed >= 0, ">= 0"),
-            ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer (epochs between checkpoints)"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer (epochs)"),
         ]
         if self.max_train_samples is not None:
             checks.append(("max_train_samples", self.max_train_samples >= 100, "None or at least 100"))

@@ -19,15 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 import random
 import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_cifar1
 from hiercls.losses import build_loss
 from hiercls.metrics import MetricAccumulator
 from hiercls.models import build_model
+from hiercls.numerics import deterministic_mode, ieee_fp32
 from hiercls.registry import Registry
 from hiercls.schedules import build_schedule
 from hiercls.storage import (
@@ -271,52 +270,7 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(cpu_bytes(state["cuda"]), device)
 
 
-# ---------------------------------------------------------------------- numerics
-@contextmanager
-def deterministic_mode(on: bool, device: torch.device) -> Iterator[None]:
-    """Within the block, torch's global numerics settings for one run; restored afterwards.
-
-    ``on``: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless already set; cuBLAS reads it when its first
-    handle is made, so set it before any CUDA work in the process to be sure), cuDNN benchmark off,
-    ``cudnn.deterministic`` on and ``torch.use_deterministic_algorithms(True)``: an op without a
-    deterministic implementation then raises instead of running (PyTorch's "Reproducibility" notes).
-    ``off``: cuDNN benchmark on for CUDA runs (fixed input shapes: cuDNN times its kernels once and
-    keeps the fastest, which may differ between runs), deterministic algorithms as they were.
-    """
-    cudnn = torch.backends.cudnn
-    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        cudnn.benchmark, cudnn.deterministic = False, True
-        torch.use_deterministic_algorithms(True)
-    else:
-        cudnn.benchmark = device.type == "cuda"
-    try:
-        yield
-    finally:
-        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
-        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
-        if saved[4] is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
-
-
-@contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """Within the block: no autocast and IEEE fp32 convolutions and matmuls (no TF32 on CUDA), so
-    logits are the model's fp32 values on every device; settings restored afterwards."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = (conv.fp32_precision, matmul.fp32_precision)
-    conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
-    try:
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            yield
-    finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
-
-
+# ---------------------------------------------------------------------- compiled models
 def eager_for(net: nn.Module, batch: int, full: int) -> nn.Module:
     """``net``, or the module it compiles when ``batch`` differs from the loader's ``full`` batch size:
     a compiled model runs one graph per mode; a last partial batch runs the same weights eagerly instead

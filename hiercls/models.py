@@ -14,7 +14,10 @@ from torch import Tensor, nn
 
 from hiercls.registry import Registry
 
-__all__ = ["MODELS", "PlainNet11", "PreActWideResNet", "ResNetCifar", "GlobalAvgPool", "build_model", "count_parameters"]
+__all__ = [
+    "MODELS", "GlobalAvgPool", "PlainNet11", "PreActWideResNet", "ResNetCifar", "build_model",
+    "count_parameters",
+]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
