@@ -16,7 +16,8 @@ two changes: ``out_folder`` is ``runs/<experiment>-<trial_id>`` (``-full`` with 
 report). A ``source:`` block records where it came from (``experiment``, ``trial_id``, ``metric``,
 ``scope``, ``epoch``: the epoch whose value was selected, ``value``: the metric's value there; for
 ``pareto:INDEX`` a mapping of the two front coordinates; plus ``trial_seed``); ``hiercls.train``
-ignores it. The same seed and code reproduce the trial's val metrics at ``source.epoch``.
+ignores it. The same seed, code and thread count reproduce the trial's val metrics at ``source.epoch``
+on the CPU, and on CUDA when the trial ran with ``deterministic: true`` (the README's "Reproducibility").
 
 Candidates are the trials that ran their full length (status ``complete``); NaN, errored, stopped-early
 and unfinished trials are exported only when named with ``--trial``. A trial whose searched values no

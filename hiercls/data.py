@@ -547,7 +547,9 @@ class DeviceLoader:
     to zero after normalisation. Crop and flip are one batched gather, Cutout one batched mask;
     there is no per-sample Python loop. All random numbers of epoch ``k`` come from a CPU
     ``torch.Generator`` seeded from ``(seed, k)``, so the order and augmentation of an epoch are a
-    pure function of ``(seed, k)`` (and the same on every device): resuming at epoch ``k`` is exact.
+    pure function of ``(seed, k)`` (and the same on every device): a run resumed at epoch ``k`` sees
+    exactly the batches it would have seen (whether the training numbers are then bit-exact depends on
+    the device's kernels: see :mod:`hiercls.numerics`).
     With ``train=False`` the order is fixed and there is no augmentation.
 
     Args:

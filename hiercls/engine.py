@@ -751,8 +751,10 @@ def fit(
     )
     check_writable(out, "output folder")
     check_writable(ckpt_dir, "checkpoint folder")
+    data_box = [data]
+    del data  # the run owns the decoded set from here (and drops it once on a device)
     with deterministic_mode(config.deterministic, resolve_device(config.device)):
-        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, [data])
+        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, data_box)
 
 
 def _fit(
@@ -861,10 +863,12 @@ def _train(
 
         written = None
         if status == "ok":
+            checkpoint = (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
             if run.val_loader is not None and record["val_top1_error"] < best["val_top1_error"]:
                 best = {"epoch": epoch + 1, "val_top1_error": record["val_top1_error"]}
-                pending_best = run.best_state(epoch + 1, history, best, run.weights_copy())
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                weights = None if checkpoint else run.weights_copy()  # None: written below, as they are
+                pending_best = run.best_state(epoch + 1, history, best, weights)
+            if checkpoint:
                 # best.pth and last.pth are replaced together or not at all (a full disk changes neither)
                 files = [] if pending_best is None else [(best_path, _serialize(pending_best))]
                 files.append((last_path, _serialize(run.state(epoch + 1, history, best))))
