@@ -1,0 +1,563 @@
+"""One-shot check of the accelerated path on a GPU (and, in a quick mode, on the CPU in CI).
+
+    python benchmarks/gpu_check.py                        # on a CUDA machine: at most ~4 minutes
+    python benchmarks/gpu_check.py --quick --device cpu   # CI: plainnet only, eager, 2 steps per section
+
+Writes a JSON report (``--report``, default ``gpu_check_report.json``; rewritten after every section, so a
+run cut short still leaves what it measured) and prints a table. Every section runs in its own
+``try``: an error is recorded as ``{"error": "Type: message"}`` and the next section runs. After
+``--budget-seconds`` (default 220) the remaining sections are recorded as ``{"skipped": "time budget"}``.
+Data: synthetic CIFAR-shaped uint8 images (seeded; labels ``i % 100``), or the real set with
+``--data-dir``. Sections, most important first:
+
+``environment``
+    torch, CUDA and cuDNN versions, the device, its memory, CPU count.
+``matmul_peak``
+    measured bf16 matmul TFLOP/s (8192^3 on CUDA after a warm-up, timed with synchronisation; 256^3 on
+    the CPU): the denominator of every "fraction of peak".
+``throughput``
+    training images/s of ``run.train_step`` (the engine's own step: on-device augmentation, bf16
+    autocast and channels_last at ``auto``) per (architecture, eager/compiled, batch); achieved TFLOP/s
+    = FLOPs of one forward+backward (``torch.utils.flop_counter``) x steps / seconds, and its fraction
+    of the matmul peak; ``compile_seconds`` apart; ``kernels_per_step`` (CUDA kernels, memcpy and
+    memset launched in one steady-state step, from ``torch.profiler``; on the CPU the aten ops
+    dispatched); ``syncs_per_step`` (CUDA only: synchronising calls reported by
+    ``torch.cuda.set_sync_debug_mode``). The first entries (ResNet-18 at batch 512 compiled and eager,
+    batch 128 eager) run before the other sections; the rest (plainnet, WRN-28-10) after them.
+    Target: ResNet-18, batch 512, compiled, at 35 % or more of the bf16 matmul peak.
+``packing``
+    one against four training processes on one GPU (ResNet-18, batch 128, eager; each packed process
+    caps its memory at 1/4 with ``torch.cuda.set_per_process_memory_fraction``), started together
+    behind a file barrier: aggregate images/s of each count and their ratio, peak memory of each
+    process. Target: four at 1.6x or more the aggregate of one. Quick mode: plainnet, 1 vs 2 processes
+    on one CPU thread each.
+``bf16_vs_fp32``
+    one batch, the same weights: loss with and without bf16 autocast (relative difference), cosine
+    similarity and relative norm difference of the flattened gradients; and that ``evaluate`` gives the
+    same metrics inside an autocast block as outside (its logits are fp32, dtype recorded).
+``determinism``
+    ops that ``torch.use_deterministic_algorithms(True)`` refuses on CUDA, found by
+    ``hiercls.numerics.refused_ops`` on the CPU for every architecture (forward+backward), every
+    loss and the metrics; on CUDA also the "does not have a deterministic implementation" warnings of
+    one training step per architecture, and whether two identical 3-step runs give bit-equal weights
+    with ``deterministic`` on and off.
+``resume``
+    a tiny ``fit`` (plainnet, 200 training images, batch 100, 2 epochs) against the same run
+    interrupted during epoch 2 and resumed: records equal (timings aside) and final weights bit-equal,
+    with ``deterministic`` on (and off, on CUDA).
+
+Exit status: 0 (also when a section failed: see the report), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from hiercls.config import TrainConfig  # noqa: E402
+from hiercls.data import Cifar100, DeviceLoader, load_cifar100  # noqa: E402
+from hiercls.engine import _Run, evaluate, fit  # noqa: E402
+from hiercls.hierarchy import cifar100_superclass_labels, load_cifar100_hierarchy  # noqa: E402
+from hiercls.losses import LOSSES, build_loss  # noqa: E402
+from hiercls.metrics import MetricAccumulator  # noqa: E402
+from hiercls.models import MODELS, build_model  # noqa: E402
+from hiercls.numerics import deterministic_mode, refused_ops  # noqa: E402
+
+TIMING = ("epoch_seconds", "images_per_second", "compile_seconds")
+FIRST = [("resnet18", True, 512), ("resnet18", False, 512), ("resnet18", False, 128)]
+LATER = [("resnet18", True, 128), ("plainnet", False, 128), ("plainnet", True, 128), ("plainnet", False, 512),
+         ("plainnet", True, 512), ("wrn28-10", False, 128), ("wrn28-10", False, 512), ("wrn28-10", True, 128)]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> Cifar100:
+    """Seeded random uint8 images [N, 3, 32, 32] with labels ``i % 100`` (every class present)."""
+    g = torch.Generator().manual_seed(seed)
+    return Cifar100(
+        train_images=torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_labels=torch.arange(n_train) % 100,
+        test_images=torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g),
+        test_labels=torch.arange(n_test) % 100,
+    )
+
+
+def make_run(data: Cifar100, device: str, arch: str, batch: int, out: str, **keys: Any) -> _Run:
+    """The engine's run (loaders, model, loss, optimiser, schedule) for one benchmark configuration."""
+    values = {"data_dir": "synthetic", "val_size": min(5000, len(data.train_labels) // 10),
+              "architecture": arch, "batch_size": batch, "eval_batch_size": 500, "epochs": 1,
+              "device": device, "evaluate_test": False, "out_folder": out, **keys}
+    return _Run(TrainConfig.from_dict(values).resolved(), data)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batches(run: _Run):
+    """Training batches of consecutive epochs, full batches only."""
+    size = run.train_loader.batch_size
+    for epoch in itertools.count():
+        for images, labels in run.train_loader.epoch(epoch):
+            if labels.shape[0] == size:
+                yield images, labels
+
+
+def timed_steps(run: _Run, warmup: int, steps: int) -> float:
+    """Seconds of ``steps`` training steps after ``warmup`` untimed ones (synchronised)."""
+    stream = batches(run)
+    for _ in range(warmup):
+        run.train_step(*next(stream))
+    sync(run.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run.train_step(*next(stream))
+    sync(run.device)
+    return time.perf_counter() - t0
+
+
+def step_flops(run: _Run) -> int:
+    """FLOPs of one forward + backward pass of the model on one training batch (counted eagerly)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, labels = next(batches(run))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with run.autocast():
+            out = run.model(images)
+        run.criterion(out.float(), labels).backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def kernels_per_step(run: _Run) -> tuple[int, str]:
+    """CUDA kernels (and memcpy/memset) in one steady-state step; on the CPU, aten ops dispatched."""
+    stream = batches(run)
+    run.train_step(*next(stream))
+    images, labels = next(stream)
+    if run.device.type != "cuda":
+        counter = _OpCounter()
+        with counter:
+            run.train_step(images, labels)
+        return counter.count, "aten ops (CPU)"
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(run.device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run.train_step(images, labels)
+        sync(run.device)
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return len(kernels), "CUDA kernels incl. memcpy/memset"
+
+
+def syncs_per_step(run: _Run, steps: int = 3) -> float | None:
+    """Synchronising CUDA calls per training step (``torch.cuda.set_sync_debug_mode``); None on the CPU."""
+    if run.device.type != "cuda":
+        return None
+    stream = batches(run)
+    run.train_step(*next(stream))
+    sync(run.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                run.train_step(*next(stream))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
+# ------------------------------------------------------------------------------------------- sections
+def section_environment(ctx: dict) -> dict:
+    device = ctx["device"]
+    out = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "cpu_count": os.cpu_count()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return out
+
+
+def section_matmul_peak(ctx: dict) -> dict:
+    device = ctx["device"]
+    n = 8192 if device.type == "cuda" else 256
+    iters = 20 if device.type == "cuda" else 3
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    seconds = time.perf_counter() - t0
+    tflops = 2 * n**3 * iters / seconds / 1e12
+    ctx["peak"] = tflops
+    return {"size": n, "tflops": tflops}
+
+
+def throughput_entry(ctx: dict, arch: str, compiled: bool, batch: int) -> dict:
+    quick = ctx["quick"]
+    warmup, steps = (1, 2) if quick else ((3, 10) if arch == "wrn28-10" else (5, 20))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(ctx["data"], ctx["device_name"], arch, batch, tmp, compile=compiled)
+        compile_seconds = run.warm_up()
+        flops = ctx["flops"].get((arch, batch))
+        if flops is None:
+            flops = ctx["flops"][(arch, batch)] = step_flops(run)
+        seconds = timed_steps(run, warmup, steps)
+        entry = {
+            "architecture": arch, "compiled": compiled, "batch": batch,
+            "images_per_second": batch * steps / seconds,
+            "tflops": flops * steps / seconds / 1e12,
+            "compile_seconds": compile_seconds,
+            "amp": run.amp, "channels_last": run.channels_last,
+        }
+        if ctx.get("peak"):
+            entry["fraction_of_peak"] = entry["tflops"] / ctx["peak"]
+        entry["kernels_per_step"], entry["kernels_counted"] = kernels_per_step(run)
+        entry["syncs_per_step"] = syncs_per_step(run)
+        return entry
+
+
+def section_throughput(ctx: dict, configs: list[tuple[str, bool, int]], deadline: float) -> list[dict]:
+    out = []
+    for arch, compiled, batch in configs:
+        if time.perf_counter() > deadline:
+            out.append({"architecture": arch, "compiled": compiled, "batch": batch, "skipped": "time budget"})
+            continue
+        try:
+            out.append(throughput_entry(ctx, arch, compiled, batch))
+        except Exception as err:  # noqa: BLE001 - recorded, the next configuration runs
+            out.append({"architecture": arch, "compiled": compiled, "batch": batch, "error": _describe(err)})
+    return out
+
+
+def section_packing(ctx: dict) -> dict:
+    quick = ctx["quick"]
+    counts = (1, 2) if quick else (1, 4)
+    job = {"arch": "plainnet" if quick else "resnet18", "batch": 32 if quick else 128,
+           "steps": 2 if quick else 100, "warmup": 1 if quick else 10, "device": ctx["device_name"],
+           "quick": quick}
+    out: dict[str, Any] = {"architecture": job["arch"], "batch": job["batch"], "steps": job["steps"]}
+    for count in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = []
+            for i in range(count):
+                spec = {**job, "fraction": 1.0 / count if count > 1 else 1.0, "barrier": tmp, "index": i}
+                procs.append(subprocess.Popen(
+                    [sys.executable, __file__, "--worker", json.dumps(spec)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                ))
+            deadline = time.time() + (120 if not quick else 90)
+            while time.time() < deadline and not all(
+                (Path(tmp) / f"ready-{i}").exists() or procs[i].poll() is not None for i in range(count)
+            ):
+                time.sleep(0.05)
+            (Path(tmp) / "go").touch()
+            results = []
+            for proc in procs:
+                stdout, stderr = proc.communicate(timeout=max(5.0, deadline - time.time() + 60))
+                if proc.returncode != 0:
+                    raise RuntimeError(f"worker failed ({proc.returncode}): {stderr.strip()[-500:]}")
+                results.append(json.loads(stdout.strip().splitlines()[-1]))
+        start = min(r["start"] for r in results)
+        end = max(r["end"] for r in results)
+        images = sum(r["images"] for r in results)
+        out[f"processes_{count}"] = {
+            "aggregate_images_per_second": images / (end - start),
+            "per_process_images_per_second": [r["images"] / (r["end"] - r["start"]) for r in results],
+            "peak_memory_mib": [r["peak_memory_mib"] for r in results],
+        }
+    one = out[f"processes_{counts[0]}"]["aggregate_images_per_second"]
+    out["ratio"] = out[f"processes_{counts[1]}"]["aggregate_images_per_second"] / one
+    return out
+
+
+def packing_worker(spec: dict) -> None:
+    """One packed training process: warm up, wait at the barrier, time the steps, print JSON."""
+    device = torch.device(spec["device"] if spec["device"] != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    if spec["quick"]:
+        torch.set_num_threads(1)
+    if device.type == "cuda" and spec["fraction"] < 1:
+        torch.cuda.set_per_process_memory_fraction(spec["fraction"], device)
+    data = synthetic_cifar(2000 if spec["quick"] else 20000, 100)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(data, str(device), spec["arch"], spec["batch"], tmp)
+        stream = batches(run)
+        for _ in range(spec["warmup"]):
+            run.train_step(*next(stream))
+        sync(device)
+        barrier = Path(spec["barrier"])
+        (barrier / f"ready-{spec['index']}").touch()
+        while not (barrier / "go").exists():
+            time.sleep(0.01)
+        start = time.time()
+        for _ in range(spec["steps"]):
+            run.train_step(*next(stream))
+        sync(device)
+        end = time.time()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    print(json.dumps({"start": start, "end": end, "images": spec["steps"] * spec["batch"],
+                      "peak_memory_mib": peak}))
+
+
+def section_bf16_vs_fp32(ctx: dict) -> dict:
+    arch = "plainnet" if ctx["quick"] else "resnet18"
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(ctx["data"], ctx["device_name"], arch, 32 if ctx["quick"] else 128, tmp)
+        images, labels = next(batches(run))
+        run.model.train()
+        results = []
+        for amp in (False, True):
+            run.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = run.model(images)
+            loss = run.criterion(out.float(), labels)
+            loss.backward()
+            grad = torch.cat([p.grad.flatten().float() for p in run.model.parameters() if p.grad is not None])
+            results.append((loss.item(), grad.clone(), out.dtype))
+        (l32, g32, d32), (l16, g16, d16) = results
+        seen = []
+        handle = run.model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        plain = evaluate(run.net, run.val_loader, run.hierarchy, run.criterion)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16):
+            inside = evaluate(run.net, run.val_loader, run.hierarchy, run.criterion)
+        handle.remove()
+    same = all(plain[k] == inside[k] or (isinstance(plain[k], float) and math.isnan(plain[k])
+                                         and math.isnan(inside[k])) for k in plain)
+    return {
+        "architecture": arch, "forward_dtypes": [str(d32), str(d16)],
+        "loss_fp32": l32, "loss_bf16": l16, "loss_relative_difference": abs(l16 - l32) / abs(l32),
+        "gradient_cosine": float(torch.nn.functional.cosine_similarity(g32, g16, dim=0)),
+        "gradient_norm_relative_difference": float((g16.norm() - g32.norm()).abs() / g32.norm()),
+        "evaluate_equal_with_outer_autocast": same,
+        "evaluate_logits_dtypes": sorted({str(d) for d in seen}),
+    }
+
+
+def section_determinism(ctx: dict) -> dict:
+    archs = ["plainnet"] if ctx["quick"] else MODELS.names()
+    hierarchy = load_cifar100_hierarchy("cifar100-l5")
+    g = torch.Generator().manual_seed(0)
+    found: dict[str, dict] = {}
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    for arch in archs:
+        model = build_model(arch).train()
+
+        def step(model=model):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(images)
+            out.float().sum().backward()
+
+        found[arch] = refused_ops(step)
+    for name in LOSSES.names():
+        loss = build_loss(name, hierarchy)
+        x = torch.randn(8, 100, generator=g, requires_grad=True)
+        t = torch.randint(0, 100, (8,), generator=g)
+        found[f"loss {name}"] = refused_ops(lambda f=loss, x=x, t=t: f(x, t).backward())
+    acc = MetricAccumulator(hierarchy, (1, 5, 20), cifar100_superclass_labels())
+    found["metrics"] = refused_ops(lambda: (acc.update(torch.randn(8, 100, generator=g),
+                                                       torch.arange(8)), acc.compute()))
+    out: dict[str, Any] = {"refused_ops": {k: v for k, v in found.items() if v}}
+    device = ctx["device"]
+    if device.type != "cuda":
+        out["cuda"] = None
+        return out
+    warned: dict[str, list[str]] = {}
+    for arch in archs:
+        with tempfile.TemporaryDirectory() as tmp, deterministic_mode(True, device):
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            run = make_run(ctx["data"], ctx["device_name"], arch, 64, tmp, deterministic=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                run.train_step(*next(batches(run)))
+                sync(device)
+            warned[arch] = sorted({str(w.message)[:200] for w in caught if "determinis" in str(w.message)})
+    out["warnings"] = warned
+    for on in (True, False):
+        weights = []
+        for _ in range(2):
+            with tempfile.TemporaryDirectory() as tmp, deterministic_mode(on, device):
+                run = make_run(ctx["data"], ctx["device_name"], "resnet18", 128, tmp, deterministic=on)
+                stream = batches(run)
+                for _ in range(3):
+                    run.train_step(*next(stream))
+                weights.append({k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
+        out[f"two_runs_bit_equal_deterministic_{str(on).lower()}"] = all(
+            torch.equal(weights[0][k], weights[1][k]) for k in weights[0]
+        )
+    return out
+
+
+def section_resume(ctx: dict) -> dict:
+    device = ctx["device"]
+    modes = (True, False) if device.type == "cuda" else (True,)
+    out = {}
+    data = synthetic_cifar(1000, 200)
+    for deterministic in modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = {"data_dir": "synthetic", "max_train_samples": 200, "val_size": 100, "batch_size": 100,
+                    "eval_batch_size": 100, "epochs": 2, "device": ctx["device_name"], "evaluate_test": False,
+                    "deterministic": deterministic}
+            a = fit(TrainConfig.from_dict({**base, "out_folder": f"{tmp}/a"}), data=data, progress=False)
+            config = TrainConfig.from_dict({**base, "out_folder": f"{tmp}/b"})
+            original = DeviceLoader.epoch
+
+            def interrupted(self, epoch, original=original):
+                stream = original(self, epoch)
+                if self.train and epoch == 1:
+                    return itertools.chain(itertools.islice(stream, 1), _interrupt())
+                return stream
+
+            DeviceLoader.epoch = interrupted
+            try:
+                fit(config, data=data, progress=False)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                DeviceLoader.epoch = original
+            b = fit(config, resume=True, data=data, progress=False)
+            records = [{k: v for k, v in r.items() if k not in TIMING} for r in a["history"]]
+            resumed = [{k: v for k, v in r.items() if k not in TIMING} for r in b["history"]]
+            wa = torch.load(f"{tmp}/a/final_model.pth", weights_only=True)
+            wb = torch.load(f"{tmp}/b/final_model.pth", weights_only=True)
+            out[f"deterministic_{str(deterministic).lower()}"] = {
+                "records_equal": records == resumed,
+                "weights_equal": all(torch.equal(wa[k], wb[k]) for k in wa),
+            }
+    return out
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+    yield  # pragma: no cover
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+
+
+# ------------------------------------------------------------------------------------------- main
+def _rows(report: dict) -> list[tuple[str, str, str]]:
+    rows = []
+
+    def walk(section: str, value: Any, key: str) -> None:
+        if isinstance(value, dict) and not (key.endswith("refused_ops") or key == "warnings"):
+            for k, v in value.items():
+                walk(section, v, f"{key}.{k}" if key else k)
+        elif isinstance(value, float):
+            rows.append((section, key, f"{value:.4g}"))
+        else:
+            rows.append((section, key, json.dumps(value) if not isinstance(value, str) else value))
+
+    for section, value in report.items():
+        if section == "throughput" and isinstance(value, list):
+            for e in value:
+                name = f"{e['architecture']} {'compiled' if e['compiled'] else 'eager'} b{e['batch']}"
+                walk(section, {k: v for k, v in e.items() if k not in ("architecture", "compiled", "batch")},
+                     name)
+        else:
+            walk(section, value, "")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--quick", action="store_true", help="plainnet only, eager, 2 steps per section")
+    parser.add_argument("--report", default="gpu_check_report.json", help="JSON report path")
+    parser.add_argument("--budget-seconds", type=float, default=220.0,
+                        help="start no section after this many seconds (default 220)")
+    parser.add_argument("--data-dir", help="real CIFAR-100 instead of synthetic images")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        packing_worker(json.loads(args.worker))
+        return 0
+    if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
+        parser.error(f"--device {args.device!r} is unknown; valid: auto, cpu, cuda, cuda:N")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device!r}: CUDA is not available here; use --device cpu")
+    if args.budget_seconds <= 0:
+        parser.error(f"--budget-seconds {args.budget_seconds!r} must be positive")
+    started = time.perf_counter()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    if args.quick:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    data = (load_cifar100(args.data_dir, download=False) if args.data_dir
+            else synthetic_cifar(1000 if args.quick else 50000, 1000 if args.quick else 10000))
+    ctx = {"device": device, "device_name": str(device), "quick": args.quick, "data": data, "flops": {}}
+    deadline = started + args.budget_seconds
+    first = [("plainnet", False, 32)] if args.quick else FIRST
+    later = [] if args.quick else LATER
+    sections = [
+        ("environment", lambda: section_environment(ctx)),
+        ("matmul_peak", lambda: section_matmul_peak(ctx)),
+        ("throughput", lambda: section_throughput(ctx, first, deadline)),
+        ("packing", lambda: section_packing(ctx)),
+        ("bf16_vs_fp32", lambda: section_bf16_vs_fp32(ctx)),
+        ("determinism", lambda: section_determinism(ctx)),
+        ("resume", lambda: section_resume(ctx)),
+    ]
+    report: dict[str, Any] = {"mode": "quick" if args.quick else "full"}
+    report_path = Path(args.report)
+    for name, run_section in sections:
+        t0 = time.perf_counter()
+        if t0 > deadline:
+            report[name] = {"skipped": "time budget"}
+        else:
+            try:
+                report[name] = run_section()
+            except Exception as err:  # noqa: BLE001 - recorded; the next section runs
+                report[name] = {"error": _describe(err), "where": traceback.format_exc(limit=-2)[-600:]}
+        if isinstance(report[name], dict):
+            report[name]["seconds"] = time.perf_counter() - t0
+        report_path.write_text(json.dumps(report, indent=2, default=str))
+    if later:
+        report["throughput"] += section_throughput(ctx, later, deadline)
+    report["total_seconds"] = time.perf_counter() - started
+    report_path.write_text(json.dumps(report, indent=2, default=str))
+    rows = _rows(report)
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    for section, key, value in rows:
+        print(f"{section:<{width[0]}}  {key:<{width[1]}}  {value}")
+    print(f"report: {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
