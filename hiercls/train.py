@@ -198,11 +198,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Trai
         return EXIT_WRITE
     except KeyboardInterrupt:
         _ignore_signals()
-        print(
-            "\ninterrupted: every completed epoch is checkpointed; run the same command with --resume "
-            "to continue",
-            file=sys.stderr,
-        )
+        every = config.checkpoint_every
+        saved = "every completed epoch is" if every == 1 else f"the last of every {every} epochs is"
+        print(f"\ninterrupted: {saved} checkpointed; run the same command with --resume to continue",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"results: {result['out_folder']}")
     return EXIT_OK if result["status"] == "ok" else EXIT_NAN
