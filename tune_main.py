@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search the hyperparameters of hierarchy-aware CIFAR-100 training with Ray Tune "
                     "(Optuna TPE + ASHA).",
         epilog="Every option can also be set in the space file (same name, underscores); the command line "
-               "wins. Results: STORAGE_PATH/NAME (summary.csv, one folder per trial). Resume with: python "
+               "wins over the space file, which wins over the defaults shown. "
+               "Results: STORAGE_PATH/NAME (summary.csv, one folder per trial). Resume with: python "
                "tune_main.py --name NAME --storage-path DIR --resume. Resuming unpickles Ray's saved state "
                "(tuner.pkl, experiment_state-*.json, searcher-state-*.pkl, the trials' *.pkl), which runs "
                "code from those files: a folder or state file owned by another user or world-writable is "

@@ -46,7 +46,12 @@ Data: synthetic CIFAR-shaped uint8 images (seeded; labels ``i % 100``), or the r
     interrupted during epoch 2 and resumed: records equal (timings aside) and final weights bit-equal,
     with ``deterministic`` on (and off, on CUDA).
 
-Exit status: 0 (also when a section failed: see the report), 2 bad arguments.
+``targets``
+    the two targets above with the measured figure and ``met`` (true/false; null when not measured, as
+    in the quick mode).
+
+Exit status: 0 (also when a section failed or a target was missed: see the report), 2 bad arguments
+(also the full mode without CUDA).
 """
 
 from __future__ import annotations
@@ -470,6 +475,28 @@ def _describe(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------- main
+TARGETS = (  # the issue's goals on an H200 (full mode): (name, how it is measured, at least)
+    ("resnet18_compiled_b512_fraction_of_peak", "ResNet-18 compiled, batch 512: achieved / matmul peak",
+     0.35),
+    ("packing_4_vs_1", "4 packed ResNet-18 trials (batch 128, eager): aggregate images/s / one's", 1.6),
+)
+
+
+def targets(report: dict) -> dict[str, dict[str, Any]]:
+    """Each of :data:`TARGETS` with its measured figure and ``met`` (None when it was not measured: the
+    quick mode, or a section skipped or failed)."""
+    measured: dict[str, float | None] = {name: None for name, _, _ in TARGETS}
+    for entry in report.get("throughput") or []:
+        if (entry.get("architecture"), entry.get("compiled"), entry.get("batch")) == ("resnet18", True, 512):
+            measured["resnet18_compiled_b512_fraction_of_peak"] = entry.get("fraction_of_peak")
+    packing = report.get("packing") or {}
+    if packing.get("architecture") == "resnet18" and "processes_4" in packing:
+        measured["packing_4_vs_1"] = packing.get("ratio")
+    return {name: {"what": what, "target": goal, "measured": measured[name],
+                   "met": None if measured[name] is None else bool(measured[name] >= goal)}
+            for name, what, goal in TARGETS}
+
+
 def _rows(report: dict) -> list[tuple[str, str, str]]:
     rows = []
 
@@ -495,12 +522,13 @@ def _rows(report: dict) -> list[tuple[str, str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--quick", action="store_true", help="plainnet only, eager, 2 steps per section")
     parser.add_argument("--report", default="gpu_check_report.json", help="JSON report path")
     parser.add_argument("--budget-seconds", type=float, default=220.0,
-                        help="start no section after this many seconds (default 220)")
+                        help="start no section after this many seconds")
     parser.add_argument("--data-dir", help="real CIFAR-100 instead of synthetic images")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -511,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device!r} is unknown; valid: auto, cpu, cuda, cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device!r}: CUDA is not available here; use --device cpu")
+    if not args.quick and not torch.cuda.is_available():
+        parser.error("the full check needs a CUDA device (none is available here); on the CPU run --quick "
+                     "--device cpu")
     if args.budget_seconds <= 0:
         parser.error(f"--budget-seconds {args.budget_seconds!r} must be positive")
     started = time.perf_counter()
@@ -549,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         report_path.write_text(json.dumps(report, indent=2, default=str))
     if later:
         report["throughput"] += section_throughput(ctx, later, deadline)
+    report["targets"] = targets(report)
     report["total_seconds"] = time.perf_counter() - started
     report_path.write_text(json.dumps(report, indent=2, default=str))
     rows = _rows(report)

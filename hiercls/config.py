@@ -27,6 +27,13 @@ class ConfigError(ValueError):
     """An invalid configuration: every problem found is listed in the message."""
 
 
+def _invalid(problems: list[str]) -> str:
+    """One line for one problem, else one indented line per problem."""
+    if len(problems) == 1:
+        return f"invalid config: {problems[0]}"
+    return "invalid config:\n  " + "\n  ".join(problems)
+
+
 # Keys passed to the loss / schedule factories when the chosen loss / schedule takes them.
 LOSS_KEYS = (
     "alpha", "normalize", "beta", "lambda_fine", "lambda_coarse", "fine_loss_start_epoch",
@@ -153,7 +160,7 @@ class TrainConfig:
         problems = [f"unknown key {k!r}" for k in values if k not in valid]
         if problems:
             problems.append("valid keys: " + ", ".join(cls.field_names()))
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError(_invalid(problems))
         merged = dataclasses.asdict(base or cls())
         merged.update(values)
         coerced, problems = {}, []
@@ -163,7 +170,7 @@ class TrainConfig:
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError(_invalid(problems))
         return cls(**coerced)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -175,8 +182,12 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def to_yaml(self) -> str:
-        """The config as YAML, keys in declaration order."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML, keys in declaration order (a ``true``/``false`` switch as a YAML bool)."""
+        values = self.to_dict()
+        for field in dataclasses.fields(self):
+            if field.type in ("Switch", Switch) and values[field.name] in ("true", "false"):
+                values[field.name] = values[field.name] == "true"
+        return yaml.safe_dump(values, sort_keys=False)
 
     # ------------------------------------------------------------------ derived values
     def use_amp(self, device_type: str) -> bool:
@@ -308,7 +319,7 @@ class TrainConfig:
             except ValueError as err:
                 problems.append(f"lr_schedule {self.lr_schedule!r}: {err}")
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError(_invalid(problems))
 
 
 OPTIMIZERS = ("sgd", "adamw")

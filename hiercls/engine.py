@@ -602,6 +602,13 @@ def _prepare_output(
                     f"cannot resume from the best epoch in {str(out)!r}: {ckpt_dir.name}/best.pth does not "
                     "exist (no epoch has been validated)"
                 )
+            if existing == ["all_epoch_results.json"]:
+                # interrupted before its first checkpoint (checkpoint_every > 1): the same run starts
+                # again from epoch 1 and rewrites those records (their epochs were never checkpointed)
+                _check_same_run(config, out)
+                log.warning("nothing to resume in %s (interrupted before its first checkpoint): starting "
+                            "again from epoch 1", out)
+                return None
             if existing:
                 raise ConfigError(
                     f"cannot resume in {str(out)!r}: it holds results ({', '.join(existing)}) but no "
@@ -609,15 +616,7 @@ def _prepare_output(
                 )
             log.warning("nothing to resume in %s (no checkpoint yet): starting a new run", out)
             return None
-        saved = _comparable(read_saved_config(out / "config.yaml"))
-        current = _comparable(config)
-        differing = sorted(k for k in current if saved.get(k) != current[k])
-        if differing:
-            detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
-            raise ConfigError(
-                f"refusing to resume in {str(out)!r}: the config differs in {len(differing)} key(s): "
-                f"{detail}"
-            )
+        _check_same_run(config, out)
         if from_best:
             state = load_checkpoint(source, require=("model", "epoch"))
             if not isinstance(state.get("history"), list):  # a best.pth of format version 1
@@ -644,6 +643,23 @@ def _prepare_output(
         for name in ("last.pth", "best.pth"):
             (ckpt_dir / name).unlink(missing_ok=True)
     return None
+
+
+def _check_same_run(config: TrainConfig, out: Path) -> None:
+    """Raise :class:`ConfigError` naming every key in which ``config`` differs from ``out/config.yaml``
+    (compared as :func:`_comparable` does)."""
+    saved = _comparable(read_saved_config(out / "config.yaml"))
+    current = _comparable(config)
+    differing = sorted(k for k in current if saved.get(k) != current[k])
+    if differing:
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
+        switches = [k for k in differing if k in ("amp", "channels_last")]
+        hint = (f" ({' and '.join(switches)} compared as on/off on this device: --set {switches[0]}=true "
+                "or =false matches the saved run)") if switches else ""
+        raise ConfigError(
+            f"refusing to resume in {str(out)!r}: the config differs in {len(differing)} key(s): "
+            f"{detail}{hint}"
+        )
 
 
 def _comparable(config: TrainConfig) -> dict[str, Any]:

@@ -24,11 +24,13 @@ regular file): one line names the file, and the last completed epoch stays resum
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hiercls.config import ConfigError, TrainConfig, load_config, parse_overrides
@@ -169,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--resume-from-best continues a run: add --resume")
     try:
         config = config_from_args(args)
-    except ConfigError as err:
-        parser.error(str(err))
+    except ConfigError as err:  # the problems alone (no usage block): they name the key and valid values
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
     # Both signals end the run the same way (also when SIGINT was ignored by a launching shell).
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _interrupt)
@@ -198,13 +201,31 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Trai
         return EXIT_WRITE
     except KeyboardInterrupt:
         _ignore_signals()
-        every = config.checkpoint_every
-        saved = "every completed epoch is" if every == 1 else f"the last of every {every} epochs is"
-        print(f"\ninterrupted: {saved} checkpointed; run the same command with --resume to continue",
+        print(f"\ninterrupted: {_resume_point(config)}; run the same command with --resume to continue",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"results: {result['out_folder']}")
     return EXIT_OK if result["status"] == "ok" else EXIT_NAN
+
+
+def _resume_point(config: TrainConfig) -> str:
+    """Where ``--resume`` will continue an interrupted run, from its epoch records (JSON, ours) and
+    ``checkpoint_every``: the run checkpoints after every epoch whose number it divides."""
+    from hiercls.engine import default_out_folder
+
+    out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
+    try:
+        completed = len(json.loads((out / "all_epoch_results.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        completed = 0
+    every = config.checkpoint_every
+    if completed >= config.epochs:  # the last epoch is always checkpointed
+        return f"all {config.epochs} epochs are checkpointed, so --resume only writes the final results"
+    saved = completed - completed % every
+    if saved == 0:
+        return f"no epoch was checkpointed yet (checkpoint_every: {every}), so --resume starts at epoch 1"
+    often = "every epoch" if every == 1 else f"every {every} epochs"
+    return f"checkpoints are written {often}, so --resume continues from epoch {saved + 1}"
 
 
 def _ignore_signals() -> None:

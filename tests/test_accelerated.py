@@ -109,7 +109,8 @@ def test_bf16_and_channels_last_on_the_cpu_resume_equals_uninterrupted(
     plain = fit(tiny_run(out_folder=str(tmp_path / "c"), batch_size=100, epochs=2), data=cifar)
     assert plain["history"][0]["train_loss"] != reference["history"][0]["train_loss"]
     saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
-    assert saved["amp"] == "true" and saved["channels_last"] == "true"
+    assert saved["amp"] is True and saved["channels_last"] is True  # YAML bools, read back as "true"
+    assert read_saved_config(tmp_path / "b" / "config.yaml").amp == "true"
 
 
 def test_cpu_defaults_take_the_fp32_path(tiny_run, cifar, monkeypatch):
@@ -255,10 +256,43 @@ def test_checkpoint_every_two_epochs_resumes_exactly(tiny_run, cifar, tmp_path, 
     assert all(torch.equal(best["model"][k], reference_best["model"][k]) for k in best["model"])
 
 
+def test_interrupted_before_the_first_checkpoint_resume_starts_again(tiny_run, cifar, tmp_path, monkeypatch):
+    """checkpoint_every 3, Ctrl-C in epoch 2: one epoch record and no checkpoint. --resume starts the same
+    run again from epoch 1 (no refusal) and ends equal to an uninterrupted run; a changed config is still
+    refused, and the interrupt message says where a resume continues."""
+    from hiercls.train import _resume_point
+
+    reference = fit(tiny_run(epochs=3, out_folder=str(tmp_path / "a")), data=cifar)
+    config = tiny_run(epochs=3, checkpoint_every=3, out_folder=str(tmp_path / "b"))
+    _interrupt_in_epoch(monkeypatch, epoch_index=1, after_batches=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, data=cifar)
+    monkeypatch.undo()
+    out = Path(config.out_folder)
+    assert len(json.loads((out / "all_epoch_results.json").read_text())) == 1
+    assert not list((out / "checkpoints").glob("*.pth"))
+    assert _resume_point(config) == ("no epoch was checkpointed yet (checkpoint_every: 3), so --resume "
+                                     "starts at epoch 1")
+    with pytest.raises(ConfigError, match=r"differs in 1 key\(s\): lr: saved 0.05 vs now 0.01"):
+        fit(config.replace(lr=0.01), resume=True, data=cifar)
+    resumed = fit(config, resume=True, data=cifar)
+    assert without_timing(resumed["history"]) == without_timing(reference["history"])
+    assert _resume_point(config) == "all 3 epochs are checkpointed, so --resume only writes the final results"
+    assert _resume_point(config.replace(epochs=5, checkpoint_every=2)) == (
+        "checkpoints are written every 2 epochs, so --resume continues from epoch 3")
+    assert _resume_point(config.replace(epochs=5, checkpoint_every=1)) == (
+        "checkpoints are written every epoch, so --resume continues from epoch 4")
+
+
 def test_checkpoint_every_and_num_threads_may_change_on_resume(tiny_run, cifar):
     config = tiny_run(epochs=2, checkpoint_every=2)
     fit(config.replace(epochs=2), data=cifar)
     assert fit(config.replace(checkpoint_every=1, num_threads=1), resume=True, data=cifar)["status"] == "ok"
+    # amp is compared as what it means on the device: auto is off on the CPU, so "false" matches, "true" not
+    assert fit(config.replace(amp="false"), resume=True, data=cifar)["status"] == "ok"
+    with pytest.raises(ConfigError, match=r"amp: saved 'off' vs now 'on' \(amp compared as on/off on this "
+                                          r"device: --set amp=true or =false matches the saved run\)"):
+        fit(config.replace(amp="true"), resume=True, data=cifar)
 
 
 # ------------------------------------------------------------------------------------ compile

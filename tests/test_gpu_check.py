@@ -40,7 +40,26 @@ def test_gpu_check_quick_mode_on_the_cpu(tmp_path):
     assert bf16["evaluate_equal_with_outer_autocast"] and bf16["evaluate_logits_dtypes"] == ["torch.float32"]
     assert report["determinism"]["refused_ops"] == {}
     assert report["resume"]["deterministic_true"] == {"records_equal": True, "weights_equal": True}
+    assert all(t["measured"] is None and t["met"] is None for t in report["targets"].values())
     assert "report:" in proc.stdout and "plainnet eager b32.images_per_second" in proc.stdout
+
+
+def test_gpu_check_targets_are_read_from_the_report():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    report = {
+        "throughput": [{"architecture": "resnet18", "compiled": False, "batch": 512, "fraction_of_peak": 0.9},
+                       {"architecture": "resnet18", "compiled": True, "batch": 512, "fraction_of_peak": 0.3}],
+        "packing": {"architecture": "resnet18", "processes_1": {}, "processes_4": {}, "ratio": 1.75},
+    }
+    found = gpu_check.targets(report)
+    assert found["resnet18_compiled_b512_fraction_of_peak"]["measured"] == 0.3
+    assert found["resnet18_compiled_b512_fraction_of_peak"]["met"] is False
+    packing = found["packing_4_vs_1"]
+    assert (packing["measured"], packing["target"], packing["met"]) == (1.75, 1.6, True)
 
 
 def test_gpu_check_refuses_bad_arguments_with_status_2(tmp_path):
@@ -50,3 +69,13 @@ def test_gpu_check_refuses_bad_arguments_with_status_2(tmp_path):
     )
     assert proc.returncode == 2 and "--device 'tpu' is unknown" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_check_full_mode_without_cuda_is_refused(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--report", str(tmp_path / "r.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "the full check needs a CUDA device" in proc.stderr
+    assert "--quick --device cpu" in proc.stderr and not (tmp_path / "r.json").exists()
