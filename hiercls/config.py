@@ -182,12 +182,8 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def to_yaml(self) -> str:
-        """The config as YAML, keys in declaration order (a ``true``/``false`` switch as a YAML bool)."""
-        values = self.to_dict()
-        for field in dataclasses.fields(self):
-            if field.type in ("Switch", Switch) and values[field.name] in ("true", "false"):
-                values[field.name] = values[field.name] == "true"
-        return yaml.safe_dump(values, sort_keys=False)
+        """The config as YAML, keys in declaration order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ derived values
     def use_amp(self, device_type: str) -> bool:
