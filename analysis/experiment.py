@@ -459,7 +459,7 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         TrainConfig.from_dict(value)
     except ConfigError as err:
-        lines = [ln.strip() for ln in str(err).splitlines()[1:] if not ln.strip().startswith("valid keys")]
+        lines = [problem for problem in err.problems if not problem.startswith("valid keys")]
         return None, "invalid: " + "; ".join(lines or [str(err)])
     return value, None
 

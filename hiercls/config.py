@@ -24,14 +24,19 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """An invalid configuration: every problem found is listed in the message."""
+    """An invalid configuration: every problem found is listed in the message, and in ``problems``
+    (one string each, without the ``invalid config:`` heading)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
 
 
-def _invalid(problems: list[str]) -> str:
-    """One line for one problem, else one indented line per problem."""
+def invalid_config(problems: list[str]) -> ConfigError:
+    """The error listing ``problems``: one line for one problem, else one indented line per problem."""
     if len(problems) == 1:
-        return f"invalid config: {problems[0]}"
-    return "invalid config:\n  " + "\n  ".join(problems)
+        return ConfigError(f"invalid config: {problems[0]}", problems)
+    return ConfigError("invalid config:\n  " + "\n  ".join(problems), problems)
 
 
 # Keys passed to the loss / schedule factories when the chosen loss / schedule takes them.
@@ -160,7 +165,7 @@ class TrainConfig:
         problems = [f"unknown key {k!r}" for k in values if k not in valid]
         if problems:
             problems.append("valid keys: " + ", ".join(cls.field_names()))
-            raise ConfigError(_invalid(problems))
+            raise invalid_config(problems)
         merged = dataclasses.asdict(base or cls())
         merged.update(values)
         coerced, problems = {}, []
@@ -170,7 +175,7 @@ class TrainConfig:
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
         if problems:
-            raise ConfigError(_invalid(problems))
+            raise invalid_config(problems)
         return cls(**coerced)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -315,7 +320,7 @@ class TrainConfig:
             except ValueError as err:
                 problems.append(f"lr_schedule {self.lr_schedule!r}: {err}")
         if problems:
-            raise ConfigError(_invalid(problems))
+            raise invalid_config(problems)
 
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -592,7 +592,7 @@ class SearchSpec:
         try:
             TrainConfig.from_dict(train)
         except ConfigError as err:
-            problems += [f"train: {line.strip()}" for line in str(err).splitlines()[1:]]
+            problems += [f"train: {problem}" for problem in err.problems]
             train = {}
 
         params = self.params(problems)
@@ -747,9 +747,9 @@ class SearchSpec:
                 try:
                     TrainConfig.from_dict(values).validate()
                 except ConfigError as err:
-                    for line in str(err).splitlines()[1:]:
+                    for problem in err.problems:
                         where = f" ({label})" if label else ""
-                        problems.append(f"search{where}, {end} end of the ranges: {line.strip()}")
+                        problems.append(f"search{where}, {end} end of the ranges: {problem}")
         return problems
 
 
