@@ -61,6 +61,7 @@ from typing import Any
 
 import yaml
 
+from hiercls.tune.layout import SPEC_FILE, TRIAL_INDEX
 from hiercls.tune.state import UNFINISHED, newest_state_file, read_trial_states
 
 __all__ = [
@@ -75,14 +76,12 @@ __all__ = [
     "trial_objective",
 ]
 
-SPEC_FILE = "search_spec.yaml"
 ENGINE_FILE = "all_epoch_results.json"
 RAY_RESULT_FILE = "result.json"
 PARAMS_FILE = "params.json"
 CONFIG_FILE = "config.yaml"
 STATUSES = ("complete", "stopped early", "unfinished", "nan", "error")
 FINISHED = ("complete", "stopped early")
-TRIAL_INDEX = "trial_index"  # hiercls.tune.space.TRIAL_INDEX, kept in params.json by the searcher
 
 
 class AnalysisError(ValueError):
@@ -448,12 +447,14 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not a mapping of config keys"
     if list(value)[-1:] == ["amp"]:  # complete for the hiercls that wrote it (before the accelerated path)
         value = upgrade_saved_values(value)
-    fields = TrainConfig.field_names()
+    fields = TrainConfig.field_names()  # the fixed keys: every config.yaml has them
+    order = TrainConfig.valid_keys()  # how the engine writes them, with the registered parameters
     missing = [k for k in fields if k not in value]
     if missing:
-        present = [k for k in value if k in fields]
-        if present and present == fields[: len(present)]:
-            return None, f"torn: ends after key {present[-1]!r} ({len(present)} of {len(fields)} keys)"
+        present = [k for k in value if k in order]
+        in_order = present == [k for k in order if k in present]
+        if present and in_order and order.index(missing[0]) > order.index(present[-1]):
+            return None, f"torn: ends after key {present[-1]!r} ({len(present)} of {len(order)} keys)"
         return None, f"incomplete: {len(missing)} key(s) missing ({', '.join(missing[:5])}" + (
             ", ...)" if len(missing) > 5 else ")")
     try:
@@ -707,8 +708,8 @@ def rebuild_config(
     is left unset (the trial's folder is not known here). The caller must pass every searched value:
     a missing one would silently take the training default."""
     from hiercls.config import ConfigError, TrainConfig
+    from hiercls.tune.layout import trial_seed
     from hiercls.tune.spec import SearchSpec, SpecError
-    from hiercls.tune.trainable import trial_seed
 
     try:
         known = {k: v for k, v in spec.items() if k in SearchSpec.settings()}

@@ -41,7 +41,8 @@ import pandas as pd
 import yaml
 
 from analysis.experiment import AnalysisError, Experiment, load_experiment, run_cli
-from analysis.rank import METRIC_COLUMNS, SCOPES, build_table, pareto_front
+from analysis.pareto import pareto_front
+from analysis.rank import METRIC_COLUMNS, SCOPES, build_table
 
 __all__ = ["RANK_BY", "choose", "export", "exported_config", "main", "pareto_index"]
 

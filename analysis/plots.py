@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.experiment import Experiment, searched_params  # noqa: E402
-from analysis.rank import PARETO_PAIRS, pareto_front  # noqa: E402
+from analysis.pareto import PARETO_PAIRS, pareto_front  # noqa: E402
 
 __all__ = [
     "MIN_IMPORTANCE_TRIALS",
@@ -77,7 +77,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -> Path:
-    """Top-1 error against the second metric of ``pair`` (a :data:`analysis.rank.PARETO_PAIRS` key).
+    """Top-1 error against the second metric of ``pair`` (a :data:`analysis.pareto.PARETO_PAIRS` key).
 
     Every trial with finite values is drawn, coloured by loss family (hollow when not compared); the
     front of the compared trials is a step line; the best compared cross-entropy trial (lowest top-1

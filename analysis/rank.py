@@ -40,7 +40,9 @@ from analysis.experiment import (
     searched_params,
     trial_objective,
 )
-from hiercls.tune.runner import pareto_mask
+from analysis.pareto import PARETO_PAIRS, pareto_front
+from hiercls.registry import param_registries
+from hiercls.tune.layout import pareto_mask
 
 __all__ = [
     "METRICS",
@@ -64,10 +66,6 @@ METRICS = (
 )
 CRM_METRICS = tuple("val_crm/" + m.removeprefix("val_") for m in METRICS)
 METRIC_COLUMNS = METRICS + CRM_METRICS
-PARETO_PAIRS = {
-    "pareto_error_severity": ("val_top1_error", "val_mistake_severity"),
-    "pareto_error_hdist5": ("val_top1_error", "val_hdist@5"),
-}
 RANKS = {"rank_top1_error": "val_top1_error", "rank_mistake_severity": "val_mistake_severity"}
 DEFAULT_OUT = "analysis"  # inside the experiment folder
 PROBLEM_SEPARATOR = " | "  # between a trial's problems in the problems column
@@ -101,16 +99,8 @@ def select_record(
 def _taken_keys(name: str | None, kind: str) -> list[str]:
     """The config keys the loss (``kind="loss"``) or schedule (``kind="schedule"``) ``name`` takes, in
     the config's order; none for an unknown or missing name."""
-    from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
-    from hiercls.losses import loss_params
-    from hiercls.schedules import schedule_params
-
-    keys, params_of = (LOSS_KEYS, loss_params) if kind == "loss" else (SCHEDULE_KEYS, schedule_params)
-    try:
-        accepted = params_of(name) if name else {}
-    except ValueError:
-        accepted = {}
-    return [k for k in keys if k in accepted]
+    registry = param_registries()["loss" if kind == "loss" else "lr_schedule"]
+    return list(registry.params(name)) if name and name in registry else []
 
 
 def _param_keys(trial: Trial) -> tuple[list[str], list[str]]:
@@ -228,12 +218,6 @@ def build_table(
     keys = ["_unranked", "rank_top1_error", "rank_mistake_severity", "val_top1_error", "trial_id"]
     df = df.sort_values(keys, na_position="last", kind="stable").drop(columns="_unranked")
     return df.reset_index(drop=True)
-
-
-def pareto_front(table: pd.DataFrame, pair: str = "pareto_error_severity") -> pd.DataFrame:
-    """The rows on the front ``pair`` (a :data:`PARETO_PAIRS` key), sorted by top-1 error."""
-    x, y = PARETO_PAIRS[pair]
-    return table[table[pair]].sort_values([x, y, "trial_id"], kind="stable")
 
 
 # ---------------------------------------------------------------------------------------------- text output

@@ -1,25 +1,34 @@
 """The typed training configuration: defaults < YAML < command line, validated before any work.
 
 One frozen :class:`TrainConfig` flows from the entry point (``python -m hiercls.train``, a search
-trial, an exported config) inward. Loss and schedule parameters are flat keys with the original
-project's names (``alpha``, ``beta``, ``lambda_fine``, ``coarse_loss_start_epoch``, ``t0``, ...); a
-key left at None takes the chosen loss's or schedule's default, and :meth:`TrainConfig.resolved`
-fills those in, so the ``config.yaml`` written next to the results states every value used.
+trial, an exported config) inward. It has typed fixed fields plus the chosen loss's and schedule's
+parameters (``loss_params``, ``schedule_params``), checked against what their registry entries declare
+(:mod:`hiercls.registry`). In YAML, on the command line and in the written ``config.yaml`` those
+parameters are flat keys with the original project's names (``alpha``, ``beta``, ``lambda_fine``,
+``coarse_loss_start_epoch``, ``t0``, ...); a key not set takes the entry's default, and
+:meth:`TrainConfig.resolved` fills those in, so the ``config.yaml`` written next to the results states
+every value used.
+
+This module imports only the standard library, ``yaml`` and :mod:`hiercls.registry`; the registries load
+their entries on first use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, Param, param_registries
+
 __all__ = [
-    "ConfigError", "LOSS_KEYS", "RESUME_FREE_KEYS", "SCHEDULE_KEYS", "SWITCH_VALUES", "TrainConfig",
-    "load_config", "parse_overrides", "read_saved_config", "upgrade_saved_values",
+    "ConfigError", "RESUME_FREE_KEYS", "SWITCH_VALUES", "TrainConfig", "invalid_config", "load_config",
+    "param_keys",
+    "read_saved_config", "upgrade_saved_values",
 ]
 
 
@@ -39,17 +48,26 @@ def invalid_config(problems: list[str]) -> ConfigError:
     return ConfigError("invalid config:\n  " + "\n  ".join(problems), problems)
 
 
-# Keys passed to the loss / schedule factories when the chosen loss / schedule takes them.
-LOSS_KEYS = (
-    "alpha", "normalize", "beta", "lambda_fine", "lambda_coarse", "fine_loss_start_epoch",
-    "fine_loss_ramp_epochs", "coarse_loss_start_epoch", "coarse_loss_ramp_epochs", "coarse_level",
-)
-SCHEDULE_KEYS = (
-    "t0", "t_mult", "eta_min", "min_lr", "step_size", "milestones", "milestone_fractions", "gamma",
-    "warmup_fraction",
-)
+PARAM_FIELDS = {"loss": "loss_params", "lr_schedule": "schedule_params"}
+"""The config key naming a registry entry -> the field holding that entry's parameters."""
 
 
+def param_keys(kind: str) -> dict[str, Param]:
+    """Every parameter the entries of registry ``kind`` (``loss`` or ``lr_schedule``) declare: the flat
+    config keys of that kind, as :data:`hiercls.registry` holds them now."""
+    return param_registries()[kind].all_params()
+
+
+def _param_owner(key: str) -> str | None:
+    """``loss``/``lr_schedule`` when ``key`` is a parameter of such an entry, else None."""
+    for kind in PARAM_FIELDS:
+        if key in param_keys(kind):
+            return kind
+    return None
+
+
+Params = dict
+"""The set parameters of the chosen loss or schedule, by their flat config keys (values already typed)."""
 Switch = str
 """A config value ``auto`` (decided by the device: on for CUDA), ``true`` or ``false``; YAML booleans and
 ``on``/``off`` are read as ``true``/``false``."""
@@ -68,14 +86,14 @@ class TrainConfig:
     official training set, stratified; 0 = train on all 50,000, no validation), ``max_train_samples``
     (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels, 0 = off).
 
-    Model and loss: ``architecture`` (model registry name), ``loss`` (loss registry name) and its flat
-    parameters (:data:`LOSS_KEYS`).
+    Model and loss: ``architecture`` (model registry name), ``loss`` (loss registry name) and
+    ``loss_params`` (its parameters that are set: flat keys in YAML and ``config.yaml``).
 
     Optimisation: ``optimizer`` (``sgd`` = Nesterov SGD, ``adamw``), ``lr`` (base learning rate; the
     default 0.05 is the linear scaling rule 0.1 x batch_size / 256 of Goyal et al. (2017) at batch 128;
     the original project hard-coded 0.1, which leaves Plain-11 near chance for its first epochs),
-    ``momentum``, ``weight_decay``, ``amsgrad`` (adamw only), ``lr_schedule`` and its flat parameters
-    (:data:`SCHEDULE_KEYS`), ``epochs``, ``batch_size``, ``eval_batch_size``.
+    ``momentum``, ``weight_decay``, ``amsgrad`` (adamw only), ``lr_schedule`` and ``schedule_params``
+    (flat keys, as for the loss), ``epochs``, ``batch_size``, ``eval_batch_size``.
 
     Run: ``seed``, ``device`` (``auto`` = CUDA when available, else CPU), ``out_folder``,
     ``evaluate_test`` (score the official test set at the end; search trials turn it off),
@@ -105,16 +123,7 @@ class TrainConfig:
     # model and loss
     architecture: str = "plainnet"
     loss: str = "cross-entropy"
-    alpha: float | None = None
-    normalize: bool | None = None
-    beta: float | None = None
-    lambda_fine: float | None = None
-    lambda_coarse: float | None = None
-    fine_loss_start_epoch: float | None = None
-    fine_loss_ramp_epochs: float | None = None
-    coarse_loss_start_epoch: float | None = None
-    coarse_loss_ramp_epochs: float | None = None
-    coarse_level: int | None = None
+    loss_params: Params = dataclasses.field(default_factory=dict)
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -122,15 +131,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     amsgrad: bool = False
     lr_schedule: str = "cosine"
-    t0: float | None = None
-    t_mult: float | None = None
-    eta_min: float | None = None
-    min_lr: float | None = None
-    step_size: float | None = None
-    milestones: tuple[int, ...] | None = None
-    milestone_fractions: tuple[float, ...] | None = None
-    gamma: float | None = None
-    warmup_fraction: float | None = None
+    schedule_params: Params = dataclasses.field(default_factory=dict)
     epochs: int = 180
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -150,41 +151,90 @@ class TrainConfig:
     # ------------------------------------------------------------------ construction
     @classmethod
     def field_names(cls) -> list[str]:
-        """Every config key, in declaration order."""
-        return [f.name for f in dataclasses.fields(cls)]
+        """The fixed keys, in declaration order: those every ``config.yaml`` holds (the chosen loss's
+        and schedule's parameters come after ``loss`` and ``lr_schedule``)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in PARAM_FIELDS.values()]
+
+    @classmethod
+    def valid_keys(cls) -> list[str]:
+        """Every key a config may set: the fixed ones and each registered loss's and schedule's
+        parameters."""
+        out = []
+        for name in cls.field_names():
+            out.append(name)
+            if name in PARAM_FIELDS:
+                out += [k for k in param_keys(name) if k not in out]
+        return out
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
-        """A config from ``values`` laid over ``base`` (default: the defaults), type-checked.
+        """A config from flat ``values`` laid over ``base`` (default: the defaults), type-checked.
+
+        A loss or schedule parameter set to None is unset (it takes the entry's default).
 
         Raises:
             ConfigError: unknown keys (with the valid ones) or values of the wrong type, all listed.
         """
         values = {ALIASES.get(k, k): v for k, v in values.items()}
-        valid = set(cls.field_names())
-        problems = [f"unknown key {k!r}" for k in values if k not in valid]
+        fixed = cls.field_names()
+        problems = [f"unknown key {k!r}" for k in values if k not in fixed and _param_owner(k) is None]
         if problems:
-            problems.append("valid keys: " + ", ".join(cls.field_names()))
+            problems.append("valid keys: " + ", ".join(cls.valid_keys()))
             raise invalid_config(problems)
-        merged = dataclasses.asdict(base or cls())
-        merged.update(values)
-        coerced, problems = {}, []
-        for field in dataclasses.fields(cls):
+        base = base or cls()
+        coerced: dict[str, Any] = {}
+        for name in fixed:
+            value = values.get(name, getattr(base, name))
             try:
-                coerced[field.name] = _coerce(field.name, field.type, merged[field.name])
+                coerced[name] = _coerce(name, _FIELD_TYPES[name], value)
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
+        for kind, field in PARAM_FIELDS.items():
+            params = dict(getattr(base, field))
+            declared = param_keys(kind)
+            for key, value in values.items():
+                if key not in declared:
+                    continue
+                if value is None:
+                    params.pop(key, None)
+                    continue
+                try:
+                    params[key] = declared[key].convert(value)
+                except ValueError as err:
+                    problems.append(str(err))
+            coerced[field] = params
         if problems:
             raise invalid_config(problems)
         return cls(**coerced)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied (type-checked like :meth:`from_dict`)."""
+        """A copy with flat ``changes`` applied (type-checked like :meth:`from_dict`)."""
         return TrainConfig.from_dict(changes, base=self)
 
+    def __getattr__(self, name: str) -> Any:
+        # loss and schedule parameters read as attributes (config.alpha): the set value, else None
+        if name.startswith("_") or name in PARAM_FIELDS.values():
+            raise AttributeError(name)
+        for kind, field in PARAM_FIELDS.items():
+            params = self.__dict__.get(field, {})
+            if name in params:
+                return params[name]
+            if name in param_keys(kind):
+                return None
+        raise AttributeError(f"TrainConfig has no key {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-friendly values (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Flat, YAML/JSON-friendly values (tuples as lists), keys in :meth:`valid_keys` order: every
+        registered loss (schedule) parameter right after ``loss`` (``lr_schedule``), null where it is not
+        set, as the original project's config files have them."""
+        out: dict[str, Any] = {}
+        for name in self.field_names():
+            out[name] = _plain(getattr(self, name))
+            if name in PARAM_FIELDS:
+                params = getattr(self, PARAM_FIELDS[name])
+                out.update({k: _plain(params.get(k)) for k in param_keys(name)})
+                out.update({k: _plain(v) for k, v in params.items() if k not in out})
+        return out
 
     def to_yaml(self) -> str:
         """The config as YAML, keys in declaration order."""
@@ -200,81 +250,67 @@ class TrainConfig:
         return _switch(self.channels_last, device_type)
 
     def loss_kwargs(self) -> dict[str, Any]:
-        """The parameters of the chosen loss that are set (not None), by its factory's names."""
-        from hiercls.losses import loss_params
-
-        accepted = loss_params(self.loss)
-        return {k: getattr(self, k) for k in LOSS_KEYS if k in accepted and getattr(self, k) is not None}
+        """The parameters of the chosen loss that are set, by its factory's names."""
+        accepted = _accepted(LOSSES, self.loss)
+        return {k: v for k, v in self.loss_params.items() if k in accepted}
 
     def schedule_kwargs(self) -> dict[str, Any]:
-        """The parameters of the chosen schedule that are set (not None)."""
-        from hiercls.schedules import schedule_params
-
-        accepted = schedule_params(self.lr_schedule)
-        out = {k: getattr(self, k) for k in SCHEDULE_KEYS if k in accepted and getattr(self, k) is not None}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        """The parameters of the chosen schedule that are set (tuples as lists)."""
+        accepted = _accepted(SCHEDULES, self.lr_schedule)
+        return {k: _plain(v) for k, v in self.schedule_params.items() if k in accepted}
 
     def resolved(self) -> TrainConfig:
-        """This config with the chosen loss's and schedule's defaults filled in for unset keys.
-
-        Parameters that the chosen loss or schedule does not take stay as they are (None by default).
-        """
-        from hiercls.losses import loss_params
-        from hiercls.schedules import schedule_params
-
+        """This config with the chosen loss's and schedule's defaults filled in for unset keys (a
+        default of None, "derived by the entry", stays unset). Unknown names are left as they are."""
         changes: dict[str, Any] = {}
-        pairs = ((loss_params(self.loss), LOSS_KEYS), (schedule_params(self.lr_schedule), SCHEDULE_KEYS))
-        for params, keys in pairs:
-            for key in keys:
-                if key in params and getattr(self, key) is None and params[key] is not None:
-                    default = params[key]
-                    changes[key] = tuple(default) if isinstance(default, (list, tuple)) else default
-        return self.replace(**changes) if changes else self
+        for kind, field in PARAM_FIELDS.items():
+            registry, name = param_registries()[kind], getattr(self, kind)
+            if name not in registry:
+                continue
+            params = dict(getattr(self, field))
+            for key, default in registry.defaults(name).items():
+                if key not in params and default is not None:
+                    params[key] = default
+            changes[field] = params
+        return dataclasses.replace(self, **changes)
 
     def _inactive_parameters(self) -> list[str]:
         """Problems for loss / schedule parameters that are set but not taken by the chosen ones."""
-        from hiercls.losses import loss_params
-        from hiercls.schedules import schedule_params
-
         problems = []
-        for kind, name, accepted, keys in (
-            ("loss", self.loss, loss_params(self.loss), LOSS_KEYS),
-            ("lr_schedule", self.lr_schedule, schedule_params(self.lr_schedule), SCHEDULE_KEYS),
-        ):
-            for key in keys:
-                if getattr(self, key) is not None and key not in accepted:
-                    takes = ", ".join(k for k in keys if k in accepted) or "no parameters"
+        for kind, field in PARAM_FIELDS.items():
+            registry, name = param_registries()[kind], getattr(self, kind)
+            accepted = registry.params(name)
+            for key, value in getattr(self, field).items():
+                if key not in accepted:
+                    takes = ", ".join(accepted) or "no parameters"
                     problems.append(
-                        f"{key}={getattr(self, key)!r} is set, but {kind} {name!r} does not take it "
+                        f"{key}={value!r} is set, but {kind} {name!r} does not take it "
                         f"({name} takes: {takes}); choose the {kind} that uses it or unset it"
                     )
         return problems
 
     def validate(self) -> None:
-        """Check names and ranges before any work starts.
+        """Check names, types and ranges before any work starts (no hierarchy is loaded, nothing built).
+
+        Each loss and schedule parameter is checked against its registry declaration; what needs the
+        hierarchy or two values at once (``coarse_level`` within the tree's height, ``min_lr`` at most
+        ``lr``) is checked when the run is built (:func:`hiercls.build.check_config`).
 
         Raises:
             ConfigError: listing every problem: unknown registry names (with the valid ones), values
-                out of range (negative epochs, batch size 0, ...), an invalid hierarchy, parameters set
-                for a loss or schedule that is not the chosen one, and values the chosen loss or schedule
-                rejects.
+                out of range (negative epochs, batch size 0, ...), an unknown hierarchy, parameters set
+                for a loss or schedule that is not the chosen one, and parameter values out of their
+                declared range.
         """
-        from hiercls.hierarchy import BUILTIN_HIERARCHIES, load_cifar100_hierarchy
-        from hiercls.losses import LOSSES, build_loss
-        from hiercls.models import MODELS
-        from hiercls.schedules import SCHEDULES, learning_rate
-
         problems: list[str] = []
         for kind, registry, name in (
             ("architecture", MODELS, self.architecture),
             ("loss", LOSSES, self.loss),
             ("lr_schedule", SCHEDULES, self.lr_schedule),
+            ("optimizer", OPTIMIZERS, self.optimizer),
         ):
             if name not in registry:
                 problems.append(f"{kind} {name!r} is unknown; valid: {', '.join(registry.names())}")
-        if self.optimizer not in OPTIMIZERS:
-            valid = ", ".join(sorted(OPTIMIZERS))
-            problems.append(f"optimizer {self.optimizer!r} is unknown; valid: {valid}")
         checks = [
             ("epochs", self.epochs >= 1, "a positive integer"),
             ("batch_size", self.batch_size >= 1, "a positive integer"),
@@ -296,34 +332,35 @@ class TrainConfig:
                 problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
             problems.append(f"device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
-        hierarchy = None
-        if self.hierarchy in BUILTIN_HIERARCHIES or Path(self.hierarchy).is_file():
-            try:
-                hierarchy = load_cifar100_hierarchy(self.hierarchy)
-            except ValueError as err:
-                problems.append(f"hierarchy {self.hierarchy!r}: {err}")
-        else:
+        if self.hierarchy not in HIERARCHIES and not Path(self.hierarchy).is_file():
             problems.append(
-                f"hierarchy {self.hierarchy!r} is neither a built-in ({', '.join(BUILTIN_HIERARCHIES)}) "
+                f"hierarchy {self.hierarchy!r} is neither a built-in ({', '.join(HIERARCHIES.names())}) "
                 "nor an existing file"
             )
         if self.loss in LOSSES and self.lr_schedule in SCHEDULES:
             problems += self._inactive_parameters()
-        if not problems and hierarchy is not None:
-            try:  # the factories' own range checks, on the real hierarchy
-                build_loss(self.loss, hierarchy, **self.loss_kwargs())
-            except ValueError as err:
-                problems.append(f"loss {self.loss!r}: {err}")
-            try:
-                kwargs = self.schedule_kwargs()
-                learning_rate(self.lr_schedule, 0.0, base_lr=self.lr, epochs=self.epochs, **kwargs)
-            except ValueError as err:
-                problems.append(f"lr_schedule {self.lr_schedule!r}: {err}")
+            for kind, field in PARAM_FIELDS.items():
+                registry = param_registries()[kind]
+                declared = registry.params(getattr(self, kind))
+                for key, value in getattr(self, field).items():
+                    if key in declared:
+                        try:
+                            declared[key].check(value)
+                        except ValueError as err:
+                            problems.append(f"{kind} {registry.canonical(getattr(self, kind))!r}: {err}")
         if problems:
             raise invalid_config(problems)
 
 
-OPTIMIZERS = ("sgd", "adamw")
+def _accepted(registry, name: str) -> dict[str, Param]:
+    return registry.params(name) if name in registry else {}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 ALIASES = {"data_path": "data_dir"}  # the original project's spelling
 
 
@@ -369,22 +406,6 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         item_type = "int" if "int" in base else "float"
         return tuple(_coerce(name, item_type, v) for v in items)
     raise TypeError(f"{name}: unsupported field type {annotation}")
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` (from ``--set``) to a dict; values are parsed as YAML (``0.1``,
-    ``true``, ``[60, 120]``, ``null``).
-
-    Raises:
-        ConfigError: an item without ``=``.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(text) if text.strip() else None
-    return out
 
 
 ADDED_KEYS = ("channels_last", "deterministic", "compile", "checkpoint_every")

@@ -16,6 +16,7 @@ per-epoch reports, rewritten after every epoch), ``checkpoints/last.pth`` and ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hiercls.build import check_config
 from hiercls.config import RESUME_FREE_KEYS, ConfigError, TrainConfig, read_saved_config
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_cifar100_hierarchy
@@ -40,7 +42,7 @@ from hiercls.losses import build_loss
 from hiercls.metrics import MetricAccumulator
 from hiercls.models import build_model
 from hiercls.numerics import deterministic_mode, ieee_fp32
-from hiercls.registry import Registry
+from hiercls.optim import OPTIMIZERS, build_optimizer
 from hiercls.schedules import build_schedule
 from hiercls.storage import (
     StorageError,
@@ -80,35 +82,12 @@ TEST_KS = (1, 5, 10, 20, 100)  # the original project's topK_to_consider
 RESULT_FILES = ("all_epoch_results.json", "final_test_results.json", "final_model.pth")
 NAN_CHECK_EVERY = 50  # optimiser steps between host-side finiteness checks of the running loss
 
-OPTIMIZERS: Registry = Registry("optimizer")
-
-
 class RunExistsError(FileExistsError):
     """The output folder already holds results; pass resume or overwrite."""
 
 
 class DataError(ValueError):
     """CIFAR-100 could not be loaded (missing folder, failed download, unreadable image)."""
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(params, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (``config.momentum``, default 0.9) and L2 weight decay."""
-    return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
-        weight_decay=config.weight_decay,
-    )
-
-
-@OPTIMIZERS.register("adamw")
-def _adamw(params, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter, ICLR 2019) with decoupled weight decay; ``config.amsgrad`` switch."""
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser ``config.optimizer`` over ``model``'s parameters (ValueError lists valid names)."""
-    return OPTIMIZERS.get(config.optimizer)(model.parameters(), config)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -363,7 +342,9 @@ class _Run:
     dropped once the splits are on the device (only the loaders keep the images).
     """
 
-    def __init__(self, config: TrainConfig, data: Cifar100 | None) -> None:
+    def __init__(
+        self, config: TrainConfig, data: Cifar100 | None, hierarchy: Hierarchy | None = None
+    ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         self.cuda = self.device.type == "cuda"
@@ -371,7 +352,7 @@ class _Run:
         self.channels_last = config.use_channels_last(self.device.type)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.hierarchy = load_cifar100_hierarchy(config.hierarchy)
+        self.hierarchy = hierarchy if hierarchy is not None else load_cifar100_hierarchy(config.hierarchy)
         if data is None:
             try:
                 data = load_cifar100(config.data_dir, download=config.download)
@@ -757,10 +738,10 @@ def fit(
         StorageError: the output folder is not writable (checked before training), or a write failed
             during the run (the last completed epoch's checkpoint stays intact: free space and resume).
     """
-    config.validate()
+    hierarchy = check_config(config)
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
-    config = config.replace(out_folder=str(out))
+    config = dataclasses.replace(config, out_folder=str(out))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     state = _prepare_output(
         config, out, ckpt_dir, resume=resume, overwrite=overwrite, from_best=resume_from_best
@@ -770,7 +751,7 @@ def fit(
     data_box = [data]
     del data  # the run owns the decoded set from here (and drops it once on a device)
     with deterministic_mode(config.deterministic, resolve_device(config.device)):
-        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, data_box)
+        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, data_box, hierarchy)
 
 
 def _fit(
@@ -782,10 +763,11 @@ def _fit(
     resume_from_best: bool,
     progress: bool | None,
     data_box: list[Cifar100 | None],
+    hierarchy: Hierarchy,
 ) -> dict[str, Any]:
     """:func:`fit` after its checks, inside the run's numerics settings. ``data_box`` holds the decoded
     data set and is emptied once the run has built its loaders, so a device run keeps no host copy."""
-    run = _Run(config, data_box.pop())  # data, model, loss: fails here, before any result is written
+    run = _Run(config, data_box.pop(), hierarchy)  # data, model, loss: fails before any result is written
     atomic_write_text(out / "config.yaml", config.to_yaml())
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "val_top1_error": math.inf}

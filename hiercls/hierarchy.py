@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from hiercls.registry import HIERARCHIES
+
 __all__ = [
     "BUILTIN_HIERARCHIES",
     "CIFAR100_CLASSES",
@@ -450,6 +452,21 @@ def _builtin(name: str) -> Hierarchy:
     edges = _parse_edges(_package_text(f"{name}.txt"), name)
     group_ids = {n: k for k, n in enumerate(CIFAR100_SUPERCLASSES)}
     return Hierarchy(edges, CIFAR100_CLASSES, name=name, group_ids=group_ids)
+
+
+def _register_builtins() -> None:
+    def factory(name: str):
+        def make() -> Hierarchy:
+            return _builtin(name)
+
+        make.__doc__ = f"The built-in {name} hierarchy over CIFAR-100's classes."
+        return make
+
+    for builtin in BUILTIN_HIERARCHIES:
+        HIERARCHIES.register(builtin)(factory(builtin))
+
+
+_register_builtins()
 
 
 def load_hierarchy(

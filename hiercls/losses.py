@@ -33,8 +33,6 @@ with Deep Networks", CVPR 2020.
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Any
 
 import torch
@@ -42,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hiercls.hierarchy import CIFAR100_CLASSES, cifar100_superclass_labels
-from hiercls.registry import Registry
+from hiercls.registry import LOSSES, Param
 
 __all__ = [
     "LOSSES",
@@ -59,24 +57,11 @@ __all__ = [
     "soft_label_targets",
 ]
 
-LOSSES: Registry = Registry("loss")
-"""Loss classes, called as ``cls(hierarchy, **params)``; use :func:`build_loss`."""
 
 
 # --------------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------------
-
-
-def _number(name: str, value: Any, *, low: float, low_open: bool = False) -> float:
-    """``value`` as a finite float ``>= low`` (``> low`` if ``low_open``), else ValueError with the range."""
-    valid = f"{'(' if low_open else '['}{low}, inf)"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}={value!r} is not a number; valid range {valid}")
-    v = float(value)
-    if not math.isfinite(v) or (v <= low if low_open else v < low):
-        raise ValueError(f"{name}={value!r} is out of range; valid range {valid}")
-    return v
 
 
 def _compute_dtype(logits: torch.Tensor) -> torch.Tensor:
@@ -123,6 +108,10 @@ def ramp_weight(epoch: float, start: float, ramp: float) -> float:
     return (epoch - start) / ramp
 
 
+_EPOCH = Param("epoch", "float", 0.0, "fractional epoch (completed optimiser steps / steps per epoch)",
+               low=0.0, unit="epochs")
+
+
 class HierarchyLoss(nn.Module):
     """Base class: holds the fractional epoch and checks input shapes.
 
@@ -141,7 +130,7 @@ class HierarchyLoss(nn.Module):
         Raises:
             ValueError: a non-finite or negative epoch.
         """
-        self.epoch = _number("epoch", epoch, low=0.0)
+        self.epoch = _EPOCH.check(epoch)
 
     def _check(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         if logits.dim() != 2:
@@ -205,7 +194,12 @@ def hxe_edge_weights(hierarchy, alpha: float, normalize: bool = False) -> torch.
     return w
 
 
-@LOSSES.register("hierarchical-cross-entropy")
+@LOSSES.register("hierarchical-cross-entropy", params=(
+    Param("alpha", "float", 0.1, "edge weights exp(-alpha * depth), larger = coarser", low=0.0,
+          source="the original project's --alpha default"),
+    Param("normalize", "bool", False, "divide the edge weights by their sum, as the reference code does",
+          source="Bertinetto et al.'s paper (unnormalised, eq. 4)"),
+))
 class HierarchicalCrossEntropyLoss(HierarchyLoss):
     """Hierarchical cross-entropy (HXE), Bertinetto et al., "Making Better Mistakes", CVPR 2020, eq. 4.
 
@@ -238,12 +232,10 @@ class HierarchicalCrossEntropyLoss(HierarchyLoss):
         ValueError: ``alpha < 0`` or not finite, ``normalize`` not a bool; bad input shapes in forward.
     """
 
-    def __init__(self, hierarchy, *, alpha: float = 0.1, normalize: bool = False) -> None:
+    def __init__(self, hierarchy, *, alpha: float, normalize: bool) -> None:
         super().__init__(hierarchy.num_classes)
-        self.alpha = _number("alpha", alpha, low=0.0)
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize={normalize!r} is invalid; valid: True or False")
-        self.normalize = normalize
+        self.alpha = float(alpha)
+        self.normalize = bool(normalize)
 
         c = hierarchy.num_classes
         parent = hierarchy.parent_index.tolist()
@@ -304,6 +296,10 @@ class HierarchicalCrossEntropyLoss(HierarchyLoss):
 # --------------------------------------------------------------------------------------------------------
 
 
+_BETA = Param("beta", "float", 10.0, "target sharpness exp(-beta * d / d_max)", low=0.0, low_open=True,
+              source="inside the range Bertinetto et al. swept (4..30); the original project's 0 is invalid")
+
+
 def soft_label_targets(hierarchy, beta: float) -> torch.Tensor:
     """Soft-label target distributions, Bertinetto et al. (CVPR 2020) eq. 5.
 
@@ -321,13 +317,13 @@ def soft_label_targets(hierarchy, beta: float) -> torch.Tensor:
     Raises:
         ValueError: ``beta <= 0`` or not finite.
     """
-    beta = _number("beta", beta, low=0.0, low_open=True)
+    beta = _BETA.check(beta)
     d = hierarchy.distances.to(torch.float64)
     d_max = max(int(hierarchy.max_distance), 1)
     return torch.softmax(-beta * d / d_max, dim=1)
 
 
-@LOSSES.register("soft-labels")
+@LOSSES.register("soft-labels", params=(_BETA,))
 class SoftLabelsLoss(HierarchyLoss):
     """Soft-label loss, Bertinetto et al., "Making Better Mistakes", CVPR 2020, eq. 5.
 
@@ -350,9 +346,9 @@ class SoftLabelsLoss(HierarchyLoss):
         ValueError: ``beta <= 0`` or not finite; bad input shapes in forward.
     """
 
-    def __init__(self, hierarchy, *, beta: float = 10.0) -> None:
+    def __init__(self, hierarchy, *, beta: float) -> None:
         super().__init__(hierarchy.num_classes)
-        self.beta = _number("beta", beta, low=0.0, low_open=True)
+        self.beta = float(beta)
         self.register_buffer("soft_targets", soft_label_targets(hierarchy, self.beta), persistent=False)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -379,7 +375,26 @@ class SoftLabelsLoss(HierarchyLoss):
 # --------------------------------------------------------------------------------------------------------
 
 
-@LOSSES.register("simple-hierarchy")
+_ORIGINAL = "the original project's default"
+
+
+@LOSSES.register("simple-hierarchy", params=(
+    Param("lambda_fine", "float", 1.0, "weight of the fine cross-entropy", low=0.0, source=_ORIGINAL,
+          term="fine", role="weight"),
+    Param("lambda_coarse", "float", 1.0, "weight of the coarse cross-entropy", low=0.0, source=_ORIGINAL,
+          term="coarse", role="weight"),
+    Param("fine_loss_start_epoch", "float", 0.0, "epoch the fine term starts", low=0.0, unit="epochs",
+          source=_ORIGINAL, term="fine", role="start"),
+    Param("fine_loss_ramp_epochs", "float", 0.0, "epochs of the fine term's linear ramp", low=0.0,
+          unit="epochs", source=_ORIGINAL, term="fine"),
+    Param("coarse_loss_start_epoch", "float", 0.0, "epoch the coarse term starts", low=0.0, unit="epochs",
+          source=_ORIGINAL, term="coarse", role="start"),
+    Param("coarse_loss_ramp_epochs", "float", 0.0, "epochs of the coarse term's linear ramp", low=0.0,
+          unit="epochs", source=_ORIGINAL, term="coarse"),
+    Param("coarse_level", "int", None,
+          "depth of the coarse groups, 1..the tree's height; unset: the 20 official superclasses",
+          nullable=True, source="CIFAR-100's 20 official superclasses"),
+))
 class SimpleHierarchyLoss(HierarchyLoss):
     """The original project's combined fine + coarse cross-entropy, with epoch-dependent ramps.
 
@@ -413,21 +428,20 @@ class SimpleHierarchyLoss(HierarchyLoss):
         self,
         hierarchy,
         *,
-        lambda_fine: float = 1.0,
-        lambda_coarse: float = 1.0,
-        fine_loss_start_epoch: float = 0.0,
-        fine_loss_ramp_epochs: float = 0.0,
-        coarse_loss_start_epoch: float = 0.0,
-        coarse_loss_ramp_epochs: float = 0.0,
-        coarse_level: int | None = None,
+        lambda_fine: float,
+        lambda_coarse: float,
+        fine_loss_start_epoch: float,
+        fine_loss_ramp_epochs: float,
+        coarse_loss_start_epoch: float,
+        coarse_loss_ramp_epochs: float,
+        coarse_level: int | None,
     ) -> None:
         super().__init__(hierarchy.num_classes)
-        self.lambda_fine = _number("lambda_fine", lambda_fine, low=0.0)
-        self.lambda_coarse = _number("lambda_coarse", lambda_coarse, low=0.0)
-        self.fine_loss_start_epoch = _number("fine_loss_start_epoch", fine_loss_start_epoch, low=0.0)
-        self.fine_loss_ramp_epochs = _number("fine_loss_ramp_epochs", fine_loss_ramp_epochs, low=0.0)
-        self.coarse_loss_start_epoch = _number("coarse_loss_start_epoch", coarse_loss_start_epoch, low=0.0)
-        self.coarse_loss_ramp_epochs = _number("coarse_loss_ramp_epochs", coarse_loss_ramp_epochs, low=0.0)
+        self.lambda_fine, self.lambda_coarse = float(lambda_fine), float(lambda_coarse)
+        self.fine_loss_start_epoch = float(fine_loss_start_epoch)
+        self.fine_loss_ramp_epochs = float(fine_loss_ramp_epochs)
+        self.coarse_loss_start_epoch = float(coarse_loss_start_epoch)
+        self.coarse_loss_ramp_epochs = float(coarse_loss_ramp_epochs)
         height = getattr(hierarchy, "tree_height", None)
         valid = f"1..{height}" if height is not None else "1..tree height"
         if coarse_level is None:
@@ -496,14 +510,12 @@ class SimpleHierarchyLoss(HierarchyLoss):
 
 
 def loss_params(name: str) -> dict[str, Any]:
-    """The parameters of loss ``name`` and their defaults (``hierarchy`` excluded).
+    """The parameters of loss ``name`` and their defaults (its registry declaration).
 
     Raises:
         ValueError: unknown loss name (the message lists the valid ones).
     """
-    cls = LOSSES.get(name)
-    sig = inspect.signature(cls.__init__)
-    return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "hierarchy")}
+    return LOSSES.defaults(name)
 
 
 def build_loss(name: str, hierarchy, **params: Any) -> nn.Module:
@@ -523,14 +535,7 @@ def build_loss(name: str, hierarchy, **params: Any) -> nn.Module:
         ValueError: unknown loss name (lists the valid ones), unknown parameter (names it and the valid
             ones), or an out-of-range value (names it and the valid range).
     """
-    cls = LOSSES.get(name)
-    valid = loss_params(name)
-    for key in params:
-        if key not in valid:
-            listed = ", ".join(sorted(valid)) or "none"
-            raise ValueError(
-                f"unknown parameter {key!r} for loss {LOSSES.canonical(name)!r}; valid: {listed}"
-            )
+    full = LOSSES.check(name, params)
     if hierarchy is None and LOSSES.canonical(name) != "cross-entropy":
         raise ValueError(f"loss {LOSSES.canonical(name)!r} needs a hierarchy")
-    return cls(hierarchy, **params)
+    return LOSSES.get(name)(hierarchy, **full)

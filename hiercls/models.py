@@ -7,20 +7,15 @@ Registered names: ``plainnet`` (Plain-11), ``resnet18`` (alias ``ResNet18``), ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
-from hiercls.registry import Registry
+from hiercls.registry import MODELS
 
 __all__ = [
     "MODELS", "GlobalAvgPool", "PlainNet11", "PreActWideResNet", "ResNetCifar", "build_model",
     "count_parameters",
 ]
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-
 
 def build_model(name: str, num_classes: int = 100) -> nn.Module:
     """Build the registered model ``name`` (or an alias) with ``num_classes`` outputs.

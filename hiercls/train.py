@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiercls.config import ConfigError, TrainConfig, load_config, parse_overrides
+from hiercls.cli import parse_overrides
+from hiercls.config import ConfigError, TrainConfig, load_config
 from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NAN, EXIT_OK, EXIT_WRITE
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -41,25 +42,16 @@ __all__ = ["build_parser", "config_from_args", "main"]
 # (config key, extra spellings, type, help). Every key also accepts its hyphenated spelling.
 _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("data_dir", ("--data_path",), str, "CIFAR-100 folder (torchvision or ImageFolder layout)"),
-    ("hierarchy", (), str, "built-in hierarchy (cifar100-l5, cifar100-coarse, cifar100-wordnet) or file"),
+    ("hierarchy", (), str, "a built-in hierarchy ({hierarchy}) or a file"),
     ("val_size", (), int, "validation images held out of the training set (0: none)"),
     ("max_train_samples", (), int, "stratified subset of the training split, for quick runs"),
     ("cutout", (), int, "Cutout square side in pixels (0: off)"),
-    ("architecture", (), str, "plainnet, resnet18 (ResNet18), wrn28-10"),
-    ("loss", (), str, "cross-entropy, hierarchical-cross-entropy, soft-labels, simple-hierarchy"),
-    ("alpha", (), float, "hierarchical-cross-entropy: edge weights exp(-alpha * depth), larger = coarser"),
-    ("beta", (), float, "soft-labels: target sharpness exp(-beta * d / d_max)"),
-    ("lambda_fine", (), float, "simple-hierarchy: weight of the fine cross-entropy"),
-    ("lambda_coarse", (), float, "simple-hierarchy: weight of the coarse cross-entropy"),
-    ("fine_loss_start_epoch", (), float, "simple-hierarchy: epoch the fine term starts"),
-    ("fine_loss_ramp_epochs", (), float, "simple-hierarchy: epochs of the fine term's linear ramp"),
-    ("coarse_loss_start_epoch", (), float, "simple-hierarchy: epoch the coarse term starts"),
-    ("coarse_loss_ramp_epochs", (), float, "simple-hierarchy: epochs of the coarse term's linear ramp"),
-    ("coarse_level", (), int, "simple-hierarchy: depth of the coarse groups (default: 20 superclasses)"),
-    ("optimizer", (), str, "sgd (Nesterov) or adamw"),
+    ("architecture", (), str, "one of {model}"),
+    ("loss", (), str, "one of {loss}"),
+    ("optimizer", (), str, "one of {optimizer} (sgd: Nesterov momentum)"),
     ("lr", (), float, "base learning rate"),
     ("weight_decay", (), float, "weight decay"),
-    ("lr_schedule", (), str, "cosine (SGDR), cyclic, cutout (multi-step), constant, onecycle"),
+    ("lr_schedule", (), str, "one of {schedule} (cosine: SGDR; cutout: multi-step)"),
     ("epochs", (), int, "training epochs"),
     ("batch_size", (), int, "training batch size"),
     ("seed", (), int, "seed of the split, initialisation and augmentation"),
@@ -73,19 +65,61 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
 ]
 
 
-def _default_text(key: str) -> str:
-    """The default shown in --help: the config's, or for loss/schedule parameters their factory's."""
-    from hiercls.losses import LOSSES, loss_params
-    from hiercls.schedules import SCHEDULES, schedule_params
+def _param_flags(kind: str) -> list[tuple[str, tuple[str, ...], Any, str]]:
+    """The flags of every parameter the entries of ``kind`` (``loss``, ``lr_schedule``) declare, made
+    from the declarations: ``--alpha`` and, for names with underscores, the hyphenated spelling."""
+    from hiercls.config import param_keys
+    from hiercls.registry import param_registries
 
-    value = getattr(TrainConfig(), key)
-    if value is not None:
-        return str(value)
-    for registry, params in ((LOSSES, loss_params), (SCHEDULES, schedule_params)):
-        for name in registry.names():
-            if key in params(name) and params(name)[key] is not None:
-                return f"{params(name)[key]} for {name}"
-    return "none"
+    registry = param_registries()[kind]
+    flags = []
+    for key, param in param_keys(kind).items():
+        owners = registry.owners(key)
+        defaults = sorted({_shown(registry.defaults(o)[key]) for o in owners})
+        default = defaults[0] if len(defaults) == 1 else " / ".join(
+            f"{_shown(registry.defaults(o)[key])} for {o}" for o in owners)
+        unit = f", {param.unit}" if param.unit else ""
+        text = f"{', '.join(owners)}: {param.help} ({param.valid_text()}{unit}; default: {default})"
+        flags.append((key, (), _FLAG_TYPES[param.kind], text))
+    return flags
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "derived"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _switch_value(text: str) -> bool | str:
+    """``true``/``false`` (also yes/no, on/off, 1/0) for a bool parameter; other text is left for the
+    config check to refuse with the valid values."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    return text
+
+
+_FLAG_TYPES = {"float": float, "int": int, "bool": _switch_value, "ints": str, "floats": str}
+
+
+def _flags() -> list[tuple[str, tuple[str, ...], Any, str]]:
+    """The fixed flags with each loss's (schedule's) parameter flags after ``--loss`` (``--lr_schedule``)."""
+    from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+
+    names = {r.kind: ", ".join(r.names()) for r in (HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES)}
+    out = []
+    for key, extra, kind, text in _FLAGS:
+        flag = (key, extra, kind, text.format(**names))
+        out.append(flag)
+        if flag[0] in ("loss", "lr_schedule"):
+            out += _param_flags(flag[0])
+    return out
+
+
+def _default_text(key: str) -> str:
+    return str(getattr(TrainConfig(), key))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file of config keys (e.g. an earlier run's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set t0=10 --set milestones=[60,120,160]")
-    for key, extra, kind, text in _FLAGS:
-        text = f"{text} (default: {_default_text(key)})"
+    for key, extra, kind, text in _flags():
+        if "default:" not in text:
+            text = f"{text} (default: {_default_text(key)})"
         spellings = [f"--{key}", *extra]
         if "_" in key:
             spellings.append(f"--{key.replace('_', '-')}")

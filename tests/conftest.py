@@ -37,6 +37,18 @@ def _find_real_cifar() -> Path:
     )
 
 
+REAL_DATA_FIXTURES = {"cifar_dir", "cifar", "tiny_run", "smoke_search"}
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    """Every test that reads the real data (through one of :data:`REAL_DATA_FIXTURES`, directly or through
+    another fixture) is marked ``realdata``, so the fast lane (``-m "not slow and not realdata"``) never
+    reads it."""
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
+
+
 @pytest.fixture(scope="session")
 def shared_reference() -> Path:
     """../shared/reference: the CIFAR-100 class table and hierarchies the built-ins were encoded from."""

@@ -655,6 +655,7 @@ def test_export_seeds_and_retrain_full(synth, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- plots
+@pytest.mark.slow
 def test_plots_are_written_and_open(tmp_path, capsys):
     import random
 

@@ -234,6 +234,7 @@ def test_pickle_needs_explicit_trust(tmp_path: Path, tiny: Hierarchy) -> None:
     assert torch.equal(h.distances, tiny.distances)
 
 
+@pytest.mark.slow
 def test_show_cli() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "hiercls.hierarchy", "show", "cifar100-l5"],

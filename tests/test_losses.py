@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from hiercls.hierarchy import BUILTIN_HIERARCHIES, Hierarchy, cifar100_superclass_labels, load_hierarchy
 from hiercls.losses import (
     LOSSES,
-    HierarchicalCrossEntropyLoss,
     build_loss,
     cross_entropy,
     hxe_edge_weights,
@@ -234,8 +233,8 @@ def test_hxe_weights_follow_reference_convention(tiny):
     wn = hxe_edge_weights(tiny, 0.5, normalize=True)
     assert wn.sum().item() == pytest.approx(1.0)
     # larger alpha puts relatively more weight on the coarse (top) edges
-    loss_lo = HierarchicalCrossEntropyLoss(tiny, alpha=0.1)
-    loss_hi = HierarchicalCrossEntropyLoss(tiny, alpha=2.0)
+    loss_lo = build_loss("hierarchical-cross-entropy", tiny, alpha=0.1)
+    loss_hi = build_loss("hierarchical-cross-entropy", tiny, alpha=2.0)
     ratio = lambda m: (m.path_weights[0, 1] / m.path_weights[0, 0]).item()  # noqa: E731  A edge / a1 edge
     assert ratio(loss_hi) > ratio(loss_lo) > 1.0
 

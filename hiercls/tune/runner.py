@@ -41,11 +41,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from hiercls.config import param_keys
 from hiercls.storage import StorageError
-from hiercls.tune.space import TRIAL_INDEX
+from hiercls.tune.layout import SPEC_FILE, SUMMARY_FILE, TRIAL_INDEX, pareto_mask
 from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
 from hiercls.tune.state import UNFINISHED, read_trial_states
 
@@ -65,9 +65,7 @@ __all__ = [
     "summarize",
 ]
 
-SPEC_FILE = "search_spec.yaml"
 TRAINABLE_KEY = "trainable"  # also saved in SPEC_FILE: a resume reuses the experiment's trainable
-SUMMARY_FILE = "summary.csv"
 MULTI_METRICS = ("val_top1_error", "val_mistake_severity")
 
 
@@ -711,22 +709,6 @@ def _best(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return dict(min(usable, key=_rank_key)) if usable else None
 
 
-def pareto_mask(points: Any) -> np.ndarray:
-    """Which rows of ``points`` (n x 2 numbers, lower is better on both) are Pareto-optimal: bool [n].
-
-    A point is dominated when another is <= on both coordinates and < on at least one; equal points
-    are all kept. Rows with a NaN (or infinite) coordinate are never on the front and dominate nothing.
-    """
-    pts = np.asarray(points, dtype=float).reshape(-1, 2)
-    ok = np.isfinite(pts).all(axis=1)
-    mask = np.zeros(len(pts), dtype=bool)
-    for i in np.flatnonzero(ok):
-        others = pts[ok]
-        dominated = np.any(np.all(others <= pts[i], axis=1) & np.any(others < pts[i], axis=1))
-        mask[i] = not dominated
-    return mask
-
-
 def _pareto(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     pts = [r for r in rows if r["status"] == "ok"]
     on_front = pareto_mask([[r[m] for m in MULTI_METRICS] for r in pts])
@@ -748,8 +730,7 @@ def _param_text(row: Mapping[str, Any], keys: Sequence[str]) -> str:
 def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
     """The best trials as text lines (loss and its parameters, schedule and its parameters, lr, weight
     decay, val error, mistake severity, objective, epochs run, status), then where results live."""
-    from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS
-
+    loss_keys, schedule_keys = list(param_keys("loss")), list(param_keys("lr_schedule"))
     shown = outcome.pareto if spec.multi_objective else outcome.rows[: spec.top]
     title = "Pareto front (val_top1_error vs val_mistake_severity)" if spec.multi_objective else (
         f"best {len(shown)} of {outcome.num_trials} trials by {spec.objective} (lower is better; trials "
@@ -759,8 +740,8 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
               "objective", "epochs", "status"]
     body = []
     for i, row in enumerate(shown, start=1):
-        loss_text = row["loss"] + (f" ({p})" if (p := _param_text(row, LOSS_KEYS)) else "")
-        sched_text = row["lr_schedule"] + (f" ({p})" if (p := _param_text(row, SCHEDULE_KEYS)) else "")
+        loss_text = row["loss"] + (f" ({p})" if (p := _param_text(row, loss_keys)) else "")
+        sched_text = row["lr_schedule"] + (f" ({p})" if (p := _param_text(row, schedule_keys)) else "")
         status = row["status"] + (" (ASHA stop)" if row["stopped_early"] else "")
         body.append([
             str(i), row["trial_id"], loss_text, sched_text, _short(row["params"].get("lr", "")),

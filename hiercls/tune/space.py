@@ -15,12 +15,11 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from hiercls.tune.layout import TRIAL_INDEX
 from hiercls.tune.spec import Param
 
 __all__ = ["TRIAL_INDEX", "DefineByRun", "SearchAlgorithm", "draw"]
 
-TRIAL_INDEX = "trial_index"
-"""Config key carrying the trial's position in the search (seeds the trial; not a training key)."""
 
 log = logging.getLogger("hiercls.tune")
 

@@ -32,6 +32,7 @@ starts: see :meth:`SearchSpec.problems`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import itertools
 import math
 import re
@@ -42,10 +43,13 @@ from typing import Any
 
 import yaml
 
-from hiercls.config import LOSS_KEYS, SCHEDULE_KEYS, ConfigError, TrainConfig, _coerce
+from hiercls.config import ConfigError, TrainConfig, _coerce, param_keys
+from hiercls.registry import LOSSES, MODELS, param_registries
 
 __all__ = [
     "DEFAULT_SPACE",
+    "resolve_space",
+    "shipped_spaces",
     "MAX_SAMPLES",
     "SMOKE_SPACE",
     "Param",
@@ -58,8 +62,42 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
-SMOKE_SPACE = ROOT / "search_spaces" / "smoke.yaml"
+
+
+def _spaces_dir() -> Path:
+    """The shipped search spaces: the top-level ``search_spaces/`` folder, installed as the package data
+    ``hiercls.search_spaces`` (the source tree's folder when hiercls runs from a checkout)."""
+    try:
+        return Path(str(importlib.resources.files("hiercls.search_spaces")))
+    except ModuleNotFoundError:
+        return ROOT / "search_spaces"
+
+
+def shipped_spaces() -> list[str]:
+    """The names of the shipped search spaces (``default``, ``smoke``, ``hxe``...), sorted."""
+    return sorted(p.stem for p in _spaces_dir().glob("*.yaml"))
+
+
+def resolve_space(name_or_path: str | Path) -> Path:
+    """The search-space file ``name_or_path`` names: an existing path as given (it always wins), else a
+    shipped space by name (``smoke`` or ``smoke.yaml``), from any working directory.
+
+    Raises:
+        SpecError: neither an existing file nor a shipped name (the message lists the shipped ones).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        shipped = _spaces_dir() / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    raise SpecError([f"search space file {str(name_or_path)!r} does not exist (and is not a shipped space: "
+                     f"{', '.join(shipped_spaces())})"])
+
+
+DEFAULT_SPACE = _spaces_dir() / "default.yaml"
+SMOKE_SPACE = _spaces_dir() / "smoke.yaml"
 
 DIST_TYPES = ("uniform", "loguniform", "int", "choice")
 DIST_KEYS = {
@@ -70,7 +108,6 @@ DIST_KEYS = {
 }
 MAX_SAMPLES = 10_000
 """``num_samples`` above this is refused unless ``allow_large_search`` (``--allow-large-search``)."""
-START_KEYS = ("fine_loss_start_epoch", "coarse_loss_start_epoch")
 # keys a trial sets itself: searching or fixing them in the space makes no sense
 TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_threads", "download")
 MISTAKE_SEVERITY_WARNING = (
@@ -240,7 +277,7 @@ def parse_params(raw: Any, where: str, problems: list[str], *, epochs: int | Non
         problems.append(f"{where} must be a mapping of config keys to distributions, got {raw!r}")
         return {}
     out: dict[str, Param] = {}
-    valid = set(TrainConfig.field_names())
+    valid = set(TrainConfig.valid_keys())
     for name, body in raw.items():
         path = f"{where}.{name}"
         if name not in valid:
@@ -420,16 +457,15 @@ class SearchSpec:
         *,
         ignore: Sequence[str] = (),
     ) -> SearchSpec:
-        """The YAML file at ``path`` (default :data:`DEFAULT_SPACE`) with ``overrides`` (given, not None,
+        """The YAML file at ``path`` (a path, or a shipped space's name: :func:`resolve_space`; default
+        :data:`DEFAULT_SPACE`) with ``overrides`` (given, not None,
         command-line values) laid over it. Top-level keys in ``ignore`` are dropped from the file (e.g.
         ``trainable``, which an experiment's saved ``search_spec.yaml`` records beside the spec).
 
         Raises:
             SpecError: missing or malformed file, unknown keys, wrong types (all listed).
         """
-        path = Path(path) if path is not None else DEFAULT_SPACE
-        if not path.is_file():
-            raise SpecError([f"search space file {str(path)!r} does not exist"])
+        path = resolve_space(path) if path is not None else DEFAULT_SPACE
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
@@ -582,7 +618,7 @@ class SearchSpec:
             problems.append(str(err))
 
         # the fixed training keys
-        valid_keys = set(TrainConfig.field_names())
+        valid_keys = set(TrainConfig.valid_keys())
         for key in self.train:
             if key not in valid_keys:
                 problems.append(f"train.{key}: unknown config key {key!r}")
@@ -617,14 +653,13 @@ class SearchSpec:
 
     def _branch_problems(self, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
         """Loss (schedule) parameters where a loss (schedule) that does not take them can be selected."""
-        from hiercls.losses import LOSSES, loss_params
-        from hiercls.models import MODELS
-        from hiercls.schedules import SCHEDULES, schedule_params
-
         problems = []
-        registries = {"loss": (LOSSES, loss_params, LOSS_KEYS), "lr_schedule": (SCHEDULES, schedule_params,
-                                                                                 SCHEDULE_KEYS)}
-        for key, (registry, params_of, owned) in registries.items():
+        for key, registry in param_registries().items():
+            owned = param_keys(key)
+
+            def params_of(name: str, registry=registry) -> dict[str, Any]:
+                return registry.params(name)
+
             for value in self._choices_of(params, train, key):
                 if value not in registry:
                     problems.append(f"{key} {value!r} is unknown; valid: {', '.join(registry.names())}")
@@ -664,8 +699,11 @@ class SearchSpec:
         return problems
 
     def _grace_problems(self, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
+        """ASHA's grace period must outlast every loss term's start epoch that can be drawn (the loss
+        parameters declared with ``role="start"``)."""
         largest, which = None, None
-        for key in START_KEYS:
+        start_keys = [k for k, p in param_keys("loss").items() if p.role == "start"]
+        for key in start_keys:
             candidates = [p.largest() for p, _ in iter_params(params) if p.name == key]
             if key in train and _is_number(train[key]):
                 candidates.append(float(train[key]))
@@ -681,36 +719,42 @@ class SearchSpec:
         return []
 
     def _all_off_problems(self, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
-        """simple-hierarchy: both terms off at once (lambda exactly 0, or a start after epoch 0)."""
+        """A loss made of terms (parameters declared with ``term`` and ``role``): every term can be
+        switched off at once (its ``weight`` exactly 0, or its ``start`` after epoch 0)."""
         problems = []
         for combo in assignments(params):
             loss = combo["loss"].value if "loss" in combo else train.get("loss", TrainConfig.loss)
-            if loss != "simple-hierarchy":
+            if loss not in LOSSES:
                 continue
-            from hiercls.losses import loss_params
+            declared = LOSSES.params(loss)
+            terms: dict[str, dict[str, str]] = {}
+            for key, p in declared.items():
+                if p.term and p.role:
+                    terms.setdefault(p.term, {})[p.role] = key
+            if not terms:
+                continue
 
-            defaults = loss_params("simple-hierarchy")
-
-            def param(key: str, combo=combo, defaults=defaults) -> Param:
+            def param(key: str, combo=combo, declared=declared) -> Param:
                 if key in combo:
                     return combo[key]
-                return Param(key, "fixed", value=train.get(key, defaults[key]))
+                return Param(key, "fixed", value=train.get(key, declared[key].default))
 
             off = {}
-            for term in ("fine", "coarse"):
-                lam, start = param(f"lambda_{term}"), param(f"{term}_loss_start_epoch")
+            for term, roles in terms.items():
                 reasons = []
-                if lam.can_be_zero():
-                    reasons.append(f"lambda_{term} can be 0")
-                if start.can_be_positive():
-                    reasons.append(f"{term}_loss_start_epoch can be after epoch 0")
+                if "weight" in roles and param(roles["weight"]).can_be_zero():
+                    reasons.append(f"{roles['weight']} can be 0")
+                if "start" in roles and param(roles["start"]).can_be_positive():
+                    reasons.append(f"{roles['start']} can be after epoch 0")
                 off[term] = reasons
-            if off["fine"] and off["coarse"]:
+            if all(off.values()):
+                first = next(iter(terms))
+                weight = terms[first].get("weight", "its weight")
                 problems.append(
-                    "search: every loss term of simple-hierarchy can be switched off at once ("
-                    + "; ".join(off["fine"] + off["coarse"])
-                    + "): keep the fine term from epoch 0 with a lambda_fine range that excludes 0, "
-                    "as in the original project"
+                    f"search: every loss term of {LOSSES.canonical(loss)} can be switched off at once ("
+                    + "; ".join(r for reasons in off.values() for r in reasons)
+                    + f"): keep the {first} term from epoch 0 with a {weight} range that excludes 0"
+                    + (", as in the original project" if LOSSES.canonical(loss) == "simple-hierarchy" else "")
                 )
         return problems
 
@@ -727,7 +771,10 @@ class SearchSpec:
         return problems
 
     def _config_problems(self, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
-        """TrainConfig.validate() on both ends of every branch combination (names, factory ranges)."""
+        """:func:`~hiercls.build.check_config` on both ends of every branch combination: names, declared
+        ranges, and what the loss and schedule check on the hierarchy."""
+        from hiercls.build import check_config
+
         problems = []
         if not isinstance(self.epochs, int) or self.epochs < 1:
             return problems
@@ -745,7 +792,7 @@ class SearchSpec:
                 label = ", ".join(f"{n}={combo[n].value}" for n in ("loss", "lr_schedule") if n in combo
                                   and combo[n].kind == "fixed")
                 try:
-                    TrainConfig.from_dict(values).validate()
+                    check_config(TrainConfig.from_dict(values))
                 except ConfigError as err:
                     for problem in err.problems:
                         where = f" ({label})" if label else ""

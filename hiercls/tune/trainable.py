@@ -22,13 +22,14 @@ The engine knows nothing of Ray; this module adapts it:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from hiercls.tune.layout import TRIAL_INDEX, trial_seed
 
 __all__ = ["TrialSetup", "trial_seed", "train_trial"]
 
@@ -52,13 +53,6 @@ class TrialSetup:
     cache_dir: str | None = None
     toy_sleep: float = 0.0
     gpu_fraction: float = 0.0
-
-
-def trial_seed(search_seed: int, index: int | str) -> int:
-    """A seed in 0..2**31-1 from the search seed and the trial's index in the search (Optuna's trial
-    number; the trial id when there is none): the same search seed gives the same trial seeds."""
-    digest = hashlib.sha256(f"{search_seed}/{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def quiet_ray_logs() -> None:
@@ -117,7 +111,6 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     from hiercls.config import TrainConfig
     from hiercls.engine import fit
-    from hiercls.tune.space import TRIAL_INDEX
     from hiercls.tune.spec import parse_objective
 
     quiet_ray_logs()

@@ -33,35 +33,30 @@ Two entry points:
   iteration, checkpointable through ``state_dict``/``load_state_dict``.
 
 Command line: ``python -m hiercls.schedules plot --schedule cosine --epochs 200 --base-lr 0.1
---out lr.png [--set t0=12 ...]`` draws a schedule (the original project's learning-rate figure).
+--out lr.png [--set t0=12 ...]`` draws a schedule (the original project's learning-rate figure); see
+:mod:`hiercls.schedules.plot`.
 """
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from hiercls.registry import Registry
+from hiercls.registry import SCHEDULES, Param
 
 __all__ = [
     "SCHEDULES",
     "StepSchedule",
     "build_schedule",
     "learning_rate",
-    "main",
     "schedule_params",
 ]
 
 LRFunction = Callable[..., float]
 
-SCHEDULES: Registry[LRFunction] = Registry("schedule")
-"""Pure learning-rate functions ``fn(epoch, *, base_lr, epochs, **params) -> float``."""
 
 # Key written into every optimiser param group: the schedule's integer step count. It travels with
 # ``optimizer.state_dict()``, so a schedule built *after* the optimiser state was restored sees that the
@@ -105,26 +100,15 @@ def _check_epoch(epoch: Any) -> float:
 
 
 def schedule_params(name: str) -> dict[str, Any]:
-    """The tunable parameters of schedule ``name`` and their defaults (``base_lr``/``epochs`` excluded).
+    """The tunable parameters of schedule ``name`` and their defaults (its registry declaration).
 
     Raises:
         ValueError: for an unknown schedule name (the message lists the valid ones).
     """
-    fn = SCHEDULES.get(name)
-    out = {}
-    for pname, p in inspect.signature(fn).parameters.items():
-        if pname in ("epoch", "base_lr", "epochs"):
-            continue
-        out[pname] = p.default
-    return out
+    return SCHEDULES.defaults(name)
 
 
-def _check_unknown(name: str, params: dict[str, Any]) -> None:
-    valid = schedule_params(name)
-    for key in params:
-        if key not in valid:
-            listed = ", ".join(sorted(valid)) or "none"
-            raise ValueError(f"unknown parameter {key!r} for schedule {name!r}; valid parameters: {listed}")
+_ORIGINAL = "the original project's hard-coded value"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -138,15 +122,21 @@ def constant(epoch: float, *, base_lr: float, epochs: float) -> float:
     return float(base_lr)
 
 
-@SCHEDULES.register("cosine")
+@SCHEDULES.register("cosine", params=(
+    Param("t0", "float", 12.0, "SGDR: length of the first cycle", low=0.0, low_open=True, unit="epochs",
+          source=_ORIGINAL + " (T_0=12)"),
+    Param("t_mult", "float", 2.0, "SGDR: growth factor of the cycle length", low=1.0,
+          source=_ORIGINAL + " (T_mult=2)"),
+    Param("eta_min", "float", 1e-6, "SGDR: the learning-rate floor", low=0.0, source=_ORIGINAL),
+))
 def cosine(
     epoch: float,
     *,
     base_lr: float,
     epochs: float,
-    t0: float = 12.0,
-    t_mult: float = 2.0,
-    eta_min: float = 1e-6,
+    t0: float,
+    t_mult: float,
+    eta_min: float,
 ) -> float:
     """SGDR: cosine annealing with warm restarts (Loshchilov & Hutter, ICLR 2017, eq. 5).
 
@@ -180,10 +170,13 @@ def cosine(
     return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * t_cur / length)) / 2.0
 
 
-@SCHEDULES.register("cyclic")
-def cyclic(
-    epoch: float, *, base_lr: float, epochs: float, min_lr: float = 1e-6, step_size: float = 10.0
-) -> float:
+@SCHEDULES.register("cyclic", params=(
+    Param("min_lr", "float", 1e-6, "cyclic: the lower bound (at most lr)", low=0.0,
+          source=_ORIGINAL + " (CyclicLR base_lr=1e-6)"),
+    Param("step_size", "float", 10.0, "cyclic: epochs from the bound to the peak", low=0.0, low_open=True,
+          unit="epochs", source=_ORIGINAL),
+))
+def cyclic(epoch: float, *, base_lr: float, epochs: float, min_lr: float, step_size: float) -> float:
     """Triangular2 cyclical learning rate (Smith, "Cyclical Learning Rates for Training Neural Networks").
 
     A cycle lasts ``2 * step_size`` epochs: the rate rises linearly from ``min_lr`` to the cycle's peak
@@ -214,15 +207,24 @@ def _cutout_milestones(
     return [math.floor(f * epochs + 0.5) for f in fractions]
 
 
-@SCHEDULES.register("cutout")
+@SCHEDULES.register("cutout", params=(
+    Param("milestones", "ints", None, "cutout: epochs where the rate drops (default: milestone_fractions)",
+          low=0, low_open=True, unit="epochs", nullable=True, source=_ORIGINAL + " ([60, 120, 160] of 200)"),
+    Param("milestone_fractions", "floats", None,
+          "cutout: drops as fractions of the run (default 0.3,0.6,0.8)",
+          low=0.0, low_open=True, high=1.0, unit="fraction", nullable=True,
+          source=_ORIGINAL + " scaled to any run length"),
+    Param("gamma", "float", 0.2, "cutout: decay factor per milestone", low=0.0, low_open=True,
+          source=_ORIGINAL),
+))
 def cutout(
     epoch: float,
     *,
     base_lr: float,
     epochs: float,
-    milestones: Sequence[int] | None = None,
-    milestone_fractions: Sequence[float] | None = None,
-    gamma: float = 0.2,
+    milestones: Sequence[int] | None,
+    milestone_fractions: Sequence[float] | None,
+    gamma: float,
 ) -> float:
     """Multi-step decay, the original project's ``cutout`` schedule (``MultiStepLR``).
 
@@ -245,8 +247,11 @@ def cutout(
     return base_lr * gamma**n
 
 
-@SCHEDULES.register("onecycle")
-def onecycle(epoch: float, *, base_lr: float, epochs: float, warmup_fraction: float = 0.2) -> float:
+@SCHEDULES.register("onecycle", params=(
+    Param("warmup_fraction", "float", 0.2, "onecycle: share of the run spent warming up", low=0.0, high=1.0,
+          high_open=True, unit="fraction", source="a common one-cycle choice for short search trials"),
+))
+def onecycle(epoch: float, *, base_lr: float, epochs: float, warmup_fraction: float) -> float:
     """Linear warm-up then cosine decay to zero (a one-cycle policy for short search trials).
 
     With ``w = warmup_fraction * epochs``: ``lr = base_lr * e / w`` for ``e < w`` (0 at ``e = 0``), then
@@ -273,45 +278,19 @@ def _plain(value: Any) -> Any:
 
 
 def _validate(name: str, base_lr: Any, epochs: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Checks and normalises a schedule configuration; returns the params with defaults filled in."""
+    """Checks and normalises a schedule configuration; returns the params with defaults filled in.
+
+    Each parameter is checked against its declaration; what involves two values is checked here.
+    """
     canonical = SCHEDULES.canonical(name)
-    _check_unknown(canonical, params)
+    out = SCHEDULES.check(canonical, params)
     base = _number("base_lr", base_lr, low=0.0)
     _number("epochs", epochs, low=0.0, low_open=True)
-    out = {**schedule_params(canonical), **params}
-    if canonical == "cosine":
-        out["t0"] = _number("t0", out["t0"], low=0.0, low_open=True)
-        out["t_mult"] = _number("t_mult", out["t_mult"], low=1.0)
-        out["eta_min"] = _number("eta_min", out["eta_min"], low=0.0)
-    elif canonical == "cyclic":
-        out["min_lr"] = _number("min_lr", out["min_lr"], low=0.0, high=base)
-        out["step_size"] = _number("step_size", out["step_size"], low=0.0, low_open=True)
-    elif canonical == "cutout":
-        if out["milestones"] is not None and out["milestone_fractions"] is not None:
-            raise ValueError("give either milestones or milestone_fractions for schedule 'cutout', not both")
-        if out["milestones"] is not None:
-            ms = out["milestones"]
-            if isinstance(ms, (int, float)):
-                ms = [ms]
-            checked = []
-            for m in ms:
-                v = _number("milestones entry", m, low=0.0, low_open=True)
-                if v != int(v):
-                    raise ValueError(f"milestones entry {m!r} is not a whole epoch; valid: positive integers")
-                checked.append(int(v))
-            out["milestones"] = tuple(checked)
-        if out["milestone_fractions"] is not None:
-            fs = out["milestone_fractions"]
-            if isinstance(fs, (int, float)):
-                fs = [fs]
-            out["milestone_fractions"] = tuple(
-                _number("milestone_fractions entry", f, low=0.0, low_open=True, high=1.0) for f in fs
-            )
-        out["gamma"] = _number("gamma", out["gamma"], low=0.0, low_open=True)
-    elif canonical == "onecycle":
-        out["warmup_fraction"] = _number(
-            "warmup_fraction", out["warmup_fraction"], low=0.0, high=1.0, high_open=True
-        )
+    if canonical == "cyclic" and out["min_lr"] > base:
+        raise ValueError(f"min_lr={params.get('min_lr', out['min_lr'])!r} is out of range; valid range "
+                         f"[0.0, {base}] (at most base_lr)")
+    if canonical == "cutout" and out["milestones"] is not None and out["milestone_fractions"] is not None:
+        raise ValueError("give either milestones or milestone_fractions for schedule 'cutout', not both")
     return out
 
 
@@ -498,102 +477,3 @@ def build_schedule(
 # --------------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------------
-
-
-def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` items: YAML values (``t0=12``, ``milestones=[60,120,160]``), and comma lists
-    (``milestones=60,120,160``) as tuples, the same forms ``python -m hiercls.train --set`` takes."""
-    import yaml
-
-    from hiercls.config import parse_overrides
-
-    out = parse_overrides(items)
-    for key, value in out.items():
-        if isinstance(value, str) and "," in value:
-            out[key] = tuple(yaml.safe_load(part) for part in value.split(",") if part.strip())
-    return out
-
-
-def plot(
-    name: str,
-    *,
-    epochs: float,
-    base_lr: float,
-    out: str,
-    steps_per_epoch: int = 100,
-    log_y: bool = False,
-    **params: Any,
-) -> Path:
-    """Draw schedule ``name`` over ``epochs`` epochs (sampled per iteration) into the image file ``out``.
-
-    ``out`` without a suffix gets ``.png``; missing parent folders are created. Returns the file written.
-
-    Raises:
-        ValueError: as :func:`learning_rate`.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    full = _validate(name, base_lr, epochs, params)
-    fn = SCHEDULES.get(name)
-    total = int(round(epochs * steps_per_epoch))
-    xs = [k / steps_per_epoch for k in range(total + 1)]
-    ys = [fn(x, base_lr=float(base_lr), epochs=float(epochs), **full) for x in xs]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(xs, ys, linewidth=1.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    ax.set_title(f"{SCHEDULES.canonical(name)} (base_lr={base_lr}{', ' + shown if shown else ''})")
-    if log_y:
-        ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hiercls.schedules plot --schedule NAME --epochs E --base-lr LR --out FILE [--set k=v]``."""
-    parser = argparse.ArgumentParser(prog="python -m hiercls.schedules", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plot", help="draw a learning-rate schedule with matplotlib")
-    p.add_argument("--schedule", required=True, help=f"one of: {', '.join(SCHEDULES.names())}")
-    p.add_argument("--epochs", type=float, required=True)
-    p.add_argument("--base-lr", type=float, required=True)
-    p.add_argument("--out", required=True, help="image file (PNG)")
-    p.add_argument("--steps-per-epoch", type=int, default=100,
-                   help="learning-rate points drawn per epoch (default 100)")
-    p.add_argument("--log", action="store_true", help="logarithmic learning-rate axis")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="schedule parameter, e.g. t0=12 or milestones=60,120,160 (repeatable; YAML values)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        params = _parse_sets(args.set)
-        written = plot(
-            args.schedule,
-            epochs=args.epochs,
-            base_lr=args.base_lr,
-            out=args.out,
-            steps_per_epoch=args.steps_per_epoch,
-            log_y=args.log,
-            **params,
-        )
-    except ValueError as err:
-        parser.error(str(err))
-    print(written)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Checks that need the real hierarchy: building the chosen loss and schedule once, before any work.
+
+:meth:`hiercls.config.TrainConfig.validate` checks names, types and declared ranges without loading
+anything; :func:`check_config` goes one step further (the hierarchy file, ``coarse_level`` within its
+height, ``min_lr`` at most ``lr``, ...) by building the loss on the hierarchy and evaluating the schedule.
+"""
+
+from __future__ import annotations
+
+from hiercls.config import TrainConfig, invalid_config
+from hiercls.hierarchy import Hierarchy, load_cifar100_hierarchy
+from hiercls.losses import build_loss
+from hiercls.schedules import learning_rate
+
+__all__ = ["check_config"]
+
+
+def check_config(config: TrainConfig) -> Hierarchy:
+    """Validate ``config`` fully: :meth:`~TrainConfig.validate`, then the hierarchy, the loss's and the
+    schedule's own checks. Returns the loaded hierarchy (a run loads it once).
+
+    Raises:
+        ConfigError: every problem found, one per line.
+    """
+    config.validate()
+    try:
+        hierarchy = load_cifar100_hierarchy(config.hierarchy)
+    except ValueError as err:
+        raise invalid_config([f"hierarchy {config.hierarchy!r}: {err}"]) from err
+    problems = []
+    try:
+        build_loss(config.loss, hierarchy, **config.loss_kwargs())
+    except ValueError as err:
+        problems.append(f"loss {config.loss!r}: {err}")
+    try:
+        learning_rate(config.lr_schedule, 0.0, base_lr=config.lr, epochs=config.epochs,
+                      **config.schedule_kwargs())
+    except ValueError as err:
+        problems.append(f"lr_schedule {config.lr_schedule!r}: {err}")
+    if problems:
+        raise invalid_config(problems)
+    return hierarchy
