@@ -707,17 +707,14 @@ def rebuild_config(
     builds it (spec's fixed keys + searched values + derived seed); None when that fails. ``out_folder``
     is left unset (the trial's folder is not known here). The caller must pass every searched value:
     a missing one would silently take the training default."""
-    from hiercls.config import ConfigError, TrainConfig
-    from hiercls.tune.layout import trial_seed
+    from hiercls.config import ConfigError
+    from hiercls.tune.layout import trial_config
     from hiercls.tune.spec import SearchSpec, SpecError
 
     try:
         known = {k: v for k, v in spec.items() if k in SearchSpec.settings()}
         search_spec = SearchSpec.from_dict(known)
-        values = dict(search_spec.base_config())
-        index = raw_params.get(TRIAL_INDEX)
-        values.update({k: v for k, v in raw_params.items() if k != TRIAL_INDEX})
-        values["seed"] = trial_seed(search_spec.seed, trial_id if index is None else index)
-        return TrainConfig.from_dict(values).resolved().to_dict()
+        config = trial_config(search_spec.base_config(), raw_params, search_spec.seed, trial_id)
+        return config.resolved().to_dict()
     except (ConfigError, SpecError, TypeError, ValueError, KeyError):
         return None

@@ -77,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from hiercls.config import TrainConfig  # noqa: E402
 from hiercls.data import Cifar100, DeviceLoader, load_cifar100  # noqa: E402
-from hiercls.engine import _Run, evaluate, fit  # noqa: E402
+from hiercls.engine import Run, build_run, evaluate, fit  # noqa: E402
 from hiercls.hierarchy import cifar100_superclass_labels, load_cifar100_hierarchy  # noqa: E402
 from hiercls.losses import LOSSES, build_loss  # noqa: E402
 from hiercls.metrics import MetricAccumulator  # noqa: E402
@@ -102,12 +102,12 @@ def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> Cifar100:
     )
 
 
-def make_run(data: Cifar100, device: str, arch: str, batch: int, out: str, **keys: Any) -> _Run:
+def make_run(data: Cifar100, device: str, arch: str, batch: int, out: str, **keys: Any) -> Run:
     """The engine's run (loaders, model, loss, optimiser, schedule) for one benchmark configuration."""
     values = {"data_dir": "synthetic", "val_size": min(5000, len(data.train_labels) // 10),
               "architecture": arch, "batch_size": batch, "eval_batch_size": 500, "epochs": 1,
               "device": device, "evaluate_test": False, "out_folder": out, **keys}
-    return _Run(TrainConfig.from_dict(values).resolved(), data)
+    return build_run(TrainConfig.from_dict(values), data)
 
 
 def sync(device: torch.device) -> None:
@@ -115,7 +115,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def batches(run: _Run):
+def batches(run: Run):
     """Training batches of consecutive epochs, full batches only."""
     size = run.train_loader.batch_size
     for epoch in itertools.count():
@@ -124,7 +124,7 @@ def batches(run: _Run):
                 yield images, labels
 
 
-def timed_steps(run: _Run, warmup: int, steps: int) -> float:
+def timed_steps(run: Run, warmup: int, steps: int) -> float:
     """Seconds of ``steps`` training steps after ``warmup`` untimed ones (synchronised)."""
     stream = batches(run)
     for _ in range(warmup):
@@ -137,7 +137,7 @@ def timed_steps(run: _Run, warmup: int, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def step_flops(run: _Run) -> int:
+def step_flops(run: Run) -> int:
     """FLOPs of one forward + backward pass of the model on one training batch (counted eagerly)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -161,7 +161,7 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def kernels_per_step(run: _Run) -> tuple[int, str]:
+def kernels_per_step(run: Run) -> tuple[int, str]:
     """CUDA kernels (and memcpy/memset) in one steady-state step; on the CPU, aten ops dispatched."""
     stream = batches(run)
     run.train_step(*next(stream))
@@ -182,7 +182,7 @@ def kernels_per_step(run: _Run) -> tuple[int, str]:
     return len(kernels), "CUDA kernels incl. memcpy/memset"
 
 
-def syncs_per_step(run: _Run, steps: int = 3) -> float | None:
+def syncs_per_step(run: Run, steps: int = 3) -> float | None:
     """Synchronising CUDA calls per training step (``torch.cuda.set_sync_debug_mode``); None on the CPU."""
     if run.device.type != "cuda":
         return None

@@ -5,7 +5,7 @@
     ``loss.item()`` after every step;
 (b) hiercls: the whole split as uint8 on the device, crop/flip/normalise batched on the device
     (``DeviceLoader``), bf16 autocast and channels_last on CUDA, no host sync per step: the engine's
-    own training loop (``hiercls.engine._Run.train_epoch``).
+    own training loop (``hiercls.engine.Run.train_epoch``).
 
 Both train a freshly initialised ``--architecture`` with Nesterov SGD for ``--steps`` steps of
 ``--batch-size`` after ``--warmup`` steps that are not timed. Prints images/s of each and the ratio;
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from hiercls.config import TrainConfig
 from hiercls.data import CIFAR100_MEAN, CIFAR100_STD, load_cifar100
-from hiercls.engine import _Run, resolve_device
+from hiercls.engine import Run, build_run, resolve_device
 from hiercls.models import build_model
 
 
@@ -72,15 +72,15 @@ def baseline_images_per_second(args, device: torch.device) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
-def hiercls_images_per_second(args, data) -> tuple[float, _Run]:
+def hiercls_images_per_second(args, data) -> tuple[float, Run]:
     """The engine's own loop over a training split of exactly (warmup + steps) batches."""
-    def make(steps: int) -> _Run:
+    def make(steps: int) -> Run:
         config = TrainConfig(
             data_dir=args.data_dir, architecture=args.architecture, batch_size=args.batch_size,
             max_train_samples=steps * args.batch_size, val_size=5000, device=args.device,
             lr_schedule="constant", epochs=1,
         )
-        return _Run(config, data)
+        return build_run(config, data)
 
     if args.warmup:
         make(args.warmup).train_epoch(0, None)  # warm-up: allocator, cuDNN autotuning, kernels
@@ -95,7 +95,7 @@ def hiercls_images_per_second(args, data) -> tuple[float, _Run]:
     return args.steps * args.batch_size / (time.perf_counter() - start), run
 
 
-def flops_per_image(run: _Run) -> float:
+def flops_per_image(run: Run) -> float:
     """Forward + backward FLOPs of one training image, counted by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
 

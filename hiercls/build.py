@@ -7,17 +7,30 @@ height, ``min_lr`` at most ``lr``, ...) by building the loss on the hierarchy an
 
 from __future__ import annotations
 
+import dataclasses
+
+from torch import nn
+
 from hiercls.config import TrainConfig, invalid_config
 from hiercls.hierarchy import Hierarchy, load_cifar100_hierarchy
 from hiercls.losses import build_loss
 from hiercls.schedules import learning_rate
 
-__all__ = ["check_config"]
+__all__ = ["Checked", "check_config"]
 
 
-def check_config(config: TrainConfig) -> Hierarchy:
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """What :func:`check_config` built while checking: the run reuses it (loaded and built once)."""
+
+    hierarchy: Hierarchy
+    criterion: nn.Module
+
+
+def check_config(config: TrainConfig) -> Checked:
     """Validate ``config`` fully: :meth:`~TrainConfig.validate`, then the hierarchy, the loss's and the
-    schedule's own checks. Returns the loaded hierarchy (a run loads it once).
+    schedule's own checks. Returns the loaded hierarchy and the built loss (on the CPU), which a run
+    then uses instead of loading and building them again.
 
     Raises:
         ConfigError: every problem found, one per line.
@@ -28,8 +41,9 @@ def check_config(config: TrainConfig) -> Hierarchy:
     except ValueError as err:
         raise invalid_config([f"hierarchy {config.hierarchy!r}: {err}"]) from err
     problems = []
+    criterion = None
     try:
-        build_loss(config.loss, hierarchy, **config.loss_kwargs())
+        criterion = build_loss(config.loss, hierarchy, **config.loss_kwargs())
     except ValueError as err:
         problems.append(f"loss {config.loss!r}: {err}")
     try:
@@ -39,4 +53,4 @@ def check_config(config: TrainConfig) -> Hierarchy:
         problems.append(f"lr_schedule {config.lr_schedule!r}: {err}")
     if problems:
         raise invalid_config(problems)
-    return hierarchy
+    return Checked(hierarchy, criterion)

@@ -34,12 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from hiercls.build import check_config
+from hiercls.build import Checked, check_config
 from hiercls.config import RESUME_FREE_KEYS, ConfigError, TrainConfig, read_saved_config
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits
-from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels, load_cifar100_hierarchy
-from hiercls.losses import build_loss
-from hiercls.metrics import MetricAccumulator
+from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels
+from hiercls.metrics import TEST_KS, VAL_KS, MetricAccumulator
 from hiercls.models import build_model
 from hiercls.numerics import deterministic_mode, ieee_fp32
 from hiercls.optim import OPTIMIZERS, build_optimizer
@@ -57,6 +56,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "OPTIMIZERS",
+    "Run",
+    "build_run",
     "CheckpointError",
     "Reporter",
     "DataError",
@@ -77,8 +78,6 @@ Reporter = Callable[[dict[str, Any], "Path | None"], None]
 """Called after every epoch with the flat report dict and the folder holding ``last.pth`` when this
 epoch wrote it (every ``checkpoint_every`` epochs and the last one), else None."""
 
-VAL_KS = (1, 5, 10, 20)
-TEST_KS = (1, 5, 10, 20, 100)  # the original project's topK_to_consider
 RESULT_FILES = ("all_epoch_results.json", "final_test_results.json", "final_model.pth")
 NAN_CHECK_EVERY = 50  # optimiser steps between host-side finiteness checks of the running loss
 
@@ -196,7 +195,7 @@ def _unsupported_global(text: str) -> str:
 
 
 def _check_training_checkpoint(state: Mapping[str, Any], path: Path) -> None:
-    """Refuse a checkpoint that :meth:`_Run.load` cannot continue from (one line)."""
+    """Refuse a checkpoint that :meth:`Run.load` cannot continue from (one line)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a hiercls training checkpoint (no format marker)")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -333,8 +332,9 @@ def test_results(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the run
-class _Run:
-    """Everything built from a config: data, model, loss, optimiser, schedule (no training state).
+class Run:
+    """Everything built from a config: data, model, loss, optimiser, schedule (no training state). Build
+    one with :func:`build_run`.
 
     ``model`` is the module whose ``state_dict`` is checkpointed (never a compile wrapper, so compiled and
     eager runs read each other's checkpoints); ``net`` is what runs the batches: ``model`` itself, or
@@ -343,7 +343,7 @@ class _Run:
     """
 
     def __init__(
-        self, config: TrainConfig, data: Cifar100 | None, hierarchy: Hierarchy | None = None
+        self, config: TrainConfig, data: Cifar100 | None = None, checked: Checked | None = None
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -352,7 +352,8 @@ class _Run:
         self.channels_last = config.use_channels_last(self.device.type)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.hierarchy = hierarchy if hierarchy is not None else load_cifar100_hierarchy(config.hierarchy)
+        checked = checked if checked is not None else check_config(config)
+        self.hierarchy = checked.hierarchy
         if data is None:
             try:
                 data = load_cifar100(config.data_dir, download=config.download)
@@ -389,7 +390,7 @@ class _Run:
         model = build_model(config.architecture, num_classes=self.hierarchy.num_classes).to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
-        self.criterion = build_loss(config.loss, self.hierarchy, **config.loss_kwargs()).to(self.device)
+        self.criterion = checked.criterion.to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.schedule = build_schedule(
             config.lr_schedule, self.optimizer, base_lr=config.lr, epochs=config.epochs,
@@ -541,6 +542,24 @@ class _Run:
     def weights_copy(self) -> dict[str, torch.Tensor]:
         """A host copy of the model's weights (the ``best.pth`` of an epoch that is not checkpointed)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+
+def build_run(config: TrainConfig, data: Cifar100 | None = None) -> Run:
+    """The one build path of a run (used by :func:`fit`, ``hiercls.evaluate`` and the benchmarks):
+    :func:`~hiercls.build.check_config` (the hierarchy loaded once, the loss built once), then the data
+    splits on the device, the model, the optimiser and the schedule, for ``config`` with its defaults
+    filled in (:meth:`~hiercls.config.TrainConfig.resolved`).
+
+    Args:
+        config: the run's configuration.
+        data: the decoded CIFAR-100, to skip loading it (e.g. shared by the trials of one process).
+
+    Raises:
+        ConfigError: as :func:`~hiercls.build.check_config`, or CUDA asked for where there is none.
+        DataError: the data could not be loaded or is not the complete CIFAR-100.
+    """
+    config = config.resolved()
+    return Run(config, data, check_config(config))
 
 
 def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
@@ -738,7 +757,7 @@ def fit(
         StorageError: the output folder is not writable (checked before training), or a write failed
             during the run (the last completed epoch's checkpoint stays intact: free space and resume).
     """
-    hierarchy = check_config(config)
+    checked = check_config(config)
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     config = dataclasses.replace(config, out_folder=str(out))
@@ -751,7 +770,7 @@ def fit(
     data_box = [data]
     del data  # the run owns the decoded set from here (and drops it once on a device)
     with deterministic_mode(config.deterministic, resolve_device(config.device)):
-        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, data_box, hierarchy)
+        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, data_box, checked)
 
 
 def _fit(
@@ -763,11 +782,11 @@ def _fit(
     resume_from_best: bool,
     progress: bool | None,
     data_box: list[Cifar100 | None],
-    hierarchy: Hierarchy,
+    checked: Checked,
 ) -> dict[str, Any]:
     """:func:`fit` after its checks, inside the run's numerics settings. ``data_box`` holds the decoded
     data set and is emptied once the run has built its loaders, so a device run keeps no host copy."""
-    run = _Run(config, data_box.pop(), hierarchy)  # data, model, loss: fails before any result is written
+    run = Run(config, data_box.pop(), checked)  # data, model, loss: fails before any result is written
     atomic_write_text(out / "config.yaml", config.to_yaml())
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "val_top1_error": math.inf}
@@ -802,7 +821,7 @@ def _fit(
 
 
 def _train(
-    run: _Run,
+    run: Run,
     config: TrainConfig,
     out: Path,
     ckpt_dir: Path,
@@ -903,7 +922,7 @@ def evaluate_keys(hierarchy: Hierarchy) -> list[str]:
     return [*probe.compute().keys(), "loss"]
 
 
-def _final_test(run: _Run, out: Path, best_path: Path | None, best: Mapping[str, Any]) -> dict[str, Any]:
+def _final_test(run: Run, out: Path, best_path: Path | None, best: Mapping[str, Any]) -> dict[str, Any]:
     loader = run.test_loader()
     scores = evaluate(run.net, loader, run.hierarchy, run.criterion, ks=TEST_KS)
     results = test_results(scores)
@@ -924,3 +943,7 @@ def _final_test(run: _Run, out: Path, best_path: Path | None, best: Mapping[str,
         results["epoch"],
     )
     return results
+
+
+
+_Run = Run  # the name before hiercls 0.3 (tests and scripts that built a run directly)

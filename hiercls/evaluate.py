@@ -99,40 +99,22 @@ def evaluate_saved(
             that is not the complete CIFAR-100.
         CheckpointError: an unreadable, foreign or unsafe weights file (never executed).
     """
-    from hiercls.data import DeviceLoader, check_complete, load_cifar100, make_splits
-    from hiercls.engine import TEST_KS, evaluate, resolve_device
-    from hiercls.hierarchy import load_cifar100_hierarchy
-    from hiercls.losses import build_loss
-    from hiercls.models import build_model
+    from hiercls.engine import build_run, evaluate
+    from hiercls.metrics import TEST_KS, VAL_KS
 
     if split not in ("val", "test"):
         raise ValueError(f"split {split!r} is unknown; valid: val, test")
     config, state = _locate(Path(target), weights)
     changes = {k: v for k, v in (("data_dir", data_dir), ("device", device)) if v is not None}
     config = config.replace(**changes) if changes else config
-    run_device = resolve_device(config.device)
-    hierarchy = load_cifar100_hierarchy(config.hierarchy)
-    data = load_cifar100(config.data_dir, download=config.download)
-    check_complete(data, config.data_dir)
-    splits = make_splits(
-        data,
-        val_size=config.val_size, seed=config.seed, max_train_samples=config.max_train_samples,
-    )
-    chosen = splits.val if split == "val" else splits.test
-    if chosen is None:
+    if split == "val" and config.val_size == 0:
         raise ValueError("this run has no validation split (val_size 0); use --split test")
-    model = build_model(config.architecture, num_classes=hierarchy.num_classes)
-    model.load_state_dict(state)
-    model.to(run_device)
-    channels_last = config.use_channels_last(run_device.type)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(chosen, batch_size=config.eval_batch_size, train=False, device=run_device,
-                          channels_last=channels_last)
-    criterion = build_loss(config.loss, hierarchy, **config.loss_kwargs()).to(run_device)
-    criterion.set_epoch(float(config.epochs))
-    ks = TEST_KS if split == "test" else (1, 5, 10, 20)
-    metrics = evaluate(model, loader, hierarchy, criterion, ks=ks)  # fp32 logits, as in training
+    run = build_run(config.replace(compile=False))  # the run's own splits, model and loss
+    run.model.load_state_dict(state)
+    loader = run.val_loader if split == "val" else run.test_loader()
+    run.criterion.set_epoch(float(config.epochs))
+    ks = TEST_KS if split == "test" else VAL_KS
+    metrics = evaluate(run.model, loader, run.hierarchy, run.criterion, ks=ks)  # fp32 logits, as in training
     return {**metrics, "split": split, "source": str(target)}
 
 

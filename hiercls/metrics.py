@@ -30,9 +30,13 @@ import torch
 
 from hiercls.hierarchy import Hierarchy
 
-__all__ = ["DEFAULT_KS", "MetricAccumulator", "compute_metrics", "crm_scores"]
+__all__ = ["DEFAULT_KS", "TEST_KS", "VAL_KS", "MetricAccumulator", "compute_metrics", "crm_scores"]
 
-DEFAULT_KS = (1, 5, 10, 20)
+VAL_KS = (1, 5, 10, 20)
+"""The k of hierarchical distance@k (and top-k) reported every epoch on the validation split."""
+TEST_KS = (1, 5, 10, 20, 100)
+"""The k on the test set (``final_test_results.json``): the original project's ``topK_to_consider``."""
+DEFAULT_KS = VAL_KS
 
 
 def crm_scores(logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:

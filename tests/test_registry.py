@@ -344,3 +344,22 @@ def test_a_throwaway_loss_trains_searches_and_ranks_without_touching_any_module(
     assert "margin_x" in table.columns and len(rows) == len(drawn)
     assert sorted(rows["margin_x"]) == pytest.approx(sorted(r["params"]["margin_x"] for r in drawn))
     assert table[table["loss"] == "cross-entropy"]["margin_x"].isna().all()
+
+
+def test_a_run_loads_its_hierarchy_once_and_builds_its_loss_once(tiny_run, cifar, monkeypatch):
+    import hiercls.build as build
+    from hiercls.engine import fit
+
+    calls = {"hierarchy": 0, "loss": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(build, "load_cifar100_hierarchy", counted("hierarchy", build.load_cifar100_hierarchy))
+    monkeypatch.setattr(build, "build_loss", counted("loss", build.build_loss))
+    result = fit(tiny_run(loss="hierarchical-cross-entropy", alpha=0.3), data=cifar)
+    assert result["status"] == "ok" and calls == {"hierarchy": 1, "loss": 1}

@@ -1,17 +1,21 @@
 """The Ray-free pieces of a search that the offline analysis reads too: the experiment folder's file
-names, the trial-index key, how a trial's seed is drawn, and the Pareto mask.
+names, the trial-index key, how a trial's seed and its training config are made, and the Pareto mask.
 
-Imports only the standard library and numpy, so ``import analysis.rank`` never imports Ray.
+Imports only the standard library, numpy and :mod:`hiercls.config`, so ``import analysis.rank`` never
+imports Ray (nor torch).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SPEC_FILE", "SUMMARY_FILE", "TRIAL_INDEX", "pareto_mask", "trial_seed"]
+from hiercls.config import TrainConfig
+
+__all__ = ["SPEC_FILE", "SUMMARY_FILE", "TRIAL_INDEX", "pareto_mask", "trial_config", "trial_seed"]
 
 SPEC_FILE = "search_spec.yaml"
 """The resolved search specification, written into the experiment folder before the first trial."""
@@ -28,6 +32,29 @@ def trial_seed(search_seed: int, index: int | str) -> int:
     (the first 4 bytes of SHA-256 of ``"{search_seed}/{index}"``, top bit cleared)."""
     digest = hashlib.sha256(f"{search_seed}/{index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def trial_config(
+    base: Mapping[str, Any],
+    searched: Mapping[str, Any],
+    search_seed: int,
+    trial_id: str,
+    out_folder: str | None = None,
+) -> TrainConfig:
+    """The training config of one trial, as the search runs it and the analysis rebuilds it: the spec's
+    fixed keys (``base``, :meth:`~hiercls.tune.spec.SearchSpec.base_config`) < the searched values
+    (``searched``, its :data:`TRIAL_INDEX` key removed) < the seed :func:`trial_seed` draws from the
+    search seed and the trial's index (its id when it has none) < ``out_folder``.
+
+    Raises:
+        ConfigError: unknown keys or wrong types (as :meth:`TrainConfig.from_dict`).
+    """
+    values = dict(searched)
+    index = values.pop(TRIAL_INDEX, None)
+    values = {**base, **values, "seed": trial_seed(search_seed, trial_id if index is None else index)}
+    if out_folder is not None:
+        values["out_folder"] = out_folder
+    return TrainConfig.from_dict(values)
 
 
 def pareto_mask(points: Any) -> np.ndarray:

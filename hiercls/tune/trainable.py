@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hiercls.tune.layout import TRIAL_INDEX, trial_seed
+from hiercls.tune.layout import trial_config, trial_seed
 
 __all__ = ["TrialSetup", "trial_seed", "train_trial"]
 
@@ -109,7 +109,6 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """One trial: train ``setup.base`` + ``config`` with the engine, reporting every epoch to Tune."""
     from ray import tune
 
-    from hiercls.config import TrainConfig
     from hiercls.engine import fit
     from hiercls.tune.spec import parse_objective
 
@@ -117,12 +116,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     objective = parse_objective(setup.objective)
     context = tune.get_context()
     out = trial_folder(setup)
-    config = dict(config)
-    index = config.pop(TRIAL_INDEX, None)
-    seed = trial_seed(setup.search_seed, context.get_trial_id() if index is None else index)
-    values = {**setup.base, **config, "seed": seed}
-    values["out_folder"] = str(out)
-    train_config = TrainConfig.from_dict(values)
+    train_config = trial_config(setup.base, config, setup.search_seed, context.get_trial_id(), str(out))
     resolved = train_config.resolved()
     params = report_params(resolved)
 
