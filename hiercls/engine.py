@@ -558,8 +558,7 @@ def build_run(config: TrainConfig, data: Cifar100 | None = None) -> Run:
         ConfigError: as :func:`~hiercls.build.check_config`, or CUDA asked for where there is none.
         DataError: the data could not be loaded or is not the complete CIFAR-100.
     """
-    config = config.resolved()
-    return Run(config, data, check_config(config))
+    return Run(config.resolved(), data)  # Run checks the config itself when given no Checked
 
 
 def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
