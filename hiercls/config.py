@@ -81,7 +81,9 @@ class TrainConfig:
     """Everything one training run needs. Units: epochs are whole passes over the training split;
     learning rates are absolute; sizes are image counts.
 
-    Data: ``data_dir`` (CIFAR-100 in torchvision's or the ImageFolder layout), ``download`` (through
+    Data: ``data_dir`` (CIFAR-100 in torchvision's or the ImageFolder layout; None = found as
+    :func:`hiercls.data.find_cifar100` does: ``$HIERCLS_DATA_DIR``, the project's ``.data/cifar-100``, the
+    shared archive, torchvision's download; a run records the folder it read), ``download`` (through
     torchvision when absent), ``hierarchy`` (built-in name or file), ``val_size`` (images held out of the
     official training set, stratified; 0 = train on all 50,000, no validation), ``max_train_samples``
     (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels, 0 = off).
@@ -114,7 +116,7 @@ class TrainConfig:
     """
 
     # data
-    data_dir: str = "data"
+    data_dir: str | None = None
     download: bool = True
     hierarchy: str = "cifar100-l5"
     val_size: int = 5000

@@ -36,7 +36,7 @@ from torch import nn
 
 from hiercls.build import Checked, check_config
 from hiercls.config import RESUME_FREE_KEYS, ConfigError, TrainConfig, read_saved_config
-from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits
+from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits, resolve_data_dir
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels
 from hiercls.metrics import TEST_KS, VAL_KS, MetricAccumulator
 from hiercls.models import build_model
@@ -355,10 +355,7 @@ class Run:
         checked = checked if checked is not None else check_config(config)
         self.hierarchy = checked.hierarchy
         if data is None:
-            try:
-                data = load_cifar100(config.data_dir, download=config.download)
-            except (OSError, RuntimeError, ValueError) as err:
-                raise DataError(str(err)) from err
+            data = _load_data(config)
         try:
             check_complete(data, config.data_dir)
         except ValueError as err:
@@ -561,6 +558,30 @@ def build_run(config: TrainConfig, data: Cifar100 | None = None) -> Run:
     return Run(config.resolved(), data)  # Run checks the config itself when given no Checked
 
 
+def _data_dir(config: TrainConfig) -> str:
+    """The folder the run reads: ``config.data_dir``, or the one :func:`hiercls.data.find_cifar100`
+    finds when it is None (the shared archive extracted, or a download, when that is where it is).
+
+    Raises:
+        DataError: no CIFAR-100 anywhere (the message names every place tried) or a bad shared archive.
+        StorageError: extracting the shared archive failed on an OS error (nothing is kept).
+    """
+    try:
+        return str(resolve_data_dir(config.data_dir, download=config.download))
+    except StorageError:
+        raise
+    except (OSError, ValueError) as err:
+        raise DataError(str(err)) from err
+
+
+def _load_data(config: TrainConfig) -> Cifar100:
+    data_dir = config.data_dir if config.data_dir is not None else _data_dir(config)
+    try:
+        return load_cifar100(data_dir, download=config.download)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise DataError(str(err)) from err
+
+
 def _existing_results(out: Path, ckpt_dir: Path) -> list[str]:
     """Result files in ``out`` (a lone config.yaml from a run that failed before training is not one)."""
     found = [name for name in RESULT_FILES if (out / name).exists()]
@@ -760,6 +781,8 @@ def fit(
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     config = dataclasses.replace(config, out_folder=str(out))
+    if data is None and config.data_dir is None:  # found once, and recorded in config.yaml
+        config = dataclasses.replace(config, data_dir=_data_dir(config))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     state = _prepare_output(
         config, out, ckpt_dir, resume=resume, overwrite=overwrite, from_best=resume_from_best

@@ -12,7 +12,7 @@ Examples::
         --out_folder runs/hxe
     python -m hiercls.train --config best.yaml          # a config exported by analysis.export
     python -m hiercls.train ... --resume                # continue an interrupted run
-    python -m hiercls.train --smoke-test --data-dir data/cifar-100
+    python -m hiercls.train --smoke-test
 
 Exit status: 0 done; 1 the run's loss went NaN; 2 bad input, fixed in the arguments or files (flags,
 config, data folder without the 100 CIFAR-100 classes, existing results, a corrupt or foreign
@@ -41,7 +41,8 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 # (config key, extra spellings, type, help). Every key also accepts its hyphenated spelling.
 _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
-    ("data_dir", ("--data_path",), str, "CIFAR-100 folder (torchvision or ImageFolder layout)"),
+    ("data_dir", ("--data_path",), str, "CIFAR-100 folder (torchvision or ImageFolder layout; default: "
+     "$HIERCLS_DATA_DIR, .data/cifar-100, the shared archive, then a download into .data/)"),
     ("hierarchy", (), str, "a built-in hierarchy ({hierarchy}) or a file"),
     ("val_size", (), int, "validation images held out of the training set (0: none)"),
     ("max_train_samples", (), int, "stratified subset of the training split, for quick runs"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -12,29 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HIERCLS_SHARED_DIR", ROOT.parent / "shared"))
-SHARED_ARCHIVE = SHARED / "data" / "cifar-100-jpg.tar.gz"
-DEFAULT_EXTRACT = ROOT / ".data" / "cifar-100"
 
 
 def _find_real_cifar() -> Path:
-    env = os.environ.get("HIERCLS_DATA_DIR")
-    if env:
-        path = Path(env)
-        if not (path / "train").is_dir():
-            pytest.fail(f"HIERCLS_DATA_DIR={env} has no train/ folder; run .ci/run to extract the data")
-        return path
-    if (DEFAULT_EXTRACT / ".complete").exists():
-        return DEFAULT_EXTRACT
-    if SHARED_ARCHIVE.exists():
-        DEFAULT_EXTRACT.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(SHARED_ARCHIVE) as tar:
-            tar.extractall(DEFAULT_EXTRACT.parent, filter="data")
-        (DEFAULT_EXTRACT / ".complete").touch()
-        return DEFAULT_EXTRACT
-    pytest.fail(
-        f"real CIFAR-100 not found: set HIERCLS_DATA_DIR or put the shared archive at {SHARED_ARCHIVE} "
-        "(.ci/run extracts it)"
-    )
+    """The real CIFAR-100 as a run without ``--data-dir`` finds it (``$HIERCLS_DATA_DIR``, the project's
+    ``.data/cifar-100``, the shared archive extracted once); never downloaded; fails (never skips)."""
+    from hiercls.data import DataNotFoundError, find_cifar100
+
+    try:
+        return find_cifar100(download=False).path
+    except (DataNotFoundError, ValueError, OSError) as err:
+        pytest.fail(f"real CIFAR-100 not found (.ci/run extracts the shared archive): {err}")
 
 
 REAL_DATA_FIXTURES = {"cifar_dir", "cifar", "tiny_run", "smoke_search"}

@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-import hiercls.data as data_mod
+import hiercls.data.loading as data_mod
 from hiercls.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,

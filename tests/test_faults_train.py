@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from inprocess import run_main
 
 from hiercls import engine
 from hiercls.data import Cifar100, check_complete
@@ -28,9 +29,9 @@ SMALL = ["--max-train-samples", "200", "--val-size", "100", "--batch_size", "50"
 TIMING = ("epoch_seconds", "images_per_second")
 
 
-def run_cli(*args: str, module: str = "hiercls.train", timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(*args: str, module: str = "hiercls.train", capsys=None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in this process (tests/inprocess.py): exit status, stdout and stderr."""
+    return run_main(args, module, capsys)
 
 
 def without_timing(history):
@@ -66,7 +67,8 @@ def _write_malicious(path: Path, marker: Path, *, raw_pickle: bool = False) -> N
 
 @pytest.fixture(scope="module")
 def trained(cifar_dir, tmp_path_factory):
-    """A finished 2-epoch plain run (through the CLI), kept read-only by the tests that copy it."""
+    """A finished 2-epoch plain run (through the CLI's main, in this process), kept read-only by the tests
+    that copy it."""
     out = tmp_path_factory.mktemp("trained") / "run"
     proc = run_cli("--data_path", str(cifar_dir), "--out_folder", str(out), "--epochs", "2", *SMALL)
     assert proc.returncode == 0, proc.stderr
@@ -178,14 +180,14 @@ def test_cuda_rng_state_of_the_run_device_restores_with_any_gpu_count(monkeypatc
 
 
 # ------------------------------------------------------------------------------------ malicious files
-def test_malicious_last_pth_never_runs_on_resume(trained, cifar_dir, tmp_path):
+def test_malicious_last_pth_never_runs_on_resume(trained, cifar_dir, tmp_path, capsys):
     """Problem 3: --resume reads last.pth with weights_only=True; a pickle payload is refused, not run."""
     run = _copy_run(trained, tmp_path)
     marker = tmp_path / "PWNED"
     _write_malicious(run / "checkpoints" / "last.pth", marker)
     before = _snapshot(run)
     proc = run_cli("--data_path", str(cifar_dir), "--out_folder", str(run), "--epochs", "2", *SMALL,
-                   "--resume")
+                   "--resume", capsys=capsys)
     assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc.stderr)
     assert "last.pth" in line and "could run code" in line
@@ -194,19 +196,19 @@ def test_malicious_last_pth_never_runs_on_resume(trained, cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["torch-save", "plain-pickle"])
-def test_malicious_checkpoint_never_runs_in_evaluate(tmp_path, raw):
+def test_malicious_checkpoint_never_runs_in_evaluate(tmp_path, capsys, raw):
     """Problem 3: ``python -m hiercls.evaluate FILE.pth`` refuses a payload (exit 2, one line)."""
     marker = tmp_path / "PWNED"
     path = tmp_path / "received.pth"
     _write_malicious(path, marker, raw_pickle=raw)
-    proc = run_cli(str(path), module="hiercls.evaluate", timeout=120)
+    proc = run_cli(str(path), module="hiercls.evaluate", capsys=capsys)
     assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc.stderr)
     assert "received.pth" in line and "could run code" in line
     assert not marker.exists()
 
 
-def test_malicious_best_pth_never_runs(trained, cifar_dir, tmp_path):
+def test_malicious_best_pth_never_runs(trained, cifar_dir, tmp_path, capsys):
     """Problem 3: best.pth is read by evaluate ``--weights best``, by ``--resume-from-best`` and for the
     final test of the best-val model; a payload there never runs (exit 2, one line each time)."""
     import yaml
@@ -214,16 +216,16 @@ def test_malicious_best_pth_never_runs(trained, cifar_dir, tmp_path):
     run = _copy_run(trained, tmp_path)
     marker = tmp_path / "PWNED"
     _write_malicious(run / "checkpoints" / "best.pth", marker)
-    proc = run_cli(str(run), "--weights", "best", "--split", "val", module="hiercls.evaluate", timeout=300)
+    proc = run_cli(str(run), "--weights", "best", "--split", "val", module="hiercls.evaluate", capsys=capsys)
     assert proc.returncode == 2 and "best.pth" in one_line_error(proc.stderr), proc.stderr
     args = ["--data_path", str(cifar_dir), "--out_folder", str(run), "--epochs", "2", *SMALL, "--resume"]
-    proc = run_cli(*args, "--resume-from-best")
+    proc = run_cli(*args, "--resume-from-best", capsys=capsys)
     assert proc.returncode == 2 and "could run code" in one_line_error(proc.stderr), proc.stderr
     # the finished run continued with the test pass on: the final test reads best.pth
     config = yaml_config(run)
     config["evaluate_test"] = True
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = run_cli(*[a for a in args if a != "--no-test"])
+    proc = run_cli(*[a for a in args if a != "--no-test"], capsys=capsys)
     assert proc.returncode == 2 and "could run code" in one_line_error(proc.stderr), proc.stderr
     assert not marker.exists()
 
@@ -248,7 +250,7 @@ def test_older_format_checkpoint_is_refused_with_one_line(trained, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ corrupt last.pth
-def test_corrupt_last_pth_one_line_then_resume_from_best(trained, cifar_dir, tmp_path):
+def test_corrupt_last_pth_one_line_then_resume_from_best(trained, cifar_dir, tmp_path, capsys):
     """Problem 5: a truncated last.pth on --resume: one line naming the file and two ways on, nothing
     overwritten; --resume-from-best then finishes the run from best.pth and keeps the bad file."""
     run = _copy_run(trained, tmp_path)
@@ -263,7 +265,7 @@ def test_corrupt_last_pth_one_line_then_resume_from_best(trained, cifar_dir, tmp
     last.write_bytes(data[: len(data) // 3])
     before = _snapshot(run)
     args = ["--data_path", str(cifar_dir), "--out_folder", str(run), "--epochs", "3", *SMALL]
-    proc = run_cli(*args, "--resume")
+    proc = run_cli(*args, "--resume", capsys=capsys)
     assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc.stderr)
     assert str(last) in line and "corrupt or truncated" in line
@@ -271,7 +273,7 @@ def test_corrupt_last_pth_one_line_then_resume_from_best(trained, cifar_dir, tmp
     assert _snapshot(run) == before
 
     best_epoch = torch.load(run / "checkpoints" / "best.pth", weights_only=True)["epoch"]
-    proc = run_cli(*args, "--resume", "--resume-from-best")
+    proc = run_cli(*args, "--resume", "--resume-from-best", capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     assert "not exact" in proc.stdout + proc.stderr
     history = json.loads((run / "all_epoch_results.json").read_text())
@@ -290,7 +292,8 @@ def test_resume_and_overwrite_together_are_refused(tiny_run, cifar):
 
 
 # ------------------------------------------------------------------------------------ full / bad disks
-def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(tmpfs, cifar_dir, tmp_path, trained):
+def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(tmpfs, cifar_dir, tmp_path, trained,
+                                                                      capsys):
     """Problem 4: a plain run whose disk fills during epoch 2's checkpoint ends with one line naming
     the file and ENOSPC (exit 3); epoch 1's checkpoint and results are intact and no temporary file is
     left; after space is freed, --resume finishes with the same results as an uninterrupted run.
@@ -304,7 +307,7 @@ def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(tmpfs, ci
     if not tmpfs.mount(disk, "60m"):
         pytest.fail("cannot mount a tmpfs here; see test_full_disk_simulated for the in-process variant")
     try:
-        proc = run_cli(*args)
+        proc = run_cli(*args, capsys=capsys)
         assert proc.returncode == 3, proc.stdout + proc.stderr
         line = one_line_error(proc.stderr)
         assert "no space left on the device (ENOSPC)" in line and "--resume" in line
@@ -314,7 +317,7 @@ def test_full_disk_plain_run_one_line_then_resume_equals_uninterrupted(tmpfs, ci
         assert load_checkpoint(out / "checkpoints" / "last.pth")["epoch"] == 1
         assert not [p for p in out.rglob("*.tmp")]
         subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
-        proc = run_cli(*args, "--resume")
+        proc = run_cli(*args, "--resume", capsys=capsys)
         assert proc.returncode == 0, proc.stderr
         resumed = json.loads((out / "all_epoch_results.json").read_text())
         assert without_timing(resumed) == without_timing(
@@ -367,14 +370,14 @@ def test_checkpoint_pair_is_replaced_together_or_not_at_all(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
 
 
-def test_unwritable_output_folder_is_refused_before_training(tmpfs, cifar_dir, tmp_path):
+def test_unwritable_output_folder_is_refused_before_training(tmpfs, cifar_dir, tmp_path, capsys):
     """Problem 5: --out_folder under a regular file, or on a read-only mount: one line, exit 3, before
     any data is loaded or any epoch runs."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     started = time.perf_counter()
     proc = run_cli("--data_path", str(cifar_dir), "--out_folder", str(blocker / "run"), *SMALL,
-                   "--epochs", "1")
+                   "--epochs", "1", capsys=capsys)
     assert proc.returncode == 3, proc.stderr
     line = one_line_error(proc.stderr)
     assert str(blocker) in line and "regular file" in line
@@ -384,7 +387,7 @@ def test_unwritable_output_folder_is_refused_before_training(tmpfs, cifar_dir, t
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(readonly)], check=True)
         proc = run_cli("--data_path", str(cifar_dir), "--out_folder", str(readonly / "run"), *SMALL,
-                       "--epochs", "1")
+                       "--epochs", "1", capsys=capsys)
         assert proc.returncode == 3, proc.stderr
         line = one_line_error(proc.stderr)
         assert "read-only file system (EROFS)" in line and str(readonly / "run") in line
@@ -406,6 +409,8 @@ def test_check_writable_names_the_problem(tmp_path):
 # ------------------------------------------------------------------------------------ signals
 def test_double_ctrl_c_exits_130_with_the_resume_hint(cifar_dir, tmp_path):
     """Problem 5: a second Ctrl-C while the run stops is ignored: exit 130, the hint, no traceback."""
+    # A subprocess on purpose: real SIGINTs sent to the training process by another one, and the exit
+    # status 130 and stderr of that process.
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hiercls.train", "--data_path", str(cifar_dir), "--out_folder", str(out),
@@ -441,7 +446,7 @@ def test_incomplete_class_set_is_refused():
         check_complete(Cifar100(images, labels, images[labels > 1], labels[labels > 1]))
 
 
-def test_data_folder_with_99_classes_is_refused_by_the_cli(cifar_dir, tmp_path):
+def test_data_folder_with_99_classes_is_refused_by_the_cli(cifar_dir, tmp_path, capsys):
     """Problem 6, as a user meets it: 99 of the 100 class folders (one deleted) -> exit 2, one line."""
     data = tmp_path / "data"
     for split in ("train", "val"):
@@ -450,7 +455,7 @@ def test_data_folder_with_99_classes_is_refused_by_the_cli(cifar_dir, tmp_path):
                 (data / split).mkdir(parents=True, exist_ok=True)
                 (data / split / folder.name).symlink_to(folder)
     proc = run_cli("--data_path", str(data), "--out_folder", str(tmp_path / "o"), *SMALL, "--epochs", "1",
-                   timeout=300)
+                   capsys=capsys)
     assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc.stderr)
     assert "99 of the 100 classes" in line and "42" in line

@@ -22,6 +22,7 @@ from hiercls.hierarchy import (
     load_cifar100_hierarchy,
     load_hierarchy,
 )
+from hiercls.hierarchy import main as hierarchy_main
 
 TINY_EDGES = [("root", "A"), ("A", "a1"), ("A", "a2"), ("root", "B"), ("B", "B1"), ("B1", "b1"),
               ("B1", "b2"), ("root", "c")]
@@ -234,8 +235,24 @@ def test_pickle_needs_explicit_trust(tmp_path: Path, tiny: Hierarchy) -> None:
     assert torch.equal(h.distances, tiny.distances)
 
 
+def test_show_cli(capsys) -> None:
+    assert hierarchy_main(["show", "cifar100-l5"]) is None
+    out = capsys.readouterr().out
+    assert "nodes: 135 (100 classes/leaves, 35 internal), root: root" in out
+    assert "leaf depths: 5: 100" in out
+    assert "1: 200, 2: 525, 3: 1050, 4: 900, 5: 2275" in out
+    assert "---- fruit_and_vegetables" in out and "apple  [0]" in out
+    with pytest.raises(SystemExit) as info:
+        hierarchy_main(["show", "nope"])
+    assert info.value.code == 2 and "unknown hierarchy 'nope'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_show_cli() -> None:
+def test_show_cli_as_module() -> None:
+    # A subprocess on purpose: ``python -m hiercls.hierarchy`` runs the module that fills the hierarchy
+    # registry as __main__, a second copy of it whose registrations the registry must skip (see
+    # Registry.register), and exits from argparse with the process status 2. test_show_cli checks the
+    # same in-process, in the fast lane.
     out = subprocess.run(
         [sys.executable, "-m", "hiercls.hierarchy", "show", "cifar100-l5"],
         capture_output=True, text=True, check=True,

@@ -39,6 +39,8 @@ def test_an_installed_copy_ships_the_spaces_and_the_console_scripts(tmp_path):
     """``pip install`` (a real wheel build, into a target folder; dependencies from this environment):
     from another folder, ``--space smoke`` resolves from the installed package and every console script
     runs."""
+    # Subprocesses on purpose: pip installing a built wheel, a fresh interpreter importing the installed copy
+    # from another folder, and the installed console scripts with their exit status and stderr.
     source = tmp_path / "source"  # the package is built from a copy (a build writes build/ into it)
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "hiercls", "analysis", "search_spaces"):

@@ -236,6 +236,8 @@ def test_the_import_graph_has_no_cycle_and_config_imports_no_torch_module():
 
 
 def test_import_analysis_rank_imports_no_ray():
+    # A subprocess on purpose: what a fresh interpreter imports for ``import analysis.rank`` (-X importtime);
+    # in this process Ray, torch and optuna are already imported by other tests.
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import analysis.rank"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -305,6 +305,8 @@ def test_plot_cli_writes_png(tmp_path):
 
 
 def test_plot_cli_as_module(tmp_path):
+    # A subprocess on purpose: the ``python -m hiercls.schedules`` entry itself (the package's __main__.py
+    # and its exit status); the test above runs the same CLI's main() in-process.
     out = tmp_path / "cos.png"
     res = subprocess.run(
         [

@@ -1,4 +1,6 @@
-"""``python -m hiercls.train`` and ``python -m hiercls.evaluate`` as a user runs them."""
+"""``python -m hiercls.train`` and ``python -m hiercls.evaluate`` as a user runs them: through their
+``main(argv)`` in this process (tests/inprocess.py), and in a real process where that is what is tested
+(a signal; the module entry and stdout of ``python -m hiercls.evaluate``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inprocess import restored_process_state, run_main
 
 from hiercls.train import build_parser, config_from_args, main
 
@@ -18,17 +21,18 @@ SMALL = ["--max-train-samples", "200", "--val-size", "100", "--batch_size", "50"
          "--no-test", "--device", "cpu"]
 
 
-def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hiercls.train", *args], capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(*args: str, capsys=None) -> subprocess.CompletedProcess:
+    """``python -m hiercls.train ARGS`` in this process (tests/inprocess.py): exit status, stdout, stderr."""
+    return run_main(args, "hiercls.train", capsys)
 
 
 def exit_status(argv: list[str]) -> int:
     """``main``'s exit status, whether it returns it or argparse exits (usage errors)."""
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return exit_info.code
+    with restored_process_state():
+        try:
+            return main(argv)
+        except SystemExit as exit_info:
+            return exit_info.code
 
 
 def without_timing(history):
@@ -100,11 +104,11 @@ def test_existing_results_are_never_overwritten(cifar_dir, tmp_path, capsys) -> 
     assert json.loads((out / "final_test_results.json").read_text()) == {"test_accuracy": 77.0}
 
 
-def test_end_to_end_with_test_evaluation(cifar_dir, tmp_path) -> None:
+def test_end_to_end_with_test_evaluation(cifar_dir, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     proc = run_cli("--architecture", "plainnet", "--loss", "cross-entropy", "--epochs", "2",
                    "--max-train-samples", "200", "--val-size", "100", "--batch_size", "50",
-                   "--data_path", str(cifar_dir), "--out_folder", str(out))
+                   "--data_path", str(cifar_dir), "--out_folder", str(out), capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     assert "epoch 2/2" in proc.stdout and "test: accuracy" in proc.stdout
     results = json.loads((out / "final_test_results.json").read_text())
@@ -117,7 +121,10 @@ def test_end_to_end_with_test_evaluation(cifar_dir, tmp_path) -> None:
     assert results["coarse_accuracy"] == pytest.approx(100 * (1 - m["coarse_error"]))
     assert results["hierarchical_distance_top"][-1] == 0.0  # the true class is always in the top 100
     assert results["epoch"] == 2 and results["best_val_model"]["epoch"] in (1, 2)
-    # hiercls.evaluate rescores the saved model on the test set without retraining.
+    # hiercls.evaluate rescores the saved model on the test set without retraining. A subprocess on
+    # purpose: this is the one test of ``python -m hiercls.evaluate`` as a user runs it, the module
+    # entry and a real process whose whole stdout is the JSON (a log line there would break a pipe into
+    # a JSON reader); tests/test_faults_train.py calls its main() in-process.
     scored = subprocess.run([sys.executable, "-m", "hiercls.evaluate", str(out), "--split", "test"],
                             capture_output=True, text=True, timeout=900)
     assert scored.returncode == 0, scored.stderr
@@ -133,10 +140,10 @@ def test_end_to_end_with_test_evaluation(cifar_dir, tmp_path) -> None:
          "--coarse_loss_start_epoch", "0.5", "--coarse_loss_ramp_epochs", "0.2"],
     ],
 )
-def test_hierarchy_losses_on_wordnet(cifar_dir, tmp_path, extra) -> None:
+def test_hierarchy_losses_on_wordnet(cifar_dir, tmp_path, capsys, extra) -> None:
     out = tmp_path / "run"
     proc = run_cli(*extra, "--hierarchy", "cifar100-wordnet", "--data_path", str(cifar_dir),
-                   "--out_folder", str(out), *SMALL)
+                   "--out_folder", str(out), *SMALL, capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     history = json.loads((out / "all_epoch_results.json").read_text())
     assert history[-1]["status"] == "ok"
@@ -145,6 +152,7 @@ def test_hierarchy_losses_on_wordnet(cifar_dir, tmp_path, extra) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(cifar_dir, tmp_path_factory):
+    """The uninterrupted run, in this process (what the interrupted and resumed child process must equal)."""
     out = tmp_path_factory.mktemp("reference") / "run"
     proc = run_cli("--data_path", str(cifar_dir), "--out_folder", str(out), *_RESUME_ARGS)
     assert proc.returncode == 0, proc.stderr
@@ -156,11 +164,13 @@ _RESUME_ARGS = ["--max-train-samples", "1000", "--val-size", "100", "--batch_siz
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, uninterrupted, sig) -> None:
+def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, capsys, uninterrupted, sig) -> None:
+    # A subprocess on purpose: a real SIGINT/SIGTERM sent to the training process by another one, and
+    # the exit status 130 of that process (the resume that follows needs no process of its own).
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "hiercls.train", "--data_path", str(cifar_dir), "--out_folder", str(out),
-            *_RESUME_ARGS]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["--data_path", str(cifar_dir), "--out_folder", str(out), *_RESUME_ARGS]
+    proc = subprocess.Popen([sys.executable, "-m", "hiercls.train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     results = out / "all_epoch_results.json"
     deadline = time.monotonic() + 900
     while not results.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -172,7 +182,7 @@ def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, uninterrupted, s
     assert proc.returncode == 130, stderr
     assert "checkpoints are written every epoch, so --resume continues from epoch 2" in stderr
     assert len(json.loads(results.read_text())) == 1
-    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900)
+    resumed = run_cli(*args, "--resume", capsys=capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     assert without_timing(json.loads(results.read_text())) == without_timing(uninterrupted)

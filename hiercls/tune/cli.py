@@ -4,10 +4,10 @@
 Precedence: SearchSpec defaults < the space file (``--space``, default ``search_spaces/default.yaml``) <
 command-line options. Examples::
 
-    python tune_main.py --space search_spaces/hxe.yaml --data-dir data/cifar-100 --name hxe
+    python tune_main.py --space search_spaces/hxe.yaml --name hxe
     python tune_main.py --space search_spaces/joint.yaml --gpus-per-trial 0.25 --max-concurrent 8
     python tune_main.py --name hxe --storage-path runs/tune --resume   # after Ctrl-C, a kill, a full disk
-    python tune_main.py --smoke-test --data-dir data/cifar-100          # CPU, a few minutes
+    python tune_main.py --smoke-test                                     # CPU, a few minutes
 
 ``--resume`` continues an experiment with Ray's ``Tuner.restore``, which *unpickles* Ray's saved state
 (``tuner.pkl``, ``experiment_state-*.json``, ``searcher-state-*.pkl``, the trials' ``*.pkl``): code in
@@ -69,7 +69,8 @@ _OPTIONS = [
      f"small mistakes) (default: {DEFAULTS.objective})"),
     ("--seed", "seed", int,
      f"search seed: TPE's and, with the trial's index, every trial's (default: {DEFAULTS.seed})"),
-    ("--data-dir", "data_dir", str, "extracted CIFAR-100 (default: the space's train.data_dir)"),
+    ("--data-dir", "data_dir", str, "extracted CIFAR-100 (default: the space's train.data_dir, else found as "
+     "`python -m hiercls.data locate` finds it)"),
     ("--startup-trials", "startup_trials", int,
      f"random trials before TPE models the results (default: {DEFAULTS.startup_trials})"),
     ("--max-failures", "max_failures", int,

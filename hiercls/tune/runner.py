@@ -1,4 +1,5 @@
-"""Run a search: checks before Ray starts, the Tuner (or ``Tuner.restore``), and the summary.
+"""Run a search: the experiment checks before Ray starts, the Tuner (or ``Tuner.restore``), and the table
+of the best trials.
 
 Order of work in :func:`run_search`:
 
@@ -11,7 +12,7 @@ Order of work in :func:`run_search`:
 2. CIFAR-100 is decoded once on the driver (warming the decode cache every trial on this node reads);
 3. Ray starts (or is joined: ``address``, first probed for a Ray GCS), and the per-trial CPU/GPU
    request is checked against the nodes (a GPU request on a cluster without GPUs fails here instead of
-   leaving trials PENDING);
+   leaving trials PENDING): :mod:`hiercls.tune.cluster`;
 4. OptunaSearch (TPE, seeded, define-by-run for conditional spaces, ``points_to_evaluate`` first) under
    a concurrency limit, with ``ASHAScheduler(time_attr="epoch", max_t=epochs)``; ``multi_objective``
    uses NSGA-II on (val_top1_error, val_mistake_severity) and no scheduler. Ray writes through
@@ -19,8 +20,11 @@ Order of work in :func:`run_search`:
    longer names them); a write failure on the storage stops the search as Ctrl-C does
    (:func:`hiercls.tune.guard.ray_log_guard`), and a failed restore raises instead of Ray starting a
    new search;
-5. a table of the best trials and ``summary.csv`` in the experiment folder (written atomically, also
-   after a write failure when there is room).
+5. a table of the best trials (:func:`format_table`) and ``summary.csv`` in the experiment folder
+   (:mod:`hiercls.tune.summary`; written atomically, also after a write failure when there is room).
+
+The names other code imports from here (``ResourceError``, ``cluster_capacity``, ``check_reachable``,
+``enable_cluster_token``, ``SearchOutcome``, ``summarize``, ...) are re-exported from those modules.
 
 Known Ray limits (documented for users): Optuna is told an ASHA-stopped trial's last, early value as a
 COMPLETE trial (so TPE compares epoch-3 values with epoch-30 values); ASHA's rung records are not
@@ -30,9 +34,7 @@ fewer or no earlier results, so fewer trials are stopped).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import math
 import os
 import signal
 import threading
@@ -45,9 +47,17 @@ import yaml
 
 from hiercls.config import param_keys
 from hiercls.storage import StorageError
-from hiercls.tune.layout import SPEC_FILE, SUMMARY_FILE, TRIAL_INDEX, pareto_mask
-from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
-from hiercls.tune.state import UNFINISHED, read_trial_states
+from hiercls.tune.cluster import (
+    ResourceError,
+    _connection_help,
+    check_reachable,
+    check_resources,
+    cluster_capacity,
+    enable_cluster_token,
+)
+from hiercls.tune.layout import SPEC_FILE, SUMMARY_FILE, pareto_mask
+from hiercls.tune.spec import DataNotReadyError, SearchSpec, SpecError, spec_differences
+from hiercls.tune.summary import MULTI_METRICS, SearchOutcome, _best, _pareto, _write_summary, summarize
 
 __all__ = [
     "SPEC_FILE",
@@ -66,32 +76,6 @@ __all__ = [
 ]
 
 TRAINABLE_KEY = "trainable"  # also saved in SPEC_FILE: a resume reuses the experiment's trainable
-MULTI_METRICS = ("val_top1_error", "val_mistake_severity")
-
-
-class ResourceError(RuntimeError):
-    """The cluster cannot run even one trial with the requested resources."""
-
-
-@dataclasses.dataclass
-class SearchOutcome:
-    """What a search produced: one row per trial (see :func:`summarize`), the best row (None if every
-    trial failed), whether it was interrupted, and where the results live."""
-
-    experiment_dir: Path
-    rows: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    interrupted: bool
-    seconds: float
-    pareto: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    @property
-    def num_trials(self) -> int:
-        return len(self.rows)
-
-    @property
-    def num_stopped_early(self) -> int:
-        return sum(1 for r in self.rows if r["stopped_early"])
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -170,168 +154,6 @@ def _choose_trainable(spec: SearchSpec, trainable: str | None, saved: Mapping[st
     return own
 
 
-def cluster_capacity(cpus: float, gpus: float, nodes: Sequence[tuple[float, float]] | None = None) -> int:
-    """How many trials of ``cpus`` CPUs and ``gpus`` GPUs the cluster runs at once: the sum over live
-    nodes of ``min(node CPUs // cpus, node GPUs // gpus)`` (the GPU term only on GPU searches), at
-    least 1. ``nodes``: (CPUs, GPUs) per node, default Ray's live nodes. The default of
-    ``max_concurrent``; an autoscaling cluster counts only the nodes up now (set it explicitly there).
-    """
-    if nodes is None:
-        import ray
-
-        live = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
-        nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in live]
-    total = 0
-    for node_cpus, node_gpus in nodes:
-        fit = math.floor(node_cpus / cpus + 1e-9)
-        if gpus > 0:
-            fit = min(fit, math.floor(node_gpus / gpus + 1e-9))
-        total += max(0, fit)
-    return max(1, total)
-
-
-def check_resources(cpus: float, gpus: float) -> None:
-    """Fail at once when no node can host one trial (instead of trials PENDING forever).
-
-    Raises:
-        ResourceError: naming the request and what the nodes have.
-    """
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
-    per_node = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in nodes]
-    if not any(c >= cpus and g >= gpus for c, g in per_node):
-        have = ", ".join(f"{c:g} CPU/{g:g} GPU" for c, g in per_node) or "no live nodes"
-        hint = (
-            " This machine (cluster) has no GPU: use --gpus-per-trial 0 to train on CPU."
-            if gpus > 0 and all(g == 0 for _, g in per_node)
-            else " Lower --cpus-per-trial/--gpus-per-trial or add a larger node."
-        )
-        raise ResourceError(
-            f"no node can run a trial that needs {cpus:g} CPU and {gpus:g} GPU (nodes: {have}).{hint}"
-        )
-
-
-# ---------------------------------------------------------------------------------------------- cluster
-AUTH_MODE_VAR = "RAY_AUTH_MODE"
-
-
-def _explicit_address(address: str | None) -> bool:
-    """A ``HOST:PORT`` to join (not None/``local``: a new instance; not ``auto``: Ray's own lookup)."""
-    return address not in (None, "local", "auto")
-
-
-def cluster_token_source() -> str | None:
-    """Where this process would read a Ray authentication token from: ``$RAY_AUTH_TOKEN``, the file in
-    ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray 2.60's order); None when there is none."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return "$RAY_AUTH_TOKEN"
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path and Path(path).expanduser().is_file():
-        return path
-    default = Path.home() / ".ray" / "auth_token"
-    return str(default) if default.is_file() else None
-
-
-def enable_cluster_token(address: str | None) -> str | None:
-    """Turn on Ray's token authentication for a driver that joins a cluster at an explicit address.
-
-    ``ray start`` in Ray 2.60 enables token authentication, but ``ray.init(address="HOST:PORT")`` only
-    uses a token when ``RAY_AUTH_MODE=token`` is set (``address="auto"`` finds it by itself); without
-    it the connection fails with "Failed to connect to Ray cluster". When ``RAY_AUTH_MODE`` is unset,
-    the address is explicit and a token is available (:func:`cluster_token_source`), this sets
-    ``RAY_AUTH_MODE=token`` for this process and its children. Returns a note saying so, else None.
-    """
-    if not _explicit_address(address) or os.environ.get(AUTH_MODE_VAR) is not None:
-        return None
-    source = cluster_token_source()
-    if source is None:
-        return None
-    os.environ[AUTH_MODE_VAR] = "token"
-    try:  # Ray reads RAY_AUTH_MODE into its config when imported: refresh it, as Ray itself does
-        from ray._raylet import Config
-
-        Config.initialize("")
-    except (ImportError, AttributeError):
-        pass
-    return f"joining {address} with token authentication (token from {source}; {AUTH_MODE_VAR}=token)"
-
-
-def check_reachable(address: str | None, timeout: float = 10.0, handshake_timeout: float = 5.0) -> None:
-    """Fail at once when nothing, or something that is not Ray, listens at an explicit ``HOST:PORT``
-    (Ray itself retries for minutes in both cases).
-
-    After the TCP connection, a short protocol probe: Ray's GCS speaks gRPC, i.e. HTTP/2, so the HTTP/2
-    client preface is sent and the server's first frame must be SETTINGS (type 0x4, byte 3 of the
-    reply). Any other reply (an HTTP/1 "400 Bad Request", an SSH banner, ...), a closed connection or
-    silence for ``handshake_timeout`` seconds means another server. Skipped for ``ray://`` addresses and
-    with ``RAY_USE_TLS`` set (the GCS then expects a TLS handshake first).
-
-    Raises:
-        ResourceError: the address is malformed, the TCP connection is refused or times out, or the
-            server there does not speak HTTP/2.
-    """
-    import socket
-
-    if not _explicit_address(address) or address.startswith("ray://"):
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ResourceError(f"--address {address!r} is not HOST:PORT (or auto); e.g. 10.0.0.1:6379")
-    try:
-        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
-    except OSError as err:
-        raise ResourceError(
-            f"could not join the Ray cluster at {address!r}: nothing answers there ({err}). Start it with "
-            "`ray start --head --port=PORT` on that machine, or use --address auto on a cluster node."
-        ) from err
-    with connection:
-        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true", "yes"):
-            return
-        reply, problem = b"", ""
-        try:
-            connection.settimeout(handshake_timeout)
-            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
-            while len(reply) < 9:
-                chunk = connection.recv(9 - len(reply))
-                if not chunk:
-                    problem = "it closed the connection"
-                    break
-                reply += chunk
-        except TimeoutError:
-            problem = f"no reply within {handshake_timeout:g} s"
-        except OSError as err:
-            problem = f"the connection failed: {err}"
-    if len(reply) >= 9 and reply[3] == 0x04:
-        return
-    if not problem:
-        shown = reply[:24].decode("ascii", "replace").replace("\r", " ").replace("\n", " ").strip()
-        problem = f"it replied {shown!r}" if shown else "it replied with something else"
-    raise ResourceError(
-        f"could not join the Ray cluster at {address!r}: a server listens there, but it is not a Ray head "
-        f"(Ray's GCS answers gRPC over HTTP/2; {problem}). Check the port: `ray start --head` prints the "
-        "address to use (default port 6379), or use --address auto on a cluster node."
-    )
-
-
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, stream 0
-
-
-def _connection_help(address: str, err: Exception) -> str:
-    source = cluster_token_source()
-    token = (
-        f"this driver uses the token from {source} ({AUTH_MODE_VAR}={os.environ.get(AUTH_MODE_VAR)}); "
-        "it must be the cluster's token" if source else
-        "no token was found: copy the head node's ~/.ray/auth_token here or export RAY_AUTH_TOKEN, "
-        f"and set {AUTH_MODE_VAR}=token"
-    )
-    return (
-        f"could not join the Ray cluster at {address!r} ({err}). Check that `ray start --head` runs there "
-        f"and the address is HOST:PORT of its GCS (or use --address auto on a cluster node); {token}."
-    )
-
-
 # ---------------------------------------------------------------------------------------------- the search
 def run_search(
     spec: SearchSpec,
@@ -387,9 +209,9 @@ def run_search(
     saved = check_experiment(spec, resume=resume, trust=trust)
     trainable = _choose_trainable(spec, trainable, saved, resume)
     folder = check_writable(spec.experiment_dir, "--storage-path")
-    cache_dir = None
+    cache_dir, base = None, spec.base_config()
     if trainable == "train":
-        cache_dir = _warm_data(spec)
+        base["data_dir"], cache_dir = _warm_data(spec, echo)
 
     import ray
     from ray import tune
@@ -455,7 +277,7 @@ def run_search(
             # resume restores may name those checkpoints: keep them
             flush_deferred_deletions(folder, delete=False)
         setup = TrialSetup(
-            base=spec.base_config(), experiment_dir=str(folder), objective=spec.objective,
+            base=base, experiment_dir=str(folder), objective=spec.objective,
             search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep, gpu_fraction=spec.gpus_per_trial,
         )
         function = train_trial if trainable == "train" else toy_trial
@@ -579,23 +401,44 @@ def _fit(tuner: Any) -> Any:
         return TolerantResultGrid(analysis)
 
 
-def _warm_data(spec: SearchSpec) -> str:
-    """Decode CIFAR-100 once on the driver (fills the decode cache); returns the absolute cache folder."""
-    from hiercls.data import check_complete, default_cache_dir, load_cifar100
+def _warm_data(spec: SearchSpec, echo: Callable[[str], Any]) -> tuple[str, str]:
+    """Find CIFAR-100 (the spec's ``data_dir``, else :func:`hiercls.data.find_cifar100`) and decode it once
+    on the driver (fills the decode cache). Returns (absolute data folder, absolute cache folder); the
+    trials read that folder, and a spec without ``data_dir`` keeps none (a resume finds it again).
 
-    data_dir = spec.base_config().get("data_dir")
+    Raises:
+        DataNotReadyError: no data (every place tried is named), a bad shared archive, or data that is not
+            the complete CIFAR-100 (a :class:`SpecError` of one line).
+        StorageError: extracting the shared archive failed on an OS error (nothing kept).
+    """
+    from hiercls.data import (
+        check_complete,
+        default_cache_dir,
+        find_cifar100,
+        load_cifar100,
+        resolve_data_dir,
+    )
+    from hiercls.storage import StorageError
+
+    given = spec.base_config().get("data_dir")
     cache = default_cache_dir().expanduser().resolve()
-    if data_dir is None or not Path(data_dir).exists():
-        raise SpecError([
-            f"data_dir {data_dir!r} does not exist: pass --data-dir with an extracted CIFAR-100 "
-            "(torchvision or ImageFolder layout)"
-        ])
+    try:
+        if given is None:
+            found = find_cifar100(download=bool(spec.train.get("download", True)))
+            data_dir = str(found.path)
+            echo(f"data: {data_dir} (from {found.source})")
+        else:  # as given: an error when missing (the project's .data/cifar-100 is filled when it can be)
+            data_dir = str(resolve_data_dir(given))
+    except StorageError:
+        raise
+    except (OSError, ValueError) as err:
+        raise DataNotReadyError(str(err)) from err
     try:
         data = load_cifar100(data_dir, download=bool(spec.train.get("download", False)), cache_dir=cache)
         check_complete(data, data_dir)
     except (OSError, RuntimeError, ValueError) as err:
-        raise SpecError([f"CIFAR-100 could not be loaded from {data_dir!r}: {err}"]) from err
-    return str(cache)
+        raise DataNotReadyError(f"CIFAR-100 could not be loaded from {data_dir!r}: {err}") from err
+    return data_dir, str(cache)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -643,78 +486,7 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
     return tune.Tuner(runnable, tune_config=tune_config, run_config=run_config)
 
 
-# ---------------------------------------------------------------------------------------------- summary
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def summarize(results: Any, spec: SearchSpec) -> list[dict[str, Any]]:
-    """One row per trial: ``trial_id``, ``loss``, ``lr_schedule``, ``params`` (searched and resolved
-    loss/schedule values), ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs``
-    (run), ``status`` (ok, nan, error, unfinished: still running or pending when the search was
-    interrupted), ``stopped_early`` (ASHA), ``path``; sorted best first (full-length trials first)."""
-    # Ray's trial objects hold the id and searched config of a trial that never reported (its Result
-    # has no metrics); whether a trial is still RUNNING/PENDING/PAUSED (an interrupted search) comes
-    # from the saved experiment state, since the in-memory trials then call it TERMINATED
-    trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
-    saved = read_trial_states(spec.experiment_dir)
-    rows = []
-    for i, result in enumerate(results):
-        trial = trials[i] if len(trials) == len(results) else None
-        metrics = dict(result.metrics or {})
-        config = dict(result.config or getattr(trial, "config", None) or {})
-        trial_id = str(metrics.get("trial_id") or getattr(trial, "trial_id", "")
-                       or Path(str(result.path)).name.removeprefix("trial_"))
-        ray_status = str((saved.get(trial_id) or {}).get("status") or getattr(trial, "status", "") or "")
-        params = dict(metrics.get("params") or {})
-        params.update({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("params/")})
-        params.update({k: v for k, v in config.items() if k not in ("loss", "lr_schedule", TRIAL_INDEX)})
-        epochs = int(metrics.get("epoch", 0) or 0)
-        if result.error is not None or ray_status == "ERROR":
-            status = "error"
-        elif ray_status in UNFINISHED and str(metrics.get("status", "ok")) == "ok":
-            status = "unfinished"
-        else:
-            status = str(metrics.get("status", "error"))
-        rows.append({
-            "trial_id": trial_id,
-            "loss": metrics.get("loss") or config.get("loss") or spec.train.get("loss", "cross-entropy"),
-            "lr_schedule": metrics.get("lr_schedule") or config.get("lr_schedule")
-            or spec.train.get("lr_schedule", "cosine"),
-            "params": params,
-            "objective": _number(metrics.get("objective")),
-            "val_top1_error": _number(metrics.get("val_top1_error")),
-            "val_mistake_severity": _number(metrics.get("val_mistake_severity")),
-            "epochs": epochs,
-            "status": status,
-            "stopped_early": status == "ok" and 0 < epochs < spec.epochs,
-            "path": str(result.path),
-        })
-    rows.sort(key=_rank_key)
-    return rows
-
-
-def _rank_key(row: Mapping[str, Any]) -> tuple:
-    usable = row["status"] == "ok" and math.isfinite(row["objective"])
-    # trials that ran their full length first (as analysis.rank and analysis.export rank them): an
-    # early-stopped trial's value is from fewer epochs and not comparable
-    return (not usable, row["stopped_early"], row["objective"] if usable else math.inf, row["trial_id"])
-
-
-def _best(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    usable = [r for r in rows if r["status"] == "ok" and math.isfinite(r["objective"])]
-    return dict(min(usable, key=_rank_key)) if usable else None
-
-
-def _pareto(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    pts = [r for r in rows if r["status"] == "ok"]
-    on_front = pareto_mask([[r[m] for m in MULTI_METRICS] for r in pts])
-    return sorted((dict(r) for r, on in zip(pts, on_front) if on), key=lambda r: r["val_top1_error"])
-
-
+# ---------------------------------------------------------------------------------------------- the table
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -771,25 +543,3 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
             "continue from their last epoch)"
         )
     return lines
-
-
-def _write_summary(outcome: SearchOutcome) -> None:
-    """``summary.csv`` in the experiment folder, written atomically (an old one stays whole on failure).
-
-    Raises:
-        StorageError: it could not be written (naming the file and the OS error).
-    """
-    import io
-
-    from hiercls.storage import atomic_write_text
-
-    path = outcome.experiment_dir / SUMMARY_FILE
-    keys = sorted({k for r in outcome.rows for k in r["params"]})
-    fields = ["trial_id", "loss", "lr_schedule", *keys, "objective", "val_top1_error", "val_mistake_severity",
-              "epochs", "status", "stopped_early", "path"]
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    for r in outcome.rows:
-        writer.writerow({**{k: v for k, v in r.items() if k != "params"}, **r["params"]})
-    atomic_write_text(path, buffer.getvalue())

@@ -1,4 +1,4 @@
-"""CIFAR-100 loading, seeded stratified splits and an on-device augmenting batch loader.
+"""Loading CIFAR-100 from disk into uint8 tensors.
 
 Two on-disk layouts are accepted, detected from ``data_dir``:
 
@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import pickle
 import tarfile
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -43,13 +41,9 @@ __all__ = [
     "CIFAR100_STD",
     "NUM_CLASSES",
     "Cifar100",
-    "DeviceLoader",
-    "Split",
-    "Splits",
     "default_cache_dir",
     "load_cifar100",
     "check_complete",
-    "make_splits",
 ]
 
 #: Per-channel (R, G, B) mean of the official CIFAR-100 training images, as fractions of 255.
@@ -91,34 +85,6 @@ class Cifar100:
     train_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
-
-
-@dataclass(frozen=True, eq=False)
-class Split:
-    """One split of images with labels.
-
-    Attributes:
-        images: uint8 [N, 3, 32, 32].
-        labels: int64 [N].
-        indices: int64 [N], positions of the images in the source set (official train set for
-            train/val splits, official test set for the test split); None when unknown.
-    """
-
-    images: Tensor
-    labels: Tensor
-    indices: Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class Splits:
-    """Train / validation / test splits; ``val`` is None when ``val_size=0`` (final retraining)."""
-
-    train: Split
-    val: Split | None
-    test: Split
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,280 +387,3 @@ def _write_cache(cache_file: Path, tensors: dict[str, Tensor]) -> None:
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------------------
-
-
-def _stratified_pick(labels: Tensor, total: int, generator: torch.Generator) -> Tensor:
-    """Sorted positions of a seeded stratified sample of ``total`` items of ``labels``.
-
-    Class quotas are proportional to class frequency (largest-remainder rounding, exact integer
-    arithmetic; ties between equal remainders broken by the generator), so balanced classes get
-    ``total // C`` or ``total // C + 1`` items each.
-    """
-    classes, counts = torch.unique(labels, return_counts=True)
-    n = int(labels.shape[0])
-    numer = [total * int(c) for c in counts]
-    quotas = [v // n for v in numer]
-    short = total - sum(quotas)
-    tie_break = torch.randperm(len(classes), generator=generator).tolist()
-    order = sorted(range(len(classes)), key=lambda i: (-(numer[i] % n), tie_break[i]))
-    for i in order[:short]:
-        quotas[i] += 1
-    picked = []
-    for cls, quota in zip(classes.tolist(), quotas):
-        members = torch.nonzero(labels == cls).squeeze(1)
-        perm = torch.randperm(members.shape[0], generator=generator)
-        picked.append(members[perm[:quota]])
-    return torch.sort(torch.cat(picked)).values
-
-
-def make_splits(
-    data: Cifar100,
-    *,
-    val_size: int = 5000,
-    seed: int = 0,
-    max_train_samples: int | None = None,
-) -> Splits:
-    """Seeded stratified train/validation split of the official train set, plus the official test set.
-
-    The validation split takes ``val_size`` images from the official training set, stratified by
-    class: quotas are proportional to class frequency (CIFAR-100 is balanced, so 5,000 gives exactly
-    50 per class; a ``val_size`` that is not a multiple of 100 gives ``val_size // 100`` or one more
-    per class, the classes getting the extra image chosen by the seed). ``max_train_samples`` then
-    takes a stratified subset of the remaining training images in the same way; it never changes the
-    validation split. All randomness comes from one ``torch.Generator`` seeded with ``seed``; the same
-    inputs always give the same splits. Images inside each split keep their source order.
-
-    Args:
-        data: the loaded data set.
-        val_size: number of validation images; 0 gives ``val=None`` (train on all 50,000).
-        seed: split seed.
-        max_train_samples: optional size of a stratified subset of the training split.
-
-    Returns:
-        :class:`Splits`; ``Split.indices`` holds positions in the official train (train, val) or
-        test (test) set.
-
-    Raises:
-        ValueError: ``val_size`` < 0 or >= the number of training images; ``max_train_samples``
-            < 1 or larger than the training split.
-    """
-    n = int(data.train_labels.shape[0])
-    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n:
-        raise ValueError(
-            f"val_size must be an integer in [0, {n}) (the training set has {n} images), got {val_size!r}"
-        )
-    generator = torch.Generator().manual_seed(int(seed))
-    all_idx = torch.arange(n)
-    if val_size > 0:
-        val_idx = _stratified_pick(data.train_labels, val_size, generator)
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[val_idx] = False
-        train_idx = all_idx[keep]
-    else:
-        val_idx, train_idx = None, all_idx
-    if max_train_samples is not None:
-        available = int(train_idx.shape[0])
-        if isinstance(max_train_samples, bool) or not isinstance(max_train_samples, int) or not (
-            1 <= max_train_samples <= available
-        ):
-            raise ValueError(
-                f"max_train_samples must be an integer in [1, {available}] (the training split after "
-                f"removing {val_size} validation images), got {max_train_samples!r}"
-            )
-        if max_train_samples < available:
-            sub = _stratified_pick(data.train_labels[train_idx], max_train_samples, generator)
-            train_idx = train_idx[sub]
-
-    def take(images: Tensor, labels: Tensor, idx: Tensor) -> Split:
-        return Split(images=images[idx], labels=labels[idx], indices=idx)
-
-    n_test = int(data.test_labels.shape[0])
-    return Splits(
-        train=take(data.train_images, data.train_labels, train_idx),
-        val=None if val_idx is None else take(data.train_images, data.train_labels, val_idx),
-        test=Split(images=data.test_images, labels=data.test_labels, indices=torch.arange(n_test)),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Loader
-# --------------------------------------------------------------------------------------------------
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit generator seed that is a pure function of (seed, epoch)."""
-    raw = hashlib.sha256(f"hiercls-loader:{int(seed)}:{int(epoch)}".encode()).digest()
-    return int.from_bytes(raw[:8], "little") & ((1 << 63) - 1)
-
-
-class DeviceLoader:
-    """Batches of one split kept whole on ``device``, with batched on-device augmentation.
-
-    The split is stored once as uint8 [N, 3, H, W] on ``device`` (CIFAR: 150 MB for 50,000 images).
-    :meth:`epoch` yields ``(images, labels)``: images float32 [B, 3, H, W] normalised with
-    :data:`CIFAR100_MEAN` / :data:`CIFAR100_STD`, labels int64 [B], both on ``device``. The last
-    partial batch is yielded too (unless ``drop_last``), so ``len(loader) = ceil(N / batch_size)``.
-
-    With ``train=True`` every epoch is shuffled and every sample gets a random crop from the image
-    zero-padded (black, before normalisation) by ``crop_padding`` pixels on each side, a random
-    horizontal flip (``flip``) and, when ``cutout > 0``, Cutout (DeVries & Taylor 2017): a
-    ``cutout`` x ``cutout`` square, centred uniformly in the image and clipped at its borders, set
-    to zero after normalisation. Crop and flip are one batched gather, Cutout one batched mask;
-    there is no per-sample Python loop. All random numbers of epoch ``k`` come from a CPU
-    ``torch.Generator`` seeded from ``(seed, k)``, so the order and augmentation of an epoch are a
-    pure function of ``(seed, k)`` (and the same on every device): a run resumed at epoch ``k`` sees
-    exactly the batches it would have seen (whether the training numbers are then bit-exact depends on
-    the device's kernels: see :mod:`hiercls.numerics`).
-    With ``train=False`` the order is fixed and there is no augmentation.
-
-    Args:
-        split_or_images: a :class:`Split`, or uint8 images [N, 3, H, W] with ``labels``.
-        labels: int64 [N] labels when ``split_or_images`` is a tensor; must be None for a Split.
-        batch_size: images per batch (>= 1).
-        device: where the data lives and batches are produced.
-        train: shuffle and augment (True) or fixed order without augmentation (False).
-        seed: augmentation / shuffling seed.
-        crop_padding: zero padding in pixels for the random crop (0 disables cropping).
-        flip: random horizontal flips with probability 1/2.
-        cutout: Cutout square side in pixels (0 disables it).
-        channels_last: return images in ``torch.channels_last`` memory format.
-        drop_last: skip the last partial batch in training epochs (eval loaders never drop).
-
-    Raises:
-        TypeError: wrong image / label dtypes, or ``labels`` given together with a Split.
-        ValueError: wrong shapes, an empty split, ``batch_size`` < 1, negative padding or cutout.
-    """
-
-    def __init__(
-        self,
-        split_or_images: Split | Tensor,
-        labels: Tensor | None = None,
-        *,
-        batch_size: int,
-        device: str | torch.device = "cpu",
-        train: bool,
-        seed: int = 0,
-        crop_padding: int = 4,
-        flip: bool = True,
-        cutout: int = 0,
-        channels_last: bool = False,
-        drop_last: bool = False,
-    ) -> None:
-        if isinstance(split_or_images, Split):
-            if labels is not None:
-                raise TypeError("pass labels only with an images tensor, not with a Split")
-            images, labels = split_or_images.images, split_or_images.labels
-        else:
-            images = split_or_images
-            if labels is None:
-                raise TypeError("labels are required when the first argument is an images tensor")
-        if images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8, got {images.dtype}")
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
-        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must be [N={images.shape[0]}], got {tuple(labels.shape)}")
-        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"labels must be integers, got {labels.dtype}")
-        if images.shape[0] == 0:
-            raise ValueError("cannot make a loader over an empty split")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if crop_padding < 0 or cutout < 0:
-            raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding}, {cutout}")
-
-        self.device = torch.device(device)
-        self.images = images.to(self.device).contiguous()
-        self.labels = labels.to(self.device, dtype=torch.int64)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
-        self.seed = int(seed)
-        self.crop_padding = int(crop_padding)
-        self.flip = bool(flip)
-        self.cutout = int(cutout)
-        self.channels_last = bool(channels_last)
-        self.drop_last = bool(drop_last) and self.train
-        self._mean = torch.tensor(CIFAR100_MEAN, device=self.device).mul(255.0).view(1, 3, 1, 1)
-        self._std = torch.tensor(CIFAR100_STD, device=self.device).mul(255.0).view(1, 3, 1, 1)
-
-    @property
-    def num_samples(self) -> int:
-        """Number of images in the split."""
-        return int(self.images.shape[0])
-
-    def __len__(self) -> int:
-        """Batches per epoch: ceil(N / batch_size), or floor when ``drop_last``."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Eval loaders only (fixed order); training loaders need :meth:`epoch` with the epoch number."""
-        if self.train:
-            raise TypeError("iterate a training DeviceLoader with loader.epoch(k) so every epoch differs")
-        return self.epoch(0)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches of epoch ``epoch`` (>= 0): (float32 [B,3,H,W] normalised, int64 [B]) on ``device``."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        n, bs = self.num_samples, self.batch_size
-        if not self.train:
-            for start in range(0, n, bs):
-                x = self._layout(self._normalise(self.images[start : start + bs]))
-                yield x, self.labels[start : start + bs]
-            return
-
-        _, _, h, w = self.images.shape
-        p = self.crop_padding
-        g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        # Fixed draw order, all on the CPU generator: order, crop offsets, flips, cutout centres.
-        order = torch.randperm(n, generator=g)
-        off_y = torch.randint(0, 2 * p + 1, (n,), generator=g)
-        off_x = torch.randint(0, 2 * p + 1, (n,), generator=g)
-        flips = torch.randint(0, 2, (n,), generator=g).bool() & self.flip
-        cut_y = torch.randint(0, h, (n,), generator=g)
-        cut_x = torch.randint(0, w, (n,), generator=g)
-        order, off_y, off_x, flips, cut_y, cut_x = (
-            t.to(self.device) for t in (order, off_y, off_x, flips, cut_y, cut_x)
-        )
-        rows_base = torch.arange(h, device=self.device)
-        cols_base = torch.arange(w, device=self.device)
-        cols_flip = cols_base.flip(0)
-        channels = torch.arange(3, device=self.device).view(1, 3, 1, 1)
-        end = (n // bs) * bs if self.drop_last else n
-        for start in range(0, end, bs):
-            sl = slice(start, min(start + bs, end))
-            idx = order[sl]
-            batch = self.images[idx]  # uint8 [B,3,h,w]
-            b = batch.shape[0]
-            if p > 0 or self.flip:
-                padded = F.pad(batch, (p, p, p, p)) if p > 0 else batch
-                rows = off_y[sl, None] + rows_base  # [B,h]
-                cols = off_x[sl, None] + torch.where(flips[sl, None], cols_flip, cols_base)  # [B,w]
-                batch = padded[
-                    torch.arange(b, device=self.device).view(b, 1, 1, 1),
-                    channels,
-                    rows.view(b, 1, h, 1),
-                    cols.view(b, 1, 1, w),
-                ]
-            x = self._normalise(batch)
-            if self.cutout > 0:
-                y0 = cut_y[sl, None] - self.cutout // 2
-                x0 = cut_x[sl, None] - self.cutout // 2
-                in_rows = (rows_base >= y0) & (rows_base < y0 + self.cutout)  # [B,h]
-                in_cols = (cols_base >= x0) & (cols_base < x0 + self.cutout)  # [B,w]
-                x = x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
-            yield self._layout(x), self.labels[idx]
-
-    def _normalise(self, batch: Tensor) -> Tensor:
-        """uint8 [B,3,H,W] -> float32 [B,3,H,W] standardised per channel."""
-        return (batch.float() - self._mean) / self._std
-
-    def _layout(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -1,0 +1,226 @@
+"""The checks of a search space that need more than one parameter at a time, each returning its problems.
+
+:meth:`hiercls.tune.spec.SearchSpec.problems` checks the settings and calls these on the parsed space
+(:mod:`hiercls.tune.parameters`) and the fixed ``train:`` keys:
+
+* :func:`branch_problems`: a loss (schedule) parameter where a loss (schedule) that does not take it can
+  be selected; unknown losses, schedules and architectures;
+* :func:`grace_problems`: an ASHA grace period not above the largest start epoch of a loss term;
+* :func:`all_off_problems`: a loss whose terms can all be switched off at once;
+* :func:`point_problems`: ``points_to_evaluate`` outside the space;
+* :func:`config_problems`: :func:`hiercls.build.check_config` on both ends of every branch combination.
+
+Imports no Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hiercls.config import ConfigError, TrainConfig, param_keys
+from hiercls.registry import LOSSES, MODELS, param_registries
+from hiercls.tune.parameters import Param, _is_number, _plain, assignments, iter_params
+
+__all__ = ["all_off_problems", "branch_problems", "config_problems", "grace_problems", "point_problems"]
+
+
+def _choices_of(params: Mapping[str, Param], train: Mapping[str, Any], key: str) -> list[Any]:
+    """The values ``key`` (loss or lr_schedule) can take at the top of the space."""
+    if key in params:
+        return list(params[key].values) if params[key].kind == "choice" else [params[key].value]
+    return [train.get(key, getattr(TrainConfig(), key))]
+
+
+def branch_problems(params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
+    """Loss (schedule) parameters where a loss (schedule) that does not take them can be selected."""
+    problems = []
+    for key, registry in param_registries().items():
+        owned = param_keys(key)
+
+        def params_of(name: str, registry=registry) -> dict[str, Any]:
+            return registry.params(name)
+
+        for value in _choices_of(params, train, key):
+            if value not in registry:
+                problems.append(f"{key} {value!r} is unknown; valid: {', '.join(registry.names())}")
+        for p, context in iter_params(params):
+            if p.name == key and context:
+                problems.append(f"search: {key} cannot be chosen inside a branch ({_where(context)})")
+        top = [v for v in _choices_of(params, train, key) if v in registry]
+
+        def selected(context: tuple, key=key, top=top) -> list[Any]:
+            chosen = [v for k, v in context if k == key]
+            return chosen if chosen else top
+
+        for p, context in iter_params(params):
+            if p.name not in owned:
+                continue
+            takes = [v for v in selected(context) if v in registry and p.name in params_of(v)]
+            refuse = [v for v in selected(context) if v in registry and p.name not in params_of(v)]
+            if refuse:
+                owners = [n for n in registry.names() if p.name in params_of(n)]
+                problems.append(
+                    f"search{_where(context, prefix=True)}.{p.name}: a parameter of {key} "
+                    f"{' / '.join(owners)}, but this branch selects {key} {', '.join(map(repr, refuse))}"
+                    + ("" if takes else " only")
+                    + f"; move it under the {key} branch that uses it"
+                )
+        for name in train:
+            if name in owned:
+                refuse = [v for v in top if name not in params_of(v)]
+                if refuse:
+                    problems.append(
+                        f"train.{name}: a parameter the selected {key} {', '.join(map(repr, refuse))} "
+                        "does not take; move it under the branch that uses it"
+                    )
+    for value in _choices_of(params, train, "architecture"):
+        if value not in MODELS:
+            problems.append(f"architecture {value!r} is unknown; valid: {', '.join(MODELS.names())}")
+    return problems
+
+
+def grace_problems(grace_period: int, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
+    """ASHA's grace period must outlast every loss term's start epoch that can be drawn (the loss
+    parameters declared with ``role="start"``)."""
+    largest, which = None, None
+    start_keys = [k for k, p in param_keys("loss").items() if p.role == "start"]
+    for key in start_keys:
+        candidates = [p.largest() for p, _ in iter_params(params) if p.name == key]
+        if key in train and _is_number(train[key]):
+            candidates.append(float(train[key]))
+        for c in candidates:
+            if c is not None and (largest is None or c > largest):
+                largest, which = c, key
+    if largest is not None and largest > 0 and grace_period <= largest:
+        return [
+            f"grace_period={grace_period} is not above the largest start epoch searched "
+            f"({which} up to {largest:g}): ASHA would stop trials before that loss term has started; "
+            f"raise grace_period above {largest:g} or narrow the range"
+        ]
+    return []
+
+
+def all_off_problems(params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
+    """A loss made of terms (parameters declared with ``term`` and ``role``): every term can be
+    switched off at once (its ``weight`` exactly 0, or its ``start`` after epoch 0)."""
+    problems = []
+    for combo in assignments(params):
+        loss = combo["loss"].value if "loss" in combo else train.get("loss", TrainConfig.loss)
+        if loss not in LOSSES:
+            continue
+        declared = LOSSES.params(loss)
+        terms: dict[str, dict[str, str]] = {}
+        for key, p in declared.items():
+            if p.term and p.role:
+                terms.setdefault(p.term, {})[p.role] = key
+        if not terms:
+            continue
+
+        def param(key: str, combo=combo, declared=declared) -> Param:
+            if key in combo:
+                return combo[key]
+            return Param(key, "fixed", value=train.get(key, declared[key].default))
+
+        off = {}
+        for term, roles in terms.items():
+            reasons = []
+            if "weight" in roles and param(roles["weight"]).can_be_zero():
+                reasons.append(f"{roles['weight']} can be 0")
+            if "start" in roles and param(roles["start"]).can_be_positive():
+                reasons.append(f"{roles['start']} can be after epoch 0")
+            off[term] = reasons
+        if all(off.values()):
+            first = next(iter(terms))
+            weight = terms[first].get("weight", "its weight")
+            problems.append(
+                f"search: every loss term of {LOSSES.canonical(loss)} can be switched off at once ("
+                + "; ".join(r for reasons in off.values() for r in reasons)
+                + f"): keep the {first} term from epoch 0 with a {weight} range that excludes 0"
+                + (", as in the original project" if LOSSES.canonical(loss) == "simple-hierarchy" else "")
+            )
+    return problems
+
+
+def point_problems(points_to_evaluate: Any, params: Mapping[str, Param]) -> list[str]:
+    """``points_to_evaluate`` that is not a list, and points that are not mappings or that name keys,
+    values or branches outside the space."""
+    problems = []
+    if not isinstance(points_to_evaluate, list):
+        return [f"points_to_evaluate must be a list of mappings, got {points_to_evaluate!r}"]
+    for i, point in enumerate(points_to_evaluate):
+        where = f"points_to_evaluate[{i}]"
+        if not isinstance(point, Mapping):
+            problems.append(f"{where} must be a mapping of searched keys to values")
+            continue
+        problems += _check_point(point, params, where)
+    return problems
+
+
+def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
+    """:func:`~hiercls.build.check_config` on both ends of every branch combination: names, declared
+    ranges, and what the loss and schedule check on the hierarchy."""
+    from hiercls.build import check_config
+
+    problems = []
+    if not isinstance(epochs, int) or epochs < 1:
+        return problems
+    base = {**train, "epochs": epochs, "evaluate_test": False, "download": False}
+    seen = set()
+    for combo in assignments(params):
+        for end in ("low", "high"):
+            values = dict(base)
+            for name, p in combo.items():
+                values[name] = _end_value(p, end)
+            key = repr(sorted(values.items(), key=lambda kv: kv[0]))
+            if key in seen:
+                continue
+            seen.add(key)
+            label = ", ".join(f"{n}={combo[n].value}" for n in ("loss", "lr_schedule") if n in combo
+                              and combo[n].kind == "fixed")
+            try:
+                check_config(TrainConfig.from_dict(values))
+            except ConfigError as err:
+                for problem in err.problems:
+                    where = f" ({label})" if label else ""
+                    problems.append(f"search{where}, {end} end of the ranges: {problem}")
+    return problems
+
+
+def _end_value(p: Param, end: str) -> Any:
+    if p.kind == "fixed":
+        return p.value
+    if p.kind == "choice":
+        return p.values[0] if end == "low" else p.values[-1]
+    return p.low if end == "low" else p.high
+
+
+def _check_point(point: Mapping[str, Any], params: Mapping[str, Param], where: str) -> list[str]:
+    """A point must name searched keys only, with values in range, and branch keys under their branch."""
+    problems = []
+    active: dict[str, Param] = {}
+
+    def walk(ps: Mapping[str, Param]) -> None:
+        for name, p in ps.items():
+            active[name] = p
+            if p.branches is not None and name in point:
+                for value in p.values:
+                    if _plain(point[name]) == _plain(value):
+                        walk(p.branches[value])
+
+    walk(params)
+    every = {p.name for p, _ in iter_params(params)}
+    for key, value in point.items():
+        if key not in every:
+            problems.append(f"{where}: {key!r} is not a searched key")
+        elif key not in active:
+            problems.append(f"{where}: {key!r} belongs to a branch this point does not select")
+        elif not active[key].contains(value):
+            dist = active[key].to_yaml_value()
+            problems.append(f"{where}: {key}={value!r} is outside its distribution {dist}")
+    return problems
+
+
+def _where(context: tuple, *, prefix: bool = False) -> str:
+    text = "".join(f"[{k}={v}]" for k, v in context) if prefix else ", ".join(f"{k}={v}" for k, v in context)
+    return text

@@ -1,0 +1,249 @@
+"""The searched parameters of a search space: the ``search:`` mapping parsed into :class:`Param` trees.
+
+Distributions: ``uniform`` (``low``, ``high``), ``loguniform`` (``low > 0``, ``high``), ``int``
+(``low``, ``high``, optional ``log``), ``choice`` (``values``: a list, or a mapping of value -> branch of
+further parameters that exist only when that value is chosen). ``uniform``/``int`` also take
+``scale: epochs``: the bounds are then fractions of the run length (``high: 0.5`` = half the run). A
+plain value instead of a distribution fixes that key inside its branch.
+
+:func:`parse_params` collects problems instead of raising; :func:`iter_params` and :func:`assignments`
+walk a parsed tree (every parameter with its branch context; every combination of branch choices).
+Imports no Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from hiercls.config import TrainConfig
+
+__all__ = ["DIST_KEYS", "DIST_TYPES", "TRIAL_KEYS", "Param", "assignments", "iter_params", "parse_params"]
+
+DIST_TYPES = ("uniform", "loguniform", "int", "choice")
+DIST_KEYS = {
+    "uniform": {"type", "low", "high", "scale"},
+    "loguniform": {"type", "low", "high"},
+    "int": {"type", "low", "high", "log", "scale"},
+    "choice": {"type", "values"},
+}
+# keys a trial sets itself: searching or fixing them in the space makes no sense
+TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_threads", "download")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One searched (or, inside a branch, fixed) key.
+
+    ``kind`` is ``uniform``, ``loguniform``, ``int``, ``choice`` or ``fixed``. A choice with
+    ``branches`` (value -> parameters active only under that value) makes the space conditional.
+    """
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    scale: str | None = None
+    values: tuple[Any, ...] = ()
+    branches: dict[Any, dict[str, Param]] | None = None
+    value: Any = None
+
+    def to_yaml_value(self) -> Any:
+        """The plain YAML form (after resolution: no ``scale``)."""
+        if self.kind == "fixed":
+            return _plain(self.value)
+        if self.kind == "choice":
+            if self.branches is not None:
+                values = {v: {k: p.to_yaml_value() for k, p in self.branches[v].items()} for v in self.values}
+            else:
+                values = [_plain(v) for v in self.values]
+            return {"type": "choice", "values": values}
+        out: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high}
+        if self.kind == "int" and self.log:
+            out["log"] = True
+        if self.scale:
+            out["scale"] = self.scale
+        return out
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` can be drawn from this parameter."""
+        if self.kind == "fixed":
+            return _plain(value) == _plain(self.value)
+        if self.kind == "choice":
+            return any(_plain(value) == _plain(v) for v in self.values)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and float(value) != int(value):
+            return False
+        return self.low <= value <= self.high
+
+    def can_be_zero(self) -> bool:
+        """Whether exactly 0 is a possible draw (a continuous range touching 0 does not count)."""
+        if self.kind == "fixed":
+            return self.value == 0
+        if self.kind == "choice":
+            return any(v == 0 and not isinstance(v, bool) for v in self.values)
+        if self.kind == "int":
+            return self.low <= 0 <= self.high
+        return False
+
+    def can_be_positive(self) -> bool:
+        if self.kind == "fixed":
+            return _is_number(self.value) and self.value > 0
+        if self.kind == "choice":
+            return any(_is_number(v) and v > 0 for v in self.values)
+        return self.high is not None and self.high > 0
+
+    def largest(self) -> float | None:
+        if self.kind == "fixed":
+            return float(self.value) if _is_number(self.value) else None
+        if self.kind == "choice":
+            nums = [float(v) for v in self.values if _is_number(v)]
+            return max(nums) if nums else None
+        return self.high
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_params(raw: Any, where: str, problems: list[str], *, epochs: int | None) -> dict[str, Param]:
+    """The ``search:`` mapping (or one branch of it) as parameters; problems are appended, not raised.
+
+    ``epochs`` resolves ``scale: epochs`` bounds (None leaves them as written).
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where} must be a mapping of config keys to distributions, got {raw!r}")
+        return {}
+    out: dict[str, Param] = {}
+    valid = set(TrainConfig.valid_keys())
+    for name, body in raw.items():
+        path = f"{where}.{name}"
+        if name not in valid:
+            problems.append(f"{path}: unknown config key {name!r}")
+            continue
+        if name in TRIAL_KEYS:
+            problems.append(f"{path}: {name!r} is set by the search itself and cannot be searched")
+            continue
+        param = _parse_param(name, body, path, problems, epochs=epochs)
+        if param is not None:
+            out[name] = param
+    return out
+
+
+def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs: int | None) -> Param | None:
+    if not (isinstance(body, Mapping) and "type" in body):
+        if isinstance(body, Mapping):
+            problems.append(f"{path}: a distribution needs 'type' (one of {', '.join(DIST_TYPES)})")
+            return None
+        return Param(name, "fixed", value=body)
+    kind = body["type"]
+    if kind not in DIST_TYPES:
+        problems.append(f"{path}: unknown distribution type {kind!r}; valid: {', '.join(DIST_TYPES)}")
+        return None
+    unknown = sorted(set(body) - DIST_KEYS[kind])
+    if unknown:
+        problems.append(
+            f"{path}: unknown key(s) {', '.join(unknown)} for type {kind}; valid: "
+            + ", ".join(sorted(DIST_KEYS[kind]))
+        )
+    if kind == "choice":
+        return _parse_choice(name, body.get("values"), path, problems, epochs=epochs)
+    low, high = body.get("low"), body.get("high")
+    ok = True
+    for key, v in (("low", low), ("high", high)):
+        if not _is_number(v) or not math.isfinite(v):
+            problems.append(f"{path}: {key} must be a finite number, got {v!r}")
+            ok = False
+    if not ok:
+        return None
+    scale = body.get("scale")
+    if scale is not None and scale != "epochs":
+        problems.append(f"{path}: scale {scale!r} is unknown; valid: epochs (bounds as fractions of the run)")
+        scale = None
+    if scale == "epochs" and epochs is not None:
+        low, high = low * epochs, high * epochs
+        scale = None
+    if kind == "int":
+        if scale is None and (float(low) != int(low) or float(high) != int(high)):
+            if "scale" in body:  # rounded fractions of the run
+                low, high = math.ceil(low), math.floor(high)
+            else:
+                problems.append(f"{path}: int bounds must be whole numbers, got [{low}, {high}]")
+                return None
+        low, high = int(low), int(high)
+    log = bool(body.get("log", False)) or kind == "loguniform"
+    if high < low or (high == low and kind != "int"):
+        problems.append(f"{path}: {'empty' if high == low else 'inverted'} range [{low}, {high}]")
+        return None
+    if log and low <= 0:
+        problems.append(f"{path}: a log-scale range needs low > 0, got [{low}, {high}]")
+        return None
+    if kind != "int":
+        low, high = float(low), float(high)
+    return Param(name, kind, low=low, high=high, log=log and kind == "int", scale=scale)
+
+
+def _parse_choice(
+    name: str, values: Any, path: str, problems: list[str], *, epochs: int | None
+) -> Param | None:
+    if isinstance(values, Mapping):
+        if not values:
+            problems.append(f"{path}: choice has no values")
+            return None
+        branches = {}
+        for value, branch in values.items():
+            branches[value] = parse_params(branch or {}, f"{path}[{value}]", problems, epochs=epochs)
+        return Param(name, "choice", values=tuple(values), branches=branches)
+    if not isinstance(values, (list, tuple)) or not values:
+        problems.append(f"{path}: choice needs a non-empty list (or mapping of branches) under 'values'")
+        return None
+    for v in values:
+        if v is not None and not isinstance(v, (bool, int, float, str)):
+            problems.append(f"{path}: choice values must be numbers, strings, booleans or null, got {v!r}")
+            return None
+    if len({repr(v) for v in values}) != len(values):
+        problems.append(f"{path}: choice values repeat: {list(values)!r}")
+    return Param(name, "choice", values=tuple(values))
+
+
+def iter_params(params: Mapping[str, Param], context: tuple = ()) -> Iterator[tuple[Param, tuple]]:
+    """Every parameter with the branch choices above it, ``((name, value), ...)``."""
+    for p in params.values():
+        yield p, context
+        if p.branches is not None:
+            for value, branch in p.branches.items():
+                yield from iter_params(branch, (*context, (p.name, value)))
+
+
+def assignments(params: Mapping[str, Param]) -> Iterator[dict[str, Param]]:
+    """Every combination of branch choices, as the flat map of the parameters active in it."""
+    plain = {n: p for n, p in params.items() if p.branches is None}
+    branched = [p for p in params.values() if p.branches is not None]
+    if not branched:
+        yield dict(plain)
+        return
+    options = []
+    for p in branched:
+        subs = []
+        for value in p.values:
+            for sub in assignments(p.branches[value]):
+                subs.append({p.name: Param(p.name, "fixed", value=value), **sub})
+        options.append(subs)
+    for combo in itertools.product(*options):
+        merged = dict(plain)
+        for part in combo:
+            merged.update(part)
+        yield merged
