@@ -13,6 +13,8 @@ order of Krizhevsky (2009)):
   HAFrame, BiLT, Hier-COS); the default.
 * ``cifar100-coarse``: root -> the 20 official superclasses -> the 100 classes.
 * ``cifar100-wordnet``: Barz & Denzler's WordNet tree, unmodified.
+* ``cifar100-wordnet-otter``: the same with otter under aquatic_mammal, the tree the original
+  making-better-mistakes fork's final code trained its losses on.
 
 Run ``python -m hiercls.hierarchy show NAME_OR_PATH`` to print a tree and its statistics.
 """
@@ -43,7 +45,7 @@ __all__ = [
     "load_hierarchy",
 ]
 
-BUILTIN_HIERARCHIES = ("cifar100-l5", "cifar100-coarse", "cifar100-wordnet")
+BUILTIN_HIERARCHIES = ("cifar100-l5", "cifar100-coarse", "cifar100-wordnet", "cifar100-wordnet-otter")
 DEFAULT_HIERARCHY = "cifar100-l5"
 
 
@@ -384,7 +386,7 @@ class Hierarchy:
     def default_coarse_level(self) -> int | None:
         """The depth whose groups are the official CIFAR-100 superclasses, or None if none is.
 
-        4 for ``cifar100-l5``, 1 for ``cifar100-coarse``, None for ``cifar100-wordnet`` and user trees.
+        4 for ``cifar100-l5``, 1 for ``cifar100-coarse``, None for the WordNet trees and user trees.
         """
         if not self._group_ids:
             return None
@@ -478,8 +480,8 @@ def load_hierarchy(
 ) -> Hierarchy:
     """Load a built-in hierarchy by name, or a user file.
 
-    Built-in names: ``cifar100-l5`` (default), ``cifar100-coarse``, ``cifar100-wordnet``; their classes
-    are always in the official CIFAR-100 label order.
+    Built-in names: ``cifar100-l5`` (default), ``cifar100-coarse``, ``cifar100-wordnet``,
+    ``cifar100-wordnet-otter``; their classes are always in the official CIFAR-100 label order.
 
     A user file holds one ``parent child`` edge per line (``#`` starts a comment), with node names or
     integer node ids as in cvjena/semantic-embeddings. With integer ids, ``names`` may give a file of

@@ -108,6 +108,9 @@ def test_wordnet_otter_variant_from_user_file(shared_reference: Path) -> None:
     differ = (h.distances != base.distances).nonzero().tolist()
     otter = h.classes.index("otter")
     assert differ and all(otter in pair for pair in differ)
+    builtin = load_hierarchy("cifar100-wordnet-otter")  # the shipped variant is exactly that file
+    assert builtin.classes == h.classes and torch.equal(builtin.distances, h.distances)
+    assert builtin.distance("otter", "skunk") == 5 and base.distance("otter", "skunk") == 1
 
 
 def test_cifar100_coarse_and_superclasses() -> None:
