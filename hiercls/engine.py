@@ -575,7 +575,7 @@ def _data_dir(config: TrainConfig) -> str:
 
 
 def _load_data(config: TrainConfig) -> Cifar100:
-    data_dir = config.data_dir if config.data_dir is not None else _data_dir(config)
+    data_dir = _data_dir(config)  # an explicit folder is checked (exists, a folder) before any download
     try:
         return load_cifar100(data_dir, download=config.download)
     except (OSError, RuntimeError, ValueError) as err:
@@ -676,6 +676,8 @@ def _check_same_run(config: TrainConfig, out: Path) -> None:
         switches = [k for k in differing if k in ("amp", "channels_last")]
         hint = (f" ({' and '.join(switches)} compared as on/off on this device: --set {switches[0]}=true "
                 "or =false matches the saved run)") if switches else ""
+        if "data_dir" in differing:
+            hint += f" (--data-dir {saved.get('data_dir')} reads the saved run's data folder)"
         raise ConfigError(
             f"refusing to resume in {str(out)!r}: the config differs in {len(differing)} key(s): "
             f"{detail}{hint}"
@@ -781,8 +783,10 @@ def fit(
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     config = dataclasses.replace(config, out_folder=str(out))
-    if data is None and config.data_dir is None:  # found once, and recorded in config.yaml
-        config = dataclasses.replace(config, data_dir=_data_dir(config))
+    if data is None:  # checked before any work; a folder found (no data_dir) is recorded in config.yaml
+        found = _data_dir(config)
+        if config.data_dir is None:
+            config = dataclasses.replace(config, data_dir=found)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     state = _prepare_output(
         config, out, ckpt_dir, resume=resume, overwrite=overwrite, from_best=resume_from_best

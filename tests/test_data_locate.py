@@ -129,7 +129,7 @@ def test_archive_without_top_folder_or_corrupt(project, tmp_path):
     with pytest.raises(ValueError, match="has no top folder cifar-100/"):
         find_cifar100(download=False)
     (data / locate.ARCHIVE_NAME).write_bytes(b"not a tar file")
-    with pytest.raises(ValueError, match="cannot extract the CIFAR-100 archive"):
+    with pytest.raises(ValueError, match="is damaged or unreadable"):
         find_cifar100(download=False)
     assert not (project / ".data" / "cifar-100").exists()
 
@@ -169,7 +169,7 @@ def test_nothing_found_names_every_place(project, tmp_path, monkeypatch):
 
     monkeypatch.delenv("HIERCLS_DATA_DIR")
     with pytest.raises(DataNotFoundError, match=r"\(1\) \$HIERCLS_DATA_DIR: not set; .*\(4\) torchvision "
-                       r"download: not allowed \(download: false\)"):
+                       r"download: not allowed \(download: false or --no-download\)"):
         find_cifar100(download=False)
 
 
@@ -259,3 +259,68 @@ def test_search_without_data_names_the_places_before_ray_starts(project, tmp_pat
     assert status == EXIT_INPUT and not ray.is_initialized()
     assert len(err) == 1 and "CIFAR-100 not found; tried (1) $HIERCLS_DATA_DIR: not set" in err[0]
     assert f"(3) shared archive {tmp_path / 'shared' / 'data' / locate.ARCHIVE_NAME}: not found" in err[0]
+
+
+def test_damaged_archives_are_refused_in_one_line(project, tmp_path):
+    archive = _archive(tmp_path / "shared" / "data" / locate.ARCHIVE_NAME)
+    good = archive.read_bytes()
+    archive.write_bytes(good[: len(good) // 2])  # truncated: the gzip stream ends early
+    with pytest.raises(ValueError, match="is damaged or unreadable") as err:
+        find_cifar100(download=False)
+    assert "\n" not in str(err.value) and str(archive) in str(err.value)
+    # a wrong CRC in the gzip trailer: tarfile stops at the tar end marker and would extract every file
+    crc = bytearray(good)
+    crc[-8] ^= 0xFF
+    archive.write_bytes(bytes(crc))
+    with tarfile.open(archive) as tar:
+        assert len(tar.getnames()) == 6  # every file readable as a tar all the same
+    with pytest.raises(ValueError, match=r"is damaged or unreadable \(BadGzipFile: CRC check failed"):
+        find_cifar100(download=False)
+    assert [p.name for p in (project / ".data").iterdir()] == [".cifar-100.lock"]
+    archive.write_bytes(good)
+    assert find_cifar100(download=False).source == "shared archive"
+
+
+def test_a_killed_extraction_leaves_no_scratch_behind_the_next_one(project, tmp_path):
+    _archive(tmp_path / "shared" / "data" / locate.ARCHIVE_NAME)
+    stale = project / ".data" / ".cifar-100.extracting-abc123"
+    (stale / "cifar-100" / "train" / "0").mkdir(parents=True)  # what a kill -9 leaves
+    (stale / "cifar-100" / "train" / "0" / "1.jpg").write_bytes(b"x")
+    assert find_cifar100(download=False).source == "shared archive"
+    assert sorted(p.name for p in (project / ".data").iterdir()) == [".cifar-100.lock", "cifar-100"]
+
+
+def test_a_half_filled_project_copy_is_refused(project, tmp_path):
+    target = _image_folder(project / ".data" / "cifar-100", per_split=2)  # 4 images, no .complete marker
+    with pytest.raises(DataNotFoundError, match=r"holds 4 images in train/ and val/, expected 6 \(an "
+                       "interrupted extraction\\?\\); move it away"):
+        find_cifar100(download=False)
+    (target / "val" / "0" / "2.png").write_bytes(b"png")
+    (target / "val" / "0" / "3.png").write_bytes(b"png")
+    assert find_cifar100(download=False).source == "project"  # a full copy of the user's own: used
+    (target / "val" / "0" / "3.png").unlink()
+    (target / ".complete").touch()  # written by an extraction that finished
+    assert find_cifar100(download=False).source == "project"
+
+
+def test_explicit_data_dir_that_is_empty_text_or_a_file(project, tmp_path):
+    for bad in ("", " "):
+        with pytest.raises(DataNotFoundError, match=f"data folder '{bad}' is empty"):
+            resolve_data_dir(bad)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(DataNotFoundError, match="is a file, not a folder"):
+        resolve_data_dir(afile)
+
+
+def test_train_cli_refuses_a_missing_data_dir_without_downloading(project, tmp_path, capsys, monkeypatch):
+    from hiercls.train import main
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive",
+                        lambda *a, **k: calls.append(a))
+    status = main(["--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "run"),
+                   "--epochs", "1", "--device", "cpu"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == EXIT_INPUT and calls == [] and not (tmp_path / "nowhere").exists()
+    assert len(err) == 1 and f"data folder '{tmp_path / 'nowhere'}' does not exist" in err[0]

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import logging
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +143,7 @@ def find_cifar100(*, download: bool = True) -> Located:
         tried.append(f"${DATA_DIR_ENV}: not set")
     target = project_data_dir()
     if has_dataset(target):
+        _check_project_copy(target)
         return Located(target, "project")
     tried.append(f"{target}: {'holds no CIFAR-100 layout' if target.exists() else 'does not exist'}")
     archive = shared_archive()
@@ -148,7 +151,7 @@ def find_cifar100(*, download: bool = True) -> Located:
         return Located(extract_archive(archive, target), "shared archive")
     tried.append(f"shared archive {archive}: not found")
     if not download:
-        tried.append("torchvision download: not allowed (download: false)")
+        tried.append("torchvision download: not allowed (download: false or --no-download)")
     else:
         try:
             _download_torchvision(target)
@@ -178,6 +181,9 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, *, download: bool 
     """
     if data_dir is None:
         return find_cifar100(download=download).path
+    if not str(data_dir).strip():
+        raise DataNotFoundError(f"data folder {str(data_dir)!r} is empty: {_POINT_AT}, or leave it out to have "
+                                "CIFAR-100 found")
     path = Path(data_dir).expanduser().resolve()
     if path == project_data_dir() and not has_dataset(path) and shared_archive().is_file():
         return extract_archive(shared_archive(), path)
@@ -186,6 +192,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, *, download: bool 
             f"data folder {str(data_dir)!r} does not exist ({_LAYOUTS_HELP}); {_POINT_AT}, or create the "
             "folder empty to have torchvision download into it"
         )
+    if not path.is_dir():
+        raise DataNotFoundError(f"data folder {str(data_dir)!r} is a file, not a folder; {_POINT_AT}")
     return path
 
 
@@ -224,14 +232,18 @@ def extract_archive(
                         "not extracted over it; move it away (or pass it as --data-dir once it holds data)"
                     )
                 target.rmdir()
+            for stale in target.parent.glob(f".{target.name}.extracting-*"):  # left by a killed extraction
+                shutil.rmtree(stale, ignore_errors=True)
             log.info("extracting %s into %s (once)", archive, target)
+            _check_archive(archive)
             scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
             try:
                 try:
                     with tarfile.open(archive) as tar:
                         tar.extractall(scratch, filter="data")
-                except tarfile.TarError as err:
-                    raise ValueError(f"cannot extract the CIFAR-100 archive {archive}: {err}") from err
+                except (tarfile.TarError, EOFError, zlib.error) as err:
+                    raise ValueError(f"cannot extract the CIFAR-100 archive {archive}: {_one_line(err)}; "
+                                     f"replace it (nothing was kept), or {_POINT_AT}") from err
                 top = scratch / "cifar-100"
                 if not top.is_dir():
                     raise ValueError(f"the CIFAR-100 archive {archive} has no top folder cifar-100/")
@@ -254,6 +266,49 @@ def extract_archive(
             getattr(err, "errno", None),
         ) from err
     return target
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _check_archive(archive: Path) -> None:
+    """Read the whole gzip stream, so its CRC is checked: a tar ends before the gzip trailer, and a damaged
+    archive could otherwise give a full set of images with a changed one.
+
+    Raises:
+        ValueError: the archive is not a readable, intact gzip file (one line naming it and the error).
+    """
+    try:
+        with gzip.open(archive, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"the CIFAR-100 archive {archive} is damaged or unreadable ({_one_line(err)}); replace it (nothing "
+            f"was extracted), or {_POINT_AT}"
+        ) from err
+
+
+def _check_project_copy(target: Path) -> None:
+    """Refuse an ImageFolder copy in the project's ``.data/cifar-100`` that has no ``.complete`` marker and
+    not :data:`EXPECTED_IMAGES` images (e.g. an interrupted ``tar xzf``): it would train and test on part of
+    the data set without a word.
+
+    Raises:
+        DataNotFoundError: naming the folder, the count and the two ways on.
+    """
+    if (target / ".complete").is_file() or _has_pickles(target / _TORCHVISION_FOLDER):
+        return
+    if (target / _TORCHVISION_ARCHIVE).is_file():
+        return
+    found = _count_images(target)
+    if found != EXPECTED_IMAGES:
+        raise DataNotFoundError(
+            f"{target} holds {found} images in train/ and val/, expected {EXPECTED_IMAGES} (an interrupted "
+            "extraction?); move it away to have the shared archive extracted again, or pass it as --data-dir "
+            "to use it as it is"
+        )
 
 
 def _count_images(root: Path) -> int:
