@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiercls.data.loading import (
+    _IMAGE_EXTENSIONS,
     _LAYOUTS_HELP,
     _TORCHVISION_ARCHIVE,
     _TORCHVISION_FOLDER,
@@ -64,7 +65,6 @@ SHARED_DIR_ENV = "HIERCLS_SHARED_DIR"
 ARCHIVE_NAME = "cifar-100-jpg.tar.gz"
 #: 50,000 training + 10,000 test images (Krizhevsky 2009).
 EXPECTED_IMAGES = 60_000
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _POINT_AT = (
     "point at an existing copy with --data-dir DIR (a search: --data-dir or train.data_dir) or "
     f"{DATA_DIR_ENV}=DIR, DIR holding torchvision's cifar-100-python/ or ImageFolder train/ and val/"
