@@ -389,7 +389,7 @@ def section_determinism(ctx: dict) -> dict:
         found[arch] = refused_ops(step)
     for name in LOSSES.names():
         loss = build_loss(name, hierarchy)
-        x = torch.randn(8, 100, generator=g, requires_grad=True)
+        x = torch.randn(8, loss.num_outputs, generator=g, requires_grad=True)
         t = torch.randint(0, 100, (8,), generator=g)
         found[f"loss {name}"] = refused_ops(lambda f=loss, x=x, t=t: f(x, t).backward())
     acc = MetricAccumulator(hierarchy, (1, 5, 20), cifar100_superclass_labels())

@@ -16,7 +16,7 @@ from hiercls.hierarchy import Hierarchy, load_cifar100_hierarchy
 from hiercls.losses import build_loss
 from hiercls.schedules import learning_rate
 
-__all__ = ["Checked", "check_config"]
+__all__ = ["Checked", "check_config", "class_embeddings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,20 @@ class Checked:
 
     hierarchy: Hierarchy
     criterion: nn.Module
+
+
+def class_embeddings(config: TrainConfig, hierarchy: Hierarchy) -> dict:
+    """``{"class_embeddings": [C, D] float64}`` (DeViSE: the word vectors of ``config.word_vectors``) for
+    :func:`~hiercls.losses.build_loss`, or ``{}`` (the embedding losses then use Barz & Denzler's).
+
+    Raises:
+        ValueError: the word-vectors file cannot give every class a vector (names the class and word).
+    """
+    if not config.devise or config.word_vectors is None:
+        return {}
+    from hiercls.wordvectors import class_word_vectors
+
+    return {"class_embeddings": class_word_vectors(hierarchy.classes, config.word_vectors)}
 
 
 def check_config(config: TrainConfig) -> Checked:
@@ -43,9 +57,20 @@ def check_config(config: TrainConfig) -> Checked:
     problems = []
     criterion = None
     try:
-        criterion = build_loss(config.loss, hierarchy, **config.loss_kwargs())
+        embeddings = class_embeddings(config, hierarchy)
+    except ValueError as err:  # the word-vectors file (WordVectorError names it)
+        raise invalid_config([str(err)]) from err
+    try:
+        criterion = build_loss(config.loss, hierarchy, **embeddings, **config.loss_kwargs())
     except ValueError as err:
         problems.append(f"loss {config.loss!r}: {err}")
+    if criterion is not None and config.embedding_size is not None \
+            and config.embedding_size != criterion.num_outputs:
+        source = "word vectors" if config.devise else "Barz & Denzler embedding"
+        problems.append(
+            f"embedding_size={config.embedding_size} conflicts with the {source}'s {criterion.num_outputs} "
+            "dimensions (the size is taken from the embedding: leave embedding_size unset)"
+        )
     try:
         learning_rate(config.lr_schedule, 0.0, base_lr=config.lr, epochs=config.epochs,
                       **config.schedule_kwargs())

@@ -91,10 +91,20 @@ class TrainConfig:
     Model and loss: ``architecture`` (model registry name), ``loss`` (loss registry name) and
     ``loss_params`` (its parameters that are set: flat keys in YAML and ``config.yaml``).
 
+    Class embeddings and head (the reference code's flags): ``barzdenzler`` (the embedding losses'
+    class embeddings are Barz & Denzler's, the default for those losses), ``devise`` (DeViSE: the class
+    embeddings are fastText word vectors of the class names read from ``word_vectors``, a ``.bin`` model or
+    ``.vec`` file), ``embedding_size`` (taken from the embedding; a value set must equal it), ``use_2fc``,
+    ``fc_inner_dim`` and ``use_fc_batchnorm`` (a two-layer head, see :func:`hiercls.models.build_model`),
+    ``train_backbone_after`` (epochs during which only the head trains: the backbone's parameters are
+    frozen, its BatchNorm statistics still update; the reference code counted optimiser steps).
+
     Optimisation: ``optimizer`` (``sgd`` = Nesterov SGD, ``adamw``), ``lr`` (base learning rate; the
     default 0.05 is the linear scaling rule 0.1 x batch_size / 256 of Goyal et al. (2017) at batch 128;
     the original project hard-coded 0.1, which leaves Plain-11 near chance for its first epochs),
-    ``momentum``, ``weight_decay``, ``amsgrad`` (adamw only), ``lr_schedule`` and ``schedule_params``
+    ``momentum``, ``weight_decay``, ``lr_fc`` and ``weight_decay_fc`` (the head's learning rate (scaled by
+    the schedule like ``lr``) and weight decay, a second parameter group; None: as the backbone's),
+    ``amsgrad`` (adamw only), ``lr_schedule`` and ``schedule_params``
     (flat keys, as for the loss), ``epochs``, ``batch_size``, ``eval_batch_size``.
 
     Run: ``seed``, ``device`` (``auto`` = CUDA when available, else CPU), ``out_folder``,
@@ -126,11 +136,22 @@ class TrainConfig:
     architecture: str = "plainnet"
     loss: str = "cross-entropy"
     loss_params: Params = dataclasses.field(default_factory=dict)
+    # class embeddings and the model's head (the reference code's flags)
+    barzdenzler: bool = False
+    devise: bool = False
+    word_vectors: str | None = None
+    embedding_size: int | None = None
+    use_2fc: bool = False
+    fc_inner_dim: int = 1024
+    use_fc_batchnorm: bool = False
+    train_backbone_after: int = 0
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_fc: float | None = None
+    weight_decay_fc: float | None = None
     amsgrad: bool = False
     lr_schedule: str = "cosine"
     schedule_params: Params = dataclasses.field(default_factory=dict)
@@ -291,6 +312,36 @@ class TrainConfig:
                     )
         return problems
 
+    def _embedding_problems(self) -> list[str]:
+        """Problems of the class-embedding and head keys (bad combinations the reference code refused)."""
+        problems = []
+        embedding_losses = [
+            n for n in LOSSES.names() if getattr(LOSSES.get(n), "takes_class_embeddings", False)
+        ]
+        embedding_loss = self.loss in LOSSES and LOSSES.canonical(self.loss) in embedding_losses
+        losses = ", ".join(embedding_losses)
+        if self.barzdenzler and self.devise:
+            problems.append("barzdenzler and devise are both set; choose one class embedding")
+        for key in ("barzdenzler", "devise"):
+            if getattr(self, key) and self.loss in LOSSES and not embedding_loss:
+                problems.append(f"{key} needs an embedding loss ({losses}), not loss {self.loss!r}")
+        if self.devise and self.loss == "cosine-plus-xent":
+            problems.append("devise cannot use loss 'cosine-plus-xent': its cross-entropy reads the output "
+                            "as one logit per class, and word vectors have another dimension; use "
+                            "cosine-distance or ranking-loss")
+        if self.devise and self.word_vectors is None:
+            problems.append("devise needs word_vectors FILE (a fastText .bin model or .vec text file)")
+        if self.word_vectors is not None and not self.devise:
+            problems.append(f"word_vectors={self.word_vectors!r} is set, but devise is not; set devise or "
+                            "unset it")
+        if self.embedding_size is not None and self.loss in LOSSES and not embedding_loss:
+            problems.append(f"embedding_size={self.embedding_size!r} is set, but loss {self.loss!r} has no "
+                            f"embedding ({losses} do)")
+        if self.use_fc_batchnorm and not self.use_2fc:
+            problems.append("use_fc_batchnorm needs use_2fc (the batch norm sits between the head's two "
+                            "layers)")
+        return problems
+
     def validate(self) -> None:
         """Check names, types and ranges before any work starts (no hierarchy is loaded, nothing built).
 
@@ -325,6 +376,19 @@ class TrainConfig:
             ("seed", self.seed >= 0, ">= 0"),
             ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer (epochs)"),
         ]
+        checks += [
+            ("fc_inner_dim", self.fc_inner_dim >= 1, "a positive integer"),
+            ("train_backbone_after", 0 <= self.train_backbone_after <= self.epochs,
+             f"in 0..epochs ({self.epochs}): epochs during which only the head trains"),
+        ]
+        if self.lr_fc is not None:
+            ok = math.isfinite(self.lr_fc) and self.lr_fc > 0
+            checks.append(("lr_fc", ok, "None or a positive number"))
+        if self.weight_decay_fc is not None:
+            ok = math.isfinite(self.weight_decay_fc) and self.weight_decay_fc >= 0
+            checks.append(("weight_decay_fc", ok, "None or >= 0"))
+        if self.embedding_size is not None:
+            checks.append(("embedding_size", self.embedding_size >= 1, "None or a positive integer"))
         if self.max_train_samples is not None:
             checks.append(("max_train_samples", self.max_train_samples >= 100, "None or at least 100"))
         if self.num_threads is not None:
@@ -339,6 +403,7 @@ class TrainConfig:
                 f"hierarchy {self.hierarchy!r} is neither a built-in ({', '.join(HIERARCHIES.names())}) "
                 "nor an existing file"
             )
+        problems += self._embedding_problems()
         if self.loss in LOSSES and self.lr_schedule in SCHEDULES:
             problems += self._inactive_parameters()
             for kind, field in PARAM_FIELDS.items():

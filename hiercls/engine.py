@@ -39,7 +39,7 @@ from hiercls.config import RESUME_FREE_KEYS, ConfigError, TrainConfig, read_save
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits, resolve_data_dir
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels
 from hiercls.metrics import TEST_KS, VAL_KS, MetricAccumulator
-from hiercls.models import build_model
+from hiercls.models import backbone_parameters, build_model
 from hiercls.numerics import deterministic_mode, ieee_fp32
 from hiercls.optim import OPTIMIZERS, build_optimizer
 from hiercls.schedules import build_schedule
@@ -257,6 +257,19 @@ def eager_for(net: nn.Module, batch: int, full: int) -> nn.Module:
 
 
 # ---------------------------------------------------------------------- evaluation
+def model_outputs(criterion: nn.Module, hierarchy: Hierarchy) -> int:
+    """The number of outputs the model needs for ``criterion``: its ``num_outputs`` (a
+    :class:`~hiercls.losses.HierarchyLoss`), else one logit per class."""
+    return int(getattr(criterion, "num_outputs", None) or hierarchy.num_classes)
+
+
+def class_scores(criterion: nn.Module | None, outputs: torch.Tensor) -> torch.Tensor:
+    """The ``[N, C]`` class scores of the model's outputs: ``criterion.scores(outputs)`` where the loss
+    defines it, else the outputs themselves (class logits)."""
+    scores = getattr(criterion, "scores", None)
+    return outputs if scores is None else scores(outputs)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -277,26 +290,34 @@ def evaluate(
             previous mode afterwards).
         loader: a ``DeviceLoader`` with ``train=False``.
         hierarchy: gives the LCA distances.
-        criterion: the training loss, for ``loss`` (mean over samples); None skips it.
+        criterion: the training loss, for ``loss`` (mean over samples) and for the class scores the
+            metrics rank (``criterion.scores(outputs)``: the logits themselves, cosines to the class
+            embeddings, yolo-v2's log leaf probabilities); None: the outputs are the class logits and
+            ``loss`` is NaN.
         ks: the k of the @k metrics.
 
     Returns:
         :func:`hiercls.metrics.compute_metrics`' keys (fractions; ``coarse_error`` on CIFAR-100's 20
-        official superclasses), plus ``loss``, ``num_samples`` and ``num_mistakes``.
+        official superclasses), plus ``loss``, ``num_samples`` and ``num_mistakes``. The ``crm/`` keys are
+        NaN when the loss's scores are not log-probabilities (``criterion.probabilistic`` False: the
+        embedding losses), since CRM needs a class distribution.
     """
     was_training = model.training
     model.eval()
     device = loader.device
-    acc = MetricAccumulator(hierarchy, ks, cifar100_superclass_labels())
+    crm = bool(getattr(criterion, "probabilistic", True))
+    acc = MetricAccumulator(hierarchy, ks, cifar100_superclass_labels(), crm=crm)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     with ieee_fp32():
         for images, labels in loader.epoch(0):
-            logits = eager_for(model, labels.shape[0], loader.batch_size)(images).float()
-            acc.update(logits, labels)
+            outputs = eager_for(model, labels.shape[0], loader.batch_size)(images).float()
+            acc.update(class_scores(criterion, outputs), labels)
             if criterion is not None:
-                loss_sum += criterion(logits, labels).double() * labels.shape[0]
+                loss_sum += criterion(outputs, labels).double() * labels.shape[0]
     model.train(was_training)
     out: dict[str, Any] = dict(acc.compute())
+    if not crm:
+        out.update({f"crm/{key}": float("nan") for key in list(out)})
     out["loss"] = float(loss_sum) / acc.num_samples if criterion is not None else float("nan")
     out["num_samples"] = acc.num_samples
     out["num_mistakes"] = acc.num_mistakes
@@ -384,7 +405,11 @@ class Run:
             self._test_split = None
         del splits
         torch.manual_seed(config.seed)
-        model = build_model(config.architecture, num_classes=self.hierarchy.num_classes).to(self.device)
+        model = build_model(
+            config.architecture, num_classes=model_outputs(checked.criterion, self.hierarchy),
+            use_2fc=config.use_2fc,
+            fc_inner_dim=config.fc_inner_dim, use_fc_batchnorm=config.use_fc_batchnorm,
+        ).to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
         self.criterion = checked.criterion.to(self.device)
@@ -523,6 +548,7 @@ class Run:
         synchronisations). Returns (mean training loss over the samples, whether it stayed finite).
         """
         self.model.train()
+        self.freeze_backbone(epoch < self.config.train_backbone_after)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         steps = len(self.train_loader)
@@ -535,6 +561,13 @@ class Run:
             if progress is not None:
                 progress(1)
         return float(loss_sum) / seen, True
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) every parameter outside the model's head (``train_backbone_after``): a
+        frozen parameter gets no gradient, so the optimiser leaves it, its momentum and its weight decay
+        alone; BatchNorm statistics still update in training mode."""
+        for p in backbone_parameters(self.model):
+            p.requires_grad_(not frozen)
 
     def weights_copy(self) -> dict[str, torch.Tensor]:
         """A host copy of the model's weights (the ``best.pth`` of an epoch that is not checkpointed)."""

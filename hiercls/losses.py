@@ -25,7 +25,22 @@ simple-hierarchy           weighted fine CE + coarse (superclass) CE,           
                            ramped in over epochs (the original project's)       ``lambda_coarse=1``,
                                                                                 starts 0, ramps 0,
                                                                                 ``coarse_level=None``
+cosine-distance            ``1 - cos(out, phi_y)`` on class embeddings phi,     none
+                           Barz & Denzler (WACV 2019)
+cosine-plus-xent           cosine distance + weighted CE on the same output,   ``xent_weight=0.1``
+                           Barz & Denzler Sec. 3.3
+ranking-loss               DeViSE hinge rank loss on cosine scores,            ``margin=0.1``,
+                           Frome et al. (NeurIPS 2013)                          ``devise_single_negative=
+                                                                                False``
+yolo-v2                    softmax cascade over each node's children,           ``alpha=0.1``
+                           HXE-weighted path CE (Redmon & Farhadi, CVPR 2017)
 ========================== =================================================== ============================
+
+The embedding losses (``cosine-distance``, ``cosine-plus-xent``, ``ranking-loss``) take outputs
+``[N, D]`` in the embedding space (Barz & Denzler's ``D = C`` by default, word vectors for DeViSE) and
+``yolo-v2`` one output per non-root node; each loss's ``num_outputs`` gives the model's output size and
+``scores(outputs)`` the ``[N, C]`` class scores every metric ranks (cosines for the embedding losses, log
+leaf probabilities for ``yolo-v2``).
 
 Bertinetto, Mueller, Tertikas, Samangooei, Lord: "Making Better Mistakes: Leveraging Class Hierarchies
 with Deep Networks", CVPR 2020.
@@ -44,14 +59,20 @@ from hiercls.registry import LOSSES, Param
 
 __all__ = [
     "LOSSES",
+    "CosineDistanceLoss",
+    "CosinePlusXentLoss",
     "CrossEntropyLoss",
+    "EmbeddingLoss",
     "HierarchicalCrossEntropyLoss",
     "HierarchyLoss",
+    "RankingLoss",
     "SimpleHierarchyLoss",
     "SoftLabelsLoss",
+    "YoloV2Loss",
     "cross_entropy",
     "build_loss",
     "hxe_edge_weights",
+    "is_embedding_loss",
     "loss_params",
     "ramp_weight",
     "soft_label_targets",
@@ -115,14 +136,29 @@ _EPOCH = Param("epoch", "float", 0.0, "fractional epoch (completed optimiser ste
 class HierarchyLoss(nn.Module):
     """Base class: holds the fractional epoch and checks input shapes.
 
+    The model in front of a loss has ``num_outputs`` outputs: ``C`` class logits for the classification
+    losses, the embedding's dimension for the embedding losses, one per non-root node for ``yolo-v2``.
+    :meth:`scores` turns those outputs into ``[N, C]`` class scores, which every metric ranks (identity
+    for logits); ``probabilistic`` says whether a softmax of those scores is a class distribution (the
+    CRM metrics need one: they are NaN for the embedding losses).
+
     Raises (in ``forward``):
-        ValueError: ``logits`` not ``[N, C]`` with ``C = num_classes`` or ``targets`` not ``[N]``.
+        ValueError: ``logits`` not ``[N, num_outputs]`` or ``targets`` not ``[N]``.
     """
 
-    def __init__(self, num_classes: int | None) -> None:
+    probabilistic: bool = True
+    takes_class_embeddings: bool = False
+
+    def __init__(self, num_classes: int | None, num_outputs: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_outputs = num_classes if num_outputs is None else num_outputs
         self.epoch = 0.0
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class scores float ``[N, C]`` from the model's outputs float ``[N, num_outputs]`` (higher = more
+        likely; ranked by every metric). The identity for losses on class logits."""
+        return outputs
 
     def set_epoch(self, epoch: float) -> None:
         """Set the fractional epoch (completed optimiser steps / steps per epoch) used by the loss.
@@ -135,10 +171,10 @@ class HierarchyLoss(nn.Module):
     def _check(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         if logits.dim() != 2:
             raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
-        if self.num_classes is not None and logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"logits have {logits.shape[1]} classes but the hierarchy has {self.num_classes}"
-            )
+        if self.num_outputs is not None and logits.shape[1] != self.num_outputs:
+            what = "classes but the hierarchy has" if self.num_outputs == self.num_classes else \
+                "outputs but the loss needs"
+            raise ValueError(f"logits have {logits.shape[1]} {what} {self.num_outputs}")
         if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"targets must be [N] with N = {logits.shape[0]}, got shape {tuple(targets.shape)}"
@@ -194,9 +230,12 @@ def hxe_edge_weights(hierarchy, alpha: float, normalize: bool = False) -> torch.
     return w
 
 
+_ALPHA = Param("alpha", "float", 0.1, "edge weights exp(-alpha * depth), larger = coarser", low=0.0,
+               source="the original project's --alpha default")
+
+
 @LOSSES.register("hierarchical-cross-entropy", params=(
-    Param("alpha", "float", 0.1, "edge weights exp(-alpha * depth), larger = coarser", low=0.0,
-          source="the original project's --alpha default"),
+    _ALPHA,
     Param("normalize", "bool", False, "divide the edge weights by their sum, as the reference code does",
           source="Bertinetto et al.'s paper (unnormalised, eq. 4)"),
 ))
@@ -505,6 +544,278 @@ class SimpleHierarchyLoss(HierarchyLoss):
 
 
 # --------------------------------------------------------------------------------------------------------
+# embedding losses: Barz & Denzler (WACV 2019), DeViSE (Frome et al., NeurIPS 2013)
+# --------------------------------------------------------------------------------------------------------
+
+EMBEDDING_SOURCE = "Barz & Denzler (WACV 2019) class embeddings unless built with word vectors (DeViSE)"
+
+
+class EmbeddingLoss(HierarchyLoss):
+    """Base class of the losses on a class embedding: the model outputs a vector in the embedding space.
+
+    ``class_embeddings`` (float ``[C, D]``, one row per class) default to Barz & Denzler's hierarchy
+    embeddings (:func:`hiercls.embeddings.barzdenzler_embeddings`, ``D = C``); DeViSE passes word vectors
+    (:func:`hiercls.wordvectors.class_word_vectors`). Rows are L2-normalised here and kept in float32 as a
+    non-persistent buffer. The class scores of an output are its cosine similarities to every class
+    embedding, ``normalize(out) @ E^T`` (``[N, C]``, in [-1, 1]); they are not log-probabilities, so the
+    CRM metrics (which softmax the scores) are NaN for these losses (``probabilistic = False``).
+
+    Raises:
+        ValueError: ``class_embeddings`` not ``[C, D]`` with ``C = hierarchy.num_classes``, or a zero row.
+    """
+
+    probabilistic = False
+    takes_class_embeddings = True
+
+    def __init__(self, hierarchy, class_embeddings: torch.Tensor | None) -> None:
+        if class_embeddings is None:
+            from hiercls.embeddings import barzdenzler_embeddings
+
+            class_embeddings = barzdenzler_embeddings(hierarchy)
+        e = torch.as_tensor(class_embeddings).detach().to(torch.float64)
+        c = hierarchy.num_classes
+        if e.dim() != 2 or e.shape[0] != c:
+            raise ValueError(f"class embeddings must be [{c}, D] (one row per class), got {tuple(e.shape)}")
+        norms = e.norm(dim=1)
+        if bool((norms == 0).any()):
+            bad = int((norms == 0).nonzero()[0])
+            raise ValueError(f"class {hierarchy.classes[bad]!r} has a zero embedding")
+        super().__init__(c, num_outputs=int(e.shape[1]))
+        self.register_buffer("class_embeddings", (e / norms.unsqueeze(1)).float(), persistent=False)
+
+    @property
+    def embedding_size(self) -> int:
+        """``D``, the embedding's dimension (the model's number of outputs)."""
+        return int(self.class_embeddings.shape[1])
+
+    def cosines(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every output to every class embedding: float ``[N, D]`` -> ``[N, C]``."""
+        x = F.normalize(_compute_dtype(outputs), dim=1)
+        return x @ self.class_embeddings.to(device=x.device, dtype=x.dtype).T
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.cosines(outputs)
+
+    def target_cosine(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``cos(out_i, phi_{y_i})`` for every sample, float ``[N]``."""
+        x = F.normalize(_compute_dtype(outputs), dim=1)
+        phi = self.class_embeddings.to(x.device)[targets.to(x.device)].to(x.dtype)
+        return (x * phi).sum(dim=1)
+
+
+@LOSSES.register("cosine-distance")
+class CosineDistanceLoss(EmbeddingLoss):
+    """Cosine distance to the true class's embedding, Barz & Denzler (WACV 2019), Sec. 3.2.
+
+    ``L = 1 - mean_i cos(out_i, phi_{y_i})`` with ``phi`` the class embeddings (Barz & Denzler's by default,
+    DeViSE word vectors when built with them); the output is L2-normalised inside the cosine. The reference
+    code's ``--loss cosine-distance``.
+
+    Args:
+        hierarchy: the class hierarchy (C classes).
+        class_embeddings: float ``[C, D]`` or None (Barz & Denzler's, ``D = C``).
+
+    Call: ``outputs`` float ``[N, D]``, ``targets`` long ``[N]`` -> scalar in [0, 2].
+    """
+
+    def __init__(self, hierarchy, class_embeddings: torch.Tensor | None = None) -> None:
+        super().__init__(hierarchy, class_embeddings)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check(outputs, targets)
+        return 1.0 - self.target_cosine(outputs, targets).mean()
+
+
+@LOSSES.register("cosine-plus-xent", params=(
+    Param("xent_weight", "float", 0.1, "weight of the cross-entropy on the embedding output", low=0.0,
+          source="Barz & Denzler (WACV 2019), Sec. 3.3, and the reference code's default"),
+))
+class CosinePlusXentLoss(EmbeddingLoss):
+    """Cosine distance plus weighted cross-entropy, Barz & Denzler (WACV 2019), Sec. 3.3.
+
+    ``L = (1 - mean_i cos(out_i, phi_{y_i})) + xent_weight * CE(out, y)``, the cross-entropy taken on the same
+    output read as class logits (so the embedding's dimension must equal the number of classes: Barz &
+    Denzler's embeddings have ``D = C``; word vectors do not). The scores for the metrics are the cosines.
+
+    Args:
+        hierarchy: the class hierarchy (C classes).
+        xent_weight: weight of the cross-entropy, ``>= 0`` (default 0.1).
+        class_embeddings: float ``[C, C]`` or None (Barz & Denzler's).
+
+    Call: ``outputs`` float ``[N, C]``, ``targets`` long ``[N]`` -> scalar.
+
+    Raises:
+        ValueError: embeddings of another dimension than C.
+    """
+
+    def __init__(
+        self, hierarchy, *, xent_weight: float, class_embeddings: torch.Tensor | None = None
+    ) -> None:
+        super().__init__(hierarchy, class_embeddings)
+        if self.embedding_size != self.num_classes:
+            raise ValueError(
+                f"cosine-plus-xent reads its output as {self.num_classes} class logits too, but the "
+                f"embedding has {self.embedding_size} dimensions; use Barz & Denzler's embeddings or "
+                "cosine-distance"
+            )
+        self.xent_weight = float(xent_weight)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check(outputs, targets)
+        cosine = 1.0 - self.target_cosine(outputs, targets).mean()
+        if self.xent_weight == 0:
+            return cosine
+        return cosine + self.xent_weight * cross_entropy(outputs, targets)
+
+    def extra_repr(self) -> str:
+        return f"xent_weight={self.xent_weight}"
+
+
+@LOSSES.register("ranking-loss", params=(
+    Param("margin", "float", 0.1, "hinge margin on the cosine scores", low=0.0,
+          source="Frome et al. (NeurIPS 2013), Sec. 3.2, and the reference code's default"),
+    Param("devise_single_negative", "bool", False,
+          "one random margin-violating class per sample instead of the sum over all classes",
+          source="Frome et al. (NeurIPS 2013), Sec. 3.2 (the first violating negative)"),
+))
+class RankingLoss(EmbeddingLoss):
+    """DeViSE's hinge rank loss, Frome et al., "DeViSE: A Deep Visual-Semantic Embedding Model", NeurIPS 2013,
+    Sec. 3.2, on cosine scores ``s_c = cos(out, phi_c)``.
+
+    ``L_i = sum_{c != y_i} max(0, margin - s_{y_i} + s_c)``, mean over the batch. With
+    ``devise_single_negative`` each sample takes one class drawn uniformly among those that violate the
+    margin (``margin - s_y + s_c > 0``, ``c != y``): ``L_i = max(0, margin - s_y + s_c)`` for that class, 0
+    when none violates (the paper stops at the first violating class of a random order, which draws that class
+    uniformly too). The draw uses torch's global generator on the outputs' device, which the engine seeds
+    and checkpoints, so a run and its resume draw the same classes.
+
+    The reference code sums over every class including ``y`` itself, whose term is always ``margin``: its
+    values are ours plus ``margin`` per sample (the same gradient).
+
+    Args:
+        hierarchy: the class hierarchy (C classes).
+        margin: hinge margin, ``>= 0`` (default 0.1).
+        devise_single_negative: see above (default False).
+        class_embeddings: float ``[C, D]`` or None (Barz & Denzler's).
+
+    Call: ``outputs`` float ``[N, D]``, ``targets`` long ``[N]`` -> scalar.
+    """
+
+    def __init__(
+        self, hierarchy, *, margin: float, devise_single_negative: bool,
+        class_embeddings: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(hierarchy, class_embeddings)
+        self.margin = float(margin)
+        self.devise_single_negative = bool(devise_single_negative)
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The hinge loss of every sample, float ``[N]``."""
+        self._check(outputs, targets)
+        s = self.cosines(outputs)
+        t = targets.to(s.device)
+        hinge = (self.margin - s.gather(1, t.view(-1, 1)) + s).clamp_min(0.0)
+        others = torch.ones_like(hinge, dtype=torch.bool).scatter_(1, t.view(-1, 1), False)
+        hinge = hinge * others
+        if not self.devise_single_negative:
+            return hinge.sum(dim=1)
+        keys = torch.rand(hinge.shape, device=hinge.device, dtype=hinge.dtype)
+        keys = keys.masked_fill(~((hinge > 0) & others), -1.0)
+        pick = keys.argmax(dim=1, keepdim=True)
+        return hinge.gather(1, pick).squeeze(1)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(outputs, targets).mean()
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, devise_single_negative={self.devise_single_negative}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# YOLO-v2 softmax cascade
+# --------------------------------------------------------------------------------------------------------
+
+
+@LOSSES.register("yolo-v2", params=(_ALPHA,))
+class YoloV2Loss(HierarchyLoss):
+    """YOLO-v2's hierarchical softmax (Redmon & Farhadi, "YOLO9000: Better, Faster, Stronger", CVPR 2017,
+    Sec. 4 "Hierarchical classification"), as the reference code's softmax cascade.
+
+    The model has one output per non-root node (``num_outputs = nodes - 1``); a softmax over the children of
+    every internal node gives ``p(n | parent(n))``. For a sample of class ``y`` with path
+    ``y = C_0, ..., C_h = root``::
+
+        L = - sum_{l=0}^{h-1} lambda(C_l) * log p(C_l | C_{l+1}),    lambda(C) = exp(-alpha * depth(C))
+
+    (HXE's weights, :func:`hxe_edge_weights`; ``alpha = 0`` is the sum of the per-level cross-entropies along
+    the path). The class scores are the log leaf probabilities ``log p(c) = sum along c's path of
+    log p(node | parent)`` (``[N, C]``, a distribution over the leaves), so every metric, CRM included, is
+    computed on them. A node with one child has ``p = 1``.
+
+    Args:
+        hierarchy: the class hierarchy (``parent_index``, ``depth``); any tree.
+        alpha: decay, ``>= 0`` (default 0.1).
+
+    Call: ``outputs`` float ``[N, nodes - 1]``, ``targets`` long ``[N]`` -> scalar.
+    """
+
+    def __init__(self, hierarchy, *, alpha: float) -> None:
+        parent = hierarchy.parent_index.tolist()
+        root = parent.index(-1)
+        nodes = [n for n in range(len(parent)) if n != root]  # output j <-> node nodes[j]
+        super().__init__(hierarchy.num_classes, num_outputs=len(nodes))
+        self.alpha = float(alpha)
+        column = {node: j for j, node in enumerate(nodes)}
+        internal = sorted({parent[n] for n in nodes})
+        group = {p: g for g, p in enumerate(internal)}
+        siblings = torch.zeros(len(internal), len(nodes), dtype=torch.bool)  # [G, O]: children of group g
+        for j, node in enumerate(nodes):
+            siblings[group[parent[node]], j] = True
+        weights = hxe_edge_weights(hierarchy, self.alpha).tolist()
+        path = torch.zeros(hierarchy.num_classes, len(nodes), dtype=torch.float64)  # [C, O]: 1 on the path
+        for leaf in range(hierarchy.num_classes):
+            node = leaf
+            while parent[node] >= 0:
+                path[leaf, column[node]] = 1.0
+                node = parent[node]
+        lam = torch.tensor([weights[n] for n in nodes], dtype=torch.float64)
+        self.register_buffer("siblings", siblings, persistent=False)
+        output_group = torch.tensor([group[parent[n]] for n in nodes])  # [O]: the group of each output
+        self.register_buffer("output_group", output_group, persistent=False)
+        # float64 (small: [C, O]); cast to the outputs' dtype in use
+        self.register_buffer("path", path, persistent=False)
+        self.register_buffer("weighted_path", path * lam, persistent=False)
+
+    def conditional_log_probs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``log p(node | parent)`` for every non-root node: float ``[N, O]`` -> float ``[N, O]`` (a
+        log-softmax over each internal node's children)."""
+        x = _compute_dtype(outputs)
+        mask = self.siblings.to(x.device)
+        masked = x.unsqueeze(1).masked_fill(~mask.unsqueeze(0), float("-inf"))  # [N, G, O]
+        lse = masked.logsumexp(dim=2)  # [N, G]
+        return x - lse.gather(1, self.output_group.to(x.device).expand(x.shape[0], -1))
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``log p(c)`` of every class, the product of the conditional probabilities along its path:
+        float ``[N, O]`` -> float ``[N, C]`` (``exp`` sums to 1 over the classes)."""
+        log_cond = self.conditional_log_probs(outputs)
+        return log_cond @ self.path.to(device=log_cond.device, dtype=log_cond.dtype).T
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of every sample, float ``[N]``."""
+        self._check(outputs, targets)
+        log_cond = self.conditional_log_probs(outputs)
+        w = self.weighted_path.to(log_cond.device)[targets.to(log_cond.device)].to(log_cond.dtype)
+        return -(w * log_cond).sum(dim=1)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(outputs, targets).mean()
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+# --------------------------------------------------------------------------------------------------------
 # factory
 # --------------------------------------------------------------------------------------------------------
 
@@ -518,24 +829,40 @@ def loss_params(name: str) -> dict[str, Any]:
     return LOSSES.defaults(name)
 
 
-def build_loss(name: str, hierarchy, **params: Any) -> nn.Module:
+def is_embedding_loss(name: str) -> bool:
+    """Whether loss ``name`` works on a class embedding (``cosine-distance``, ``cosine-plus-xent``,
+    ``ranking-loss``). ValueError for an unknown name."""
+    return bool(getattr(LOSSES.get(name), "takes_class_embeddings", False))
+
+
+def build_loss(
+    name: str, hierarchy, *, class_embeddings: torch.Tensor | None = None, **params: Any
+) -> HierarchyLoss:
     """Build loss ``name`` for ``hierarchy``.
 
     Args:
-        name: ``cross-entropy``, ``hierarchical-cross-entropy``, ``soft-labels`` or ``simple-hierarchy``.
+        name: a registered loss (see the module table).
         hierarchy: a :class:`~hiercls.hierarchy.Hierarchy` (ignored by ``cross-entropy`` apart from the
             class count check; may be None there).
+        class_embeddings: for the embedding losses, float ``[C, D]`` (e.g. DeViSE word vectors); None:
+            Barz & Denzler's embeddings of ``hierarchy``. Refused for the other losses.
         **params: the loss's parameters (see the module table); omitted ones take their defaults.
 
     Returns:
-        An ``nn.Module`` called as ``loss(logits [N, C] float, targets [N] long) -> scalar`` (batch mean),
-        with ``set_epoch(e: float)``.
+        A :class:`HierarchyLoss` called as ``loss(outputs [N, num_outputs] float, targets [N] long) ->
+        scalar`` (batch mean), with ``set_epoch(e: float)``, ``num_outputs`` and ``scores(outputs)``.
 
     Raises:
         ValueError: unknown loss name (lists the valid ones), unknown parameter (names it and the valid
-            ones), or an out-of-range value (names it and the valid range).
+            ones), an out-of-range value (names it and the valid range), class embeddings given to a loss
+            that takes none, or embeddings that do not fit.
     """
     full = LOSSES.check(name, params)
-    if hierarchy is None and LOSSES.canonical(name) != "cross-entropy":
-        raise ValueError(f"loss {LOSSES.canonical(name)!r} needs a hierarchy")
+    canonical = LOSSES.canonical(name)
+    if hierarchy is None and canonical != "cross-entropy":
+        raise ValueError(f"loss {canonical!r} needs a hierarchy")
+    if is_embedding_loss(canonical):
+        return LOSSES.get(name)(hierarchy, class_embeddings=class_embeddings, **full)
+    if class_embeddings is not None:
+        raise ValueError(f"loss {canonical!r} takes no class embeddings (only the embedding losses do)")
     return LOSSES.get(name)(hierarchy, **full)

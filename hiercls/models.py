@@ -13,20 +13,60 @@ from torch import Tensor, nn
 from hiercls.registry import MODELS
 
 __all__ = [
-    "MODELS", "GlobalAvgPool", "PlainNet11", "PreActWideResNet", "ResNetCifar", "build_model",
-    "count_parameters",
+    "MODELS", "GlobalAvgPool", "PlainNet11", "PreActWideResNet", "ResNetCifar", "backbone_parameters",
+    "build_model", "count_parameters", "head_parameters",
 ]
 
-def build_model(name: str, num_classes: int = 100) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int = 100,
+    *,
+    use_2fc: bool = False,
+    fc_inner_dim: int = 1024,
+    use_fc_batchnorm: bool = False,
+) -> nn.Module:
     """Build the registered model ``name`` (or an alias) with ``num_classes`` outputs.
 
+    ``num_classes`` is the number of outputs: the class count for the classification losses, the
+    embedding's dimension for the embedding losses, the non-root node count for ``yolo-v2``. Every model
+    ends in a linear layer ``classifier``: its *head*; everything else is its *backbone*
+    (:func:`head_parameters`). With ``use_2fc`` the head is two linear layers, ``Linear(features,
+    fc_inner_dim) -> ReLU [-> BatchNorm1d with use_fc_batchnorm] -> Linear(fc_inner_dim, num_classes)``, as
+    the reference code of Bertinetto et al. builds it for its embedding runs (``--use_2fc``,
+    ``--fc_inner_dim``, ``--use_fc_batchnorm``).
+
     Raises:
-        ValueError: unknown name (the message lists the registered ones) or ``num_classes`` < 1.
+        ValueError: unknown name (the message lists the registered ones), ``num_classes`` < 1,
+            ``fc_inner_dim`` < 1, or ``use_fc_batchnorm`` without ``use_2fc``.
     """
     factory = MODELS.get(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return factory(num_classes=num_classes)
+    if use_fc_batchnorm and not use_2fc:
+        raise ValueError("use_fc_batchnorm needs use_2fc (the batch norm sits between the two linear layers)")
+    if fc_inner_dim < 1:
+        raise ValueError(f"fc_inner_dim must be >= 1, got {fc_inner_dim}")
+    model = factory(num_classes=num_classes)
+    if use_2fc:
+        features = model.classifier.in_features
+        layers: list[nn.Module] = [nn.Linear(features, fc_inner_dim), nn.ReLU(inplace=True)]
+        if use_fc_batchnorm:
+            layers.append(nn.BatchNorm1d(fc_inner_dim))
+        layers.append(nn.Linear(fc_inner_dim, num_classes))
+        model.classifier = nn.Sequential(*layers)
+        _init_weights(model.classifier)
+    return model
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model.classifier`` (the head: one or two linear layers)."""
+    return list(model.classifier.parameters())
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` outside its head, in ``model.parameters()`` order."""
+    head = {id(p) for p in head_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in head]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ from hiercls.registry import OPTIMIZERS
 if TYPE_CHECKING:
     from hiercls.config import TrainConfig
 
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "parameter_groups"]
 
 
 @OPTIMIZERS.register("sgd")
@@ -35,6 +35,26 @@ def _adamw(params, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
 
 
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict] | list[nn.Parameter]:
+    """``model``'s parameters, as one group, or as two when ``config.lr_fc`` or ``config.weight_decay_fc`` is
+    set: the backbone (``lr``, ``weight_decay``) and the head (``model.classifier``: the learning rate
+    ``lr_fc``, as the factor ``lr_fc / lr`` on the schedule's rate, and ``weight_decay_fc``), as the reference
+    code's ``--lr_fc`` and ``--weight_decay_fc``."""
+    if config.lr_fc is None and config.weight_decay_fc is None:
+        return list(model.parameters())
+    from hiercls.models import backbone_parameters, head_parameters
+    from hiercls.schedules import LR_SCALE_KEY
+
+    head: dict = {"params": head_parameters(model)}
+    if config.lr_fc is not None:
+        head["lr"] = config.lr_fc
+        head[LR_SCALE_KEY] = config.lr_fc / config.lr
+    if config.weight_decay_fc is not None:
+        head["weight_decay"] = config.weight_decay_fc
+    return [{"params": backbone_parameters(model)}, head]
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser ``config.optimizer`` over ``model``'s parameters (ValueError lists valid names)."""
-    return OPTIMIZERS.get(config.optimizer)(model.parameters(), config)
+    """The optimiser ``config.optimizer`` over ``model``'s parameters (:func:`parameter_groups`); ValueError
+    lists the valid names."""
+    return OPTIMIZERS.get(config.optimizer)(parameter_groups(model, config), config)

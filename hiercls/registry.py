@@ -381,8 +381,9 @@ HIERARCHIES: Registry = Registry("hierarchy", provider="hiercls.hierarchy")
 """The built-in CIFAR-100 hierarchies, ``fn() -> Hierarchy`` (a file path is the other way to name one)."""
 MODELS: Registry = Registry("model", provider="hiercls.models", call_args=("num_classes",))
 """Model factories ``fn(num_classes) -> nn.Module`` (:func:`hiercls.models.build_model`)."""
-LOSSES: Registry = Registry("loss", provider="hiercls.losses", call_args=("hierarchy",))
-"""Loss classes ``cls(hierarchy, **params)`` (:func:`hiercls.losses.build_loss`)."""
+LOSSES: Registry = Registry("loss", provider="hiercls.losses", call_args=("hierarchy", "class_embeddings"))
+"""Loss classes ``cls(hierarchy, **params)``; the embedding losses also take ``class_embeddings``
+(:func:`hiercls.losses.build_loss`)."""
 SCHEDULES: Registry = Registry(
     "schedule", provider="hiercls.schedules", call_args=("epoch", "base_lr", "epochs"),
     listing="valid parameters",

@@ -3,7 +3,10 @@
 Configuration precedence: defaults < ``--config FILE.yaml`` < flags < ``--set key=value``. The original
 project's flags work as they were (``--architecture --loss --alpha --beta --lambda_fine --lambda_coarse
 --fine_loss_start_epoch --fine_loss_ramp_epochs --coarse_loss_start_epoch --coarse_loss_ramp_epochs
---lr_schedule --epochs --batch_size --lr --out_folder --data_path``), also with hyphens.
+--lr_schedule --epochs --batch_size --lr --out_folder --data_path``), also with hyphens, and so do the
+reference code's embedding flags (``--barzdenzler --devise --word_vectors --use_2fc --fc_inner_dim
+--use_fc_batchnorm --lr_fc --weight_decay_fc --train_backbone_after --embedding_size``; the booleans bare or
+with ``True``/``False``).
 
 Examples::
 
@@ -12,6 +15,8 @@ Examples::
         --out_folder runs/hxe
     python -m hiercls.train --config best.yaml          # a config exported by analysis.export
     python -m hiercls.train ... --resume                # continue an interrupted run
+    python -m hiercls.train --barzdenzler --loss cosine-distance --hierarchy cifar100-wordnet
+    python -m hiercls.train --devise --loss ranking-loss --word_vectors wiki.en.bin
     python -m hiercls.train --smoke-test
 
 Exit status: 0 done; 1 the run's loss went NaN; 2 bad input, fixed in the arguments or files (flags,
@@ -49,9 +54,19 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("cutout", (), int, "Cutout square side in pixels (0: off)"),
     ("architecture", (), str, "one of {model}"),
     ("loss", (), str, "one of {loss}"),
+    ("word_vectors", (), str, "with --devise: fastText word vectors of the class names (a .bin model or a "
+     ".vec text file; needs the embeddings extra for .bin)"),
+    ("embedding_size", (), int, "the embedding's dimension; taken from the embedding (a different value "
+     "is an error)"),
+    ("fc_inner_dim", (), int, "with --use_2fc: width of the head's hidden layer"),
+    ("train_backbone_after", (), int, "epochs during which only the head trains (backbone frozen, "
+     "BatchNorm statistics still updated); the reference code counted steps, this counts epochs"),
     ("optimizer", (), str, "one of {optimizer} (sgd: Nesterov momentum)"),
     ("lr", (), float, "base learning rate"),
     ("weight_decay", (), float, "weight decay"),
+    ("lr_fc", (), float, "the head's learning rate (a second parameter group, scaled by the schedule like "
+     "--lr; default: --lr)"),
+    ("weight_decay_fc", (), float, "the head's weight decay (default: --weight_decay)"),
     ("lr_schedule", (), str, "one of {schedule} (cosine: SGDR; cutout: multi-step)"),
     ("epochs", (), int, "training epochs"),
     ("batch_size", (), int, "training batch size"),
@@ -146,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             *dict.fromkeys(spellings), dest=key, type=kind, default=argparse.SUPPRESS, help=text
         )
+    # booleans of the reference code, accepted bare (--barzdenzler, as the seed wrote them) and with a
+    # value (--barzdenzler True, as the reference wrote them)
+    for key, text in (
+        ("barzdenzler", "class embeddings of Barz & Denzler (WACV 2019) for the embedding losses "
+                        "(their default)"),
+        ("devise", "DeViSE (Frome et al., NeurIPS 2013): class embeddings from --word_vectors"),
+        ("use_2fc", "a two-layer head: Linear -> ReLU [-> BatchNorm] -> Linear"),
+        ("use_fc_batchnorm", "with --use_2fc: batch norm between the head's layers"),
+    ):
+        spellings = dict.fromkeys([f"--{key}", f"--{key.replace('_', '-')}"])
+        parser.add_argument(*spellings, dest=key, nargs="?", const=True, type=_switch_value,
+                            default=argparse.SUPPRESS, metavar="true|false", help=f"{text} (default: false)")
     parser.add_argument("--amsgrad", dest="amsgrad", action="store_true", default=argparse.SUPPRESS,
                         help="adamw: use the AMSGrad variant")
     parser.add_argument("--deterministic", dest="deterministic", action="store_true",

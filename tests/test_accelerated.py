@@ -215,9 +215,10 @@ def test_no_model_loss_or_metric_uses_an_op_cuda_cannot_run_deterministically():
             found[(name, amp)] = refused_ops(step)
     for name in LOSSES.names():
         loss = build_loss(name, hierarchy)
-        logits = torch.randn(8, 100, generator=g, requires_grad=True)
+        logits = torch.randn(8, loss.num_outputs, generator=g, requires_grad=True)
         targets = torch.randint(0, 100, (8,), generator=g)
         found[name] = refused_ops(lambda f=loss, x=logits, t=targets: f(x, t).backward())
+        found[f"{name} scores"] = refused_ops(lambda f=loss, x=logits: f.scores(x.detach()))
     acc = MetricAccumulator(hierarchy, (1, 5, 20), cifar100_superclass_labels())
     found["metrics"] = refused_ops(lambda: (acc.update(torch.randn(8, 100, generator=g), labels.repeat(4)),
                                             acc.compute()))

@@ -147,6 +147,12 @@ def test_every_loss_and_schedule_trains_one_epoch(tiny_run, cifar, loss, schedul
     assert result["status"] == "ok"
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
     assert 0.0 <= record["val_top1_error"] <= 1.0
+    # every metric reported: finite, but CRM (which needs class probabilities) NaN for the embedding losses
+    metrics = [k for k in record if k.startswith("val_") and not k.startswith("val_crm/")]
+    assert all(math.isfinite(record[k]) for k in metrics)
+    crm = [record["val_crm/" + k[4:]] for k in metrics if k != "val_loss"]
+    probabilistic = LOSSES.get(loss).probabilistic
+    assert all(math.isnan(v) for v in crm) if not probabilistic else all(map(math.isfinite, crm))
     saved = yaml.safe_load((Path(config.out_folder) / "config.yaml").read_text())
     assert saved["loss"] == loss and saved["lr_schedule"] == schedule
 

@@ -64,10 +64,14 @@ def _params_for(name: str, hierarchy: Hierarchy) -> dict:
 
 def test_registered_names():
     assert LOSSES.names() == [
+        "cosine-distance",
+        "cosine-plus-xent",
         "cross-entropy",
         "hierarchical-cross-entropy",
+        "ranking-loss",
         "simple-hierarchy",
         "soft-labels",
+        "yolo-v2",
     ]
 
 
@@ -89,7 +93,8 @@ def test_defaults():
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("nope", {}, "valid: cross-entropy, hierarchical-cross-entropy, simple-hierarchy, soft-labels"),
+        ("nope", {}, "valid: cosine-distance, cosine-plus-xent, cross-entropy, hierarchical-cross-entropy, "
+                     "ranking-loss, simple-hierarchy, soft-labels, yolo-v2"),
         ("hierarchical-cross-entropy", {"beta": 1.0}, r"'beta'.*valid: alpha, normalize"),
         ("cross-entropy", {"alpha": 1.0}, r"'alpha'.*valid: none"),
         ("soft-labels", {"alpha": 1.0}, r"'alpha'.*valid: beta"),
@@ -156,7 +161,7 @@ def test_state_dict_is_empty_and_buffers_follow_device(tiny):
         loss.set_epoch(3.5)
         assert loss.epoch == 3.5
         loss.double()  # buffers are cast/moved with the module; forward must still work
-        assert torch.isfinite(loss(torch.randn(3, 5), torch.tensor([0, 2, 4])))
+        assert torch.isfinite(loss(torch.randn(3, loss.num_outputs), torch.tensor([0, 2, 4])))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -456,7 +461,7 @@ def test_every_loss_trains_on_every_builtin(builtin, name):
     loss.set_epoch(3.0)
     features = torch.randn(64, 32)
     targets = torch.randint(0, 100, (64,))
-    model = torch.nn.Linear(32, 100)
+    model = torch.nn.Linear(32, loss.num_outputs)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     values = []
     for _ in range(20):
@@ -475,10 +480,166 @@ def test_every_loss_trains_on_every_builtin(builtin, name):
 def test_every_loss_is_finite_for_extreme_logits(builtin, name):
     loss = build_loss(name, builtin, **_params_for(name, builtin))
     loss.set_epoch(10.0)
-    x = torch.full((4, 100), -60.0)
+    x = torch.full((4, loss.num_outputs), -60.0)
     x[:, 7] = 60.0
     x.requires_grad_()
     value = loss(x, torch.tensor([0, 50, 99, 7]))
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()
-    assert value.item() > 1.0
+    assert torch.isfinite(loss.scores(x.detach())).all()
+    if loss.probabilistic:  # three of four samples confidently wrong
+        assert value.item() > 1.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# embedding losses (Barz & Denzler; DeViSE) and yolo-v2, against hand computations
+# --------------------------------------------------------------------------------------------------------
+
+BD_EDGES = [("root", "A"), ("A", "a1"), ("A", "a2"), ("root", "B"), ("B", "b1"), ("B", "b2")]
+
+
+@pytest.fixture(scope="module")
+def two_by_two() -> Hierarchy:
+    """root -> A -> {a1, a2}; root -> B -> {b1, b2} (d_max 2)."""
+    return Hierarchy.from_edges(BD_EDGES, ["a1", "a2", "b1", "b2"])
+
+
+R = math.sqrt(0.75)
+# Barz & Denzler's embeddings of that tree by hand: phi_a1 = e0; phi_a2 . phi_a1 = 1/2 ...
+BD_TINY = torch.tensor([[1.0, 0, 0, 0], [0.5, R, 0, 0], [0, 0, 1.0, 0], [0, 0, 0.5, R]], dtype=torch.float64)
+
+
+def test_embedding_losses_use_barzdenzler_by_default(two_by_two):
+    for name in ("cosine-distance", "cosine-plus-xent", "ranking-loss"):
+        loss = build_loss(name, two_by_two)
+        assert loss.num_outputs == 4 and not loss.probabilistic
+        torch.testing.assert_close(loss.class_embeddings.double(), BD_TINY, atol=1e-7, rtol=0)
+
+
+def test_cosine_distance_by_hand(two_by_two):
+    loss = build_loss("cosine-distance", two_by_two)
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]], requires_grad=True)
+    # cos((.6, .8, 0, 0), phi_a2) = .3 + .8 R; cos((0, 0, 0, 1), phi_b1) = 0
+    value = loss(x, torch.tensor([1, 2]))
+    assert value.item() == pytest.approx(1 - (0.3 + 0.8 * R + 0.0) / 2, abs=1e-6)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+    # the scores are the cosines to every class
+    torch.testing.assert_close(loss.scores(x.detach())[0], torch.tensor([0.6, 0.3 + 0.8 * R, 0, 0]))
+    # scaling an output changes nothing (it is normalised)
+    assert loss(10 * x.detach(), torch.tensor([1, 2])).item() == pytest.approx(value.item(), abs=1e-6)
+
+
+def test_cosine_plus_xent_by_hand(two_by_two):
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]])
+    t = torch.tensor([1, 2])
+    cosine = 1 - (0.3 + 0.8 * R) / 2
+    for weight in (0.0, 0.1, 2.0):
+        loss = build_loss("cosine-plus-xent", two_by_two, xent_weight=weight)
+        expected = cosine + weight * F.cross_entropy(x, t).item()
+        assert loss(x, t).item() == pytest.approx(expected, abs=1e-6)
+    assert loss_params("cosine-plus-xent") == {"xent_weight": 0.1}
+
+
+def test_cosine_plus_xent_refuses_embeddings_of_another_size(two_by_two):
+    with pytest.raises(ValueError, match="the embedding has 3 dimensions"):
+        build_loss("cosine-plus-xent", two_by_two, class_embeddings=torch.randn(4, 3))
+
+
+def test_ranking_loss_by_hand(two_by_two):
+    e = torch.eye(4, 3, dtype=torch.float64)
+    e[3] = torch.tensor([1.0, 1.0, 0.0])
+    loss = build_loss("ranking-loss", two_by_two, class_embeddings=e)
+    assert loss.num_outputs == 3
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], requires_grad=True)
+    # sample 0 (class 1): s = (1, 0, 0, 1/sqrt2); terms .1 - 0 + s_c for c = 0, 2, 3
+    s3 = 1 / math.sqrt(2)
+    first = (0.1 + 1) + 0.1 + (0.1 + s3)
+    # sample 1 (class 1): s = (0, 1, 0, 1/sqrt2): terms .1 - 1 + s_c, all <= 0 but c = 3: max(0, s3 - .9) = 0
+    value = loss(x, torch.tensor([1, 1]))
+    assert value.item() == pytest.approx((first + 0.0) / 2, abs=1e-6)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+    # the reference sums over every class, y included: its value is ours + margin
+    s = loss.cosines(x.detach())
+    reference = (0.1 - s.gather(1, torch.tensor([[1], [1]])) + s).clamp_min(0).sum(1).mean()
+    assert reference.item() == pytest.approx(value.item() + 0.1, abs=1e-6)
+    wide = build_loss("ranking-loss", two_by_two, class_embeddings=e, margin=0.5)
+    assert wide(x.detach(), torch.tensor([1, 1])).item() == pytest.approx(
+        ((0.5 + 1) + 0.5 + (0.5 + s3) + max(0.0, 0.5 - 1 + s3)) / 2, abs=1e-6)
+
+
+def test_ranking_loss_single_negative_draws_one_violating_class(two_by_two):
+    e = torch.eye(4, 3, dtype=torch.float64)
+    e[3] = torch.tensor([1.0, 1.0, 0.0])
+    loss = build_loss("ranking-loss", two_by_two, class_embeddings=e, devise_single_negative=True)
+    x = torch.tensor([[1.0, 0.0, 0.0]]).repeat(400, 1)
+    torch.manual_seed(3)
+    values = loss.per_sample(x, torch.ones(400, dtype=torch.long))
+    # the violating classes of class 1 here are 0, 2, 3 with terms 1.1, 0.1, 0.1 + 1/sqrt2
+    terms = torch.tensor([1.1, 0.1, 0.1 + 1 / math.sqrt(2)])
+    picked = (values.unsqueeze(1) - terms).abs().argmin(dim=1)
+    torch.testing.assert_close(values, terms[picked])
+    counts = torch.bincount(picked, minlength=3)
+    assert counts.min() > 400 / 3 * 0.7, counts  # each drawn, about uniformly
+    torch.manual_seed(3)
+    assert torch.equal(loss.per_sample(x, torch.ones(400, dtype=torch.long)), values)  # seeded
+    # no violating class: 0
+    assert loss(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([1])).item() == 0.0
+
+
+def _yolo_reference(h: Hierarchy, x: torch.Tensor, target: int, alpha: float) -> float:
+    """The path loss written out: a softmax over the children of each node on the path."""
+    parent = h.parent_index.tolist()
+    root = parent.index(-1)
+    nodes = [n for n in range(len(parent)) if n != root]
+    total, node = 0.0, target
+    while parent[node] >= 0:
+        siblings = [j for j, n in enumerate(nodes) if parent[n] == parent[node]]
+        own = siblings.index(nodes.index(node))
+        ce = F.cross_entropy(x[siblings].unsqueeze(0), torch.tensor([own])).item()
+        total += math.exp(-alpha * int(h.depth[node])) * ce
+        node = parent[node]
+    return total
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_yolo_v2_is_the_weighted_path_cross_entropy(tiny, alpha):
+    loss = build_loss("yolo-v2", tiny, alpha=alpha)
+    assert loss.num_outputs == len(tiny.nodes) - 1 and loss.probabilistic
+    torch.manual_seed(0)
+    x = torch.randn(5, loss.num_outputs, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3, 4])
+    expected = sum(_yolo_reference(tiny, x.detach()[i], int(t[i]), alpha) for i in range(5)) / 5
+    value = loss(x, t)
+    assert value.item() == pytest.approx(expected, abs=1e-9)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_yolo_v2_leaf_probabilities(tiny):
+    loss = build_loss("yolo-v2", tiny)
+    torch.manual_seed(1)
+    x = torch.randn(6, loss.num_outputs, dtype=torch.float64)
+    p = loss.scores(x).exp()
+    torch.testing.assert_close(p.sum(dim=1), torch.ones(6, dtype=torch.float64))
+    # class b1's probability by hand: p(B | root) * p(B1 | B) * p(b1 | B1); B has one child B1 (p = 1)
+    nodes = [n for n in tiny.nodes if n != "root"]
+    col = {n: j for j, n in enumerate(nodes)}
+    top = torch.softmax(x[:, [col["A"], col["B"], col["c"]]], dim=1)[:, 1]
+    leaf = torch.softmax(x[:, [col["b1"], col["b2"]]], dim=1)[:, 0]
+    torch.testing.assert_close(p[:, tiny.classes.index("b1")], top * leaf)
+    # alpha 0: the loss is -log p(y) (the path's conditional log-probabilities telescope)
+    t = torch.tensor([2, 0, 4, 3, 1, 2])
+    zero = build_loss("yolo-v2", tiny, alpha=0.0)
+    assert zero(x, t).item() == pytest.approx(-p.log().gather(1, t.view(-1, 1)).mean().item(), abs=1e-9)
+
+
+def test_class_embeddings_only_for_the_embedding_losses(two_by_two):
+    with pytest.raises(ValueError, match="takes no class embeddings"):
+        build_loss("soft-labels", two_by_two, class_embeddings=BD_TINY)
+    with pytest.raises(ValueError, match=r"must be \[4, D\]"):
+        build_loss("cosine-distance", two_by_two, class_embeddings=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="'b1' has a zero embedding"):
+        build_loss("cosine-distance", two_by_two, class_embeddings=torch.eye(4, 3).roll(0) * torch.tensor(
+            [[1.0], [1.0], [0.0], [1.0]]))

@@ -62,7 +62,8 @@ def test_original_flags_and_precedence(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--architecture", "vgg"], "architecture 'vgg' is unknown; valid: plainnet, resnet18, wrn28-10"),
-        (["--loss", "focal"], "loss 'focal' is unknown; valid: cross-entropy, hierarchical-cross-entropy"),
+        (["--loss", "focal"], "loss 'focal' is unknown; valid: cosine-distance, cosine-plus-xent, "
+                              "cross-entropy"),
         (["--lr_schedule", "step"], "lr_schedule 'step' is unknown; valid: constant, cosine, cutout"),
         (["--epochs", "-3"], "epochs=-3 is out of range; valid: a positive integer"),
         (["--batch_size", "0"], "batch_size=0 is out of range; valid: a positive integer"),

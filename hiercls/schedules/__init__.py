@@ -48,6 +48,7 @@ import torch
 from hiercls.registry import SCHEDULES, Param
 
 __all__ = [
+    "LR_SCALE_KEY",
     "SCHEDULES",
     "StepSchedule",
     "build_schedule",
@@ -62,6 +63,9 @@ LRFunction = Callable[..., float]
 # ``optimizer.state_dict()``, so a schedule built *after* the optimiser state was restored sees that the
 # optimiser is mid-run and leaves its learning rate alone (see StepSchedule).
 STEP_KEY = "hiercls_schedule_step"
+# Optional key of a param group: the factor on the schedule's rate for that group (the head's group when
+# ``lr_fc`` is set: lr_fc / lr); absent means 1.
+LR_SCALE_KEY = "hiercls_lr_scale"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -398,7 +402,8 @@ class StepSchedule:
     def _apply(self) -> None:
         lr = self.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            # a group may scale the schedule's rate (the head's lr_fc / lr, hiercls.optim)
+            group["lr"] = lr * group.get(LR_SCALE_KEY, 1.0)
             group[STEP_KEY] = self._step
 
     def step(self) -> float:
