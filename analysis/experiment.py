@@ -137,6 +137,11 @@ class Trial:
         return (self.config or {}).get("loss") or self.params.get("loss")
 
     @property
+    def family(self) -> str | None:
+        """The method the trial belongs to, for tables and plots (:func:`loss_family`)."""
+        return loss_family(self.loss, {**self.params, **(self.config or {})})
+
+    @property
     def lr_schedule(self) -> str | None:
         return (self.config or {}).get("lr_schedule") or self.params.get("lr_schedule")
 
@@ -204,6 +209,19 @@ class Experiment:
                 + (f": {counts}" if counts else "")
                 + "); nothing to analyse yet"
             )
+
+
+def loss_family(loss: str | None, config: Mapping[str, Any]) -> str | None:
+    """The method a trial with ``loss`` and ``config`` belongs to, as the seed's comparison names them: the
+    embedding losses as ``B&D <loss>`` (Barz & Denzler's class embeddings) or ``DeViSE <loss>`` (word
+    vectors, ``devise`` set), ``yolo-v2`` as ``YOLO-v2``, every other loss by its name; None when unknown."""
+    if loss is None:
+        return None
+    from hiercls.registry import LOSSES
+
+    if loss in LOSSES and getattr(LOSSES.get(loss), "takes_class_embeddings", False):
+        return f"{'DeViSE' if config.get('devise') else 'B&D'} {LOSSES.canonical(loss)}"
+    return "YOLO-v2" if loss == "yolo-v2" else str(loss)
 
 
 def run_cli(parser: Any, argv: Sequence[str] | None, command: Callable[[Any], int]) -> int:

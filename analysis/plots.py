@@ -60,11 +60,19 @@ LABELS = {
 }
 
 
+# the trial table's column that colours the plots: the method (analysis.experiment.loss_family), so Barz &
+# Denzler's, DeViSE's and YOLO-v2's trials are their own families beside each loss
+_FAMILY = "family"
+
+
 def _colours(families: Sequence[str]) -> dict[str, Any]:
-    """One fixed colour per loss family (the registry's order first, then any other name)."""
+    """One fixed colour per loss family: the losses named by themselves in the registry's order, YOLO-v2,
+    then the other families (B&D, DeViSE) by name."""
+    from analysis.experiment import loss_family
     from hiercls.losses import LOSSES
 
-    names = list(dict.fromkeys([*LOSSES.names(), *sorted(set(families))]))
+    own = [n for n in LOSSES.names() if loss_family(n, {}) == n]
+    names = list(dict.fromkeys([*own, "YOLO-v2", *sorted(set(families))]))
     cmap = plt.get_cmap("tab10")
     return {name: cmap(i % 10) for i, name in enumerate(names)}
 
@@ -85,9 +93,9 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
     """
     x, y = PARETO_PAIRS[pair]
     data = table[np.isfinite(table[x].astype(float)) & np.isfinite(table[y].astype(float))]
-    colours = _colours(list(table["loss"].dropna().astype(str)))
+    colours = _colours(list(table[_FAMILY].dropna().astype(str)))
     fig, ax = plt.subplots(figsize=(7, 5))
-    for family, group in data.groupby(data["loss"].fillna("?").astype(str), sort=True):
+    for family, group in data.groupby(data[_FAMILY].fillna("?").astype(str), sort=True):
         colour = colours.get(family, "grey")
         done = group[group["compared"]]
         rest = group[~group["compared"]]
@@ -149,9 +157,11 @@ def _distributions(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for p in searched_params(spec):
-        if p.kind == "choice":
+        if p.kind in ("choice", "grid"):  # a grid: the values it lists (lists of numbers left out)
             old = list(out[p.name].choices) if isinstance(out.get(p.name), CategoricalDistribution) else []
-            out[p.name] = CategoricalDistribution(list(dict.fromkeys([*old, *p.values])))
+            values = [v for v in p.values if not isinstance(v, (list, tuple))]
+            if values or old:
+                out[p.name] = CategoricalDistribution(list(dict.fromkeys([*old, *values])))
             continue
         low, high = p.low, p.high
         old = out.get(p.name)
@@ -252,7 +262,7 @@ def plot_params(experiment: Experiment, table: pd.DataFrame, path: Path) -> Path
     if not dists:
         return None
     data = table[np.isfinite(table["objective"].astype(float))]
-    colours = _colours(list(table["loss"].dropna().astype(str)))
+    colours = _colours(list(table[_FAMILY].dropna().astype(str)))
     n = len(dists)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -265,7 +275,7 @@ def plot_params(experiment: Experiment, table: pd.DataFrame, path: Path) -> Path
                 continue
             xs.append(value)
             ys.append(float(row["objective"]))
-            cs.append(colours.get(str(row["loss"]), "grey"))
+            cs.append(colours.get(str(row[_FAMILY]), "grey"))
             filled.append(bool(row["compared"]))
         if isinstance(dist, CategoricalDistribution):
             labels = [str(c) for c in dist.choices]
@@ -293,7 +303,7 @@ def plot_params(experiment: Experiment, table: pd.DataFrame, path: Path) -> Path
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(f"searched parameters against the objective ({experiment.name}; hollow: not compared)")
-    families = sorted(set(data["loss"].dropna().astype(str)))
+    families = sorted(set(data[_FAMILY].dropna().astype(str)))
     handles = [plt.Line2D([], [], linestyle="none", marker="o", color=colours.get(f, "grey"), label=f)
                for f in families]
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))

@@ -163,7 +163,8 @@ def build_table(
         loss_cols += [k for k in loss_keys if k not in loss_cols]
         sched_cols += [k for k in sched_keys if k not in sched_cols]
         config = trial.config or {}
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status, "loss": trial.loss}
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status, "loss": trial.loss,
+                               "family": trial.family}
         for k in loss_keys:
             row[k] = _plain(config.get(k, trial.params.get(k)))
         row["lr_schedule"] = trial.lr_schedule
@@ -193,11 +194,12 @@ def build_table(
         rows.append(row)
 
     df = pd.DataFrame(rows)
-    others = [c for c in df.columns if c not in ("trial_id", "status", "loss", "lr_schedule", *loss_cols,
-                                                 *sched_cols)]
+    others = [c for c in df.columns if c not in ("trial_id", "status", "loss", "family", "lr_schedule",
+                                                 *loss_cols, *sched_cols)]
     param_cols = [c for c in others if c in ("lr", "weight_decay", *searched)]
     rest = [c for c in others if c not in param_cols]
-    df = df[["trial_id", "status", "loss", *loss_cols, "lr_schedule", *sched_cols, *param_cols, *rest]]
+    df = df[["trial_id", "status", "loss", "family", *loss_cols, "lr_schedule", *sched_cols, *param_cols,
+             *rest]]
     df["epoch"] = df["epoch"].astype("Int64")
     df["seed"] = df["seed"].astype("Int64")  # unknown for a trial whose config is lost
     compared = df["compared"].to_numpy(dtype=bool)

@@ -803,3 +803,16 @@ def test_exported_best_trial_reproduces_its_val_metrics(smoke_search, tmp_path):
     print(f"reproduction of trial {trial.trial_id} epoch {source['epoch']}: max abs difference "
           f"{diffs[worst]:.3g} ({worst})")
     assert diffs[worst] <= 1e-6, diffs
+
+
+def test_loss_families_name_the_seed_methods():
+    from analysis.experiment import loss_family
+
+    assert loss_family("cosine-distance", {"barzdenzler": True}) == "B&D cosine-distance"
+    assert loss_family("cosine-distance", {}) == "B&D cosine-distance"  # the embedding losses' default
+    assert loss_family("cosine-plus-xent", {"barzdenzler": False}) == "B&D cosine-plus-xent"
+    assert loss_family("ranking-loss", {"devise": True}) == "DeViSE ranking-loss"
+    assert loss_family("cosine-distance", {"devise": True}) == "DeViSE cosine-distance"
+    assert loss_family("yolo-v2", {"alpha": 0.3}) == "YOLO-v2"
+    assert loss_family("soft-labels", {"devise": False}) == "soft-labels"
+    assert loss_family("my-own-loss", {}) == "my-own-loss" and loss_family(None, {}) is None

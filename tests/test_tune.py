@@ -409,3 +409,162 @@ def test_joining_a_cluster_that_is_not_there_fails_clearly(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"could not join the Ray cluster at '{address}'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ---------------------------------------------------------------------------------------------- grids
+SEED_POINTS = {("cross-entropy", None), ("cosine-distance", None)} | {
+    ("hierarchical-cross-entropy", a) for a in (0.1, 0.2, 0.4, 0.6, 0.9)} | {
+    ("soft-labels", b) for b in (4, 8, 15, 20, 30)}
+BRANCH_KEYS = {"cross-entropy": set(), "hierarchical-cross-entropy": {"alpha"}, "soft-labels": {"beta"},
+               "cosine-distance": {"barzdenzler"}}
+
+
+def _trial_configs(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("trial_*/params.json"))]
+
+
+def _starts_of(folder: Path) -> dict[str, list[int]]:
+    starts: dict[str, list[int]] = {}
+    for line in (folder / "toy_starts.log").read_text().splitlines():
+        trial_id, first_epoch = line.split()
+        starts.setdefault(trial_id, []).append(int(first_epoch))
+    return starts
+
+
+def _assert_seed_points_once(folder: Path) -> None:
+    """12 trials, one per point of the seed's comparison, each config holding only its point's keys."""
+    from hiercls.tune.space import TRIAL_INDEX
+
+    configs = _trial_configs(folder)
+    assert len(configs) == 12, configs
+    assert sorted(c[TRIAL_INDEX] for c in configs) == list(range(12))
+    assert sorted((c["loss"], c.get("alpha", c.get("beta"))) for c in configs) == sorted(
+        SEED_POINTS, key=lambda p: (p[0], p[1] or 0))
+    for config in configs:
+        assert set(config) - {"loss", TRIAL_INDEX} == BRANCH_KEYS[config["loss"]], config
+    assert all(c["barzdenzler"] is True for c in configs if c["loss"] == "cosine-distance")
+
+
+def _seed_comparison(tmp_path: Path, name: str, *extra: str):
+    import tune_main
+
+    args = tune_main.build_parser().parse_args([
+        "--space", "seed_comparison", "--trainable", "toy", "--epochs", "3", "--cpus-per-trial", "0.5",
+        "--storage-path", str(tmp_path / "storage"), "--name", name, *extra,
+    ])
+    return tune_main.spec_from_args(args)
+
+
+def test_seed_comparison_grid_runs_each_point_once(ray_session, tmp_path, capsys):
+    """The shipped seed comparison with the toy trainable: exactly its 12 points, each once and to its
+    end (no ASHA); analysis.rank and analysis.export read the grid experiment."""
+    from analysis import rank as rank_cli
+    from analysis.export import export
+    from hiercls.tune.runner import run_search
+
+    spec = _seed_comparison(tmp_path, "seed")
+    lines: list[str] = []
+    outcome = run_search(spec, trainable="toy", echo=lines.append)
+    assert "grid search: 12 points, each run once (scheduler: none)" in lines
+    assert outcome.num_trials == 12 and not outcome.interrupted and outcome.num_stopped_early == 0
+    assert all(r["status"] == "ok" and r["epochs"] == 3 for r in outcome.rows)
+    folder = outcome.experiment_dir
+    _assert_seed_points_once(folder)
+    starts = _starts_of(folder)
+    assert len(starts) == 12 and all(firsts == [1] for firsts in starts.values()), starts
+    assert outcome.best is not None and outcome.best["loss"] == "hierarchical-cross-entropy"  # toy's best
+    saved = yaml.safe_load((folder / "search_spec.yaml").read_text())
+    assert saved["num_samples"] == 12 and saved["search"]["loss"]["type"] == "grid"
+
+    out = tmp_path / "analysis"
+    assert rank_cli.main([str(folder), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 trials (12 complete" in printed, printed
+    import pandas as pd
+
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 12 and {"alpha", "beta"} <= set(table.columns)
+    # the seed's families: Barz & Denzler's point is its own family in the table and the plots' legends
+    assert sorted(set(table["family"])) == [
+        "B&D cosine-distance", "cross-entropy", "hierarchical-cross-entropy", "soft-labels"]
+    assert set(table.loc[table["loss"] == "cosine-distance", "family"]) == {"B&D cosine-distance"}
+    assert (out / "param_importances.png").is_file()
+    assert (out / "tradeoff_severity.png").is_file() and (out / "tradeoff_hdist5.png").is_file()
+    _, source, _ = export(folder, tmp_path / "best.yaml")
+    config = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert source["trial_id"] == outcome.best["trial_id"]
+    assert config["loss"] == "hierarchical-cross-entropy"
+    assert config["alpha"] == outcome.best["params"]["alpha"]
+    assert config["hierarchy"] == "cifar100-wordnet" and config["epochs"] == 3
+
+
+def _stop_after_trials(flag: Path):
+    """A Tune callback that stops the search the way Ctrl-C does once as many trials have completed as the
+    file ``flag`` says (read at each completion: without the file, e.g. in the resumed search that
+    unpickles the callback, it never stops one)."""
+    from ray import tune
+
+    class StopAfterTrials(tune.Callback):
+        done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            from hiercls.tune.runner import _interrupt_tune
+
+            self.done += 1
+            if flag.is_file() and self.done == int(flag.read_text()):
+                _interrupt_tune()
+
+    return StopAfterTrials()
+
+
+def test_grid_resume_runs_no_point_twice(ray_session, tmp_path):
+    """A grid search stopped after 4 of its 12 points, then resumed: every point runs exactly once in all,
+    finished points are not run again, and the resume needs nothing but the experiment's name."""
+    import tune_main
+    from hiercls.tune.runner import run_search
+
+    spec = _seed_comparison(tmp_path, "resume", "--max-concurrent", "2")
+    flag = tmp_path / "stop-after"
+    flag.write_text("4")
+    first = run_search(spec, trainable="toy", toy_sleep=0.3, echo=lambda line: None,
+                       callbacks=[_stop_after_trials(flag)])
+    flag.unlink()
+    folder = first.experiment_dir
+    assert first.interrupted
+    finished = set(_finished_trials(folder))
+    assert 4 <= len(finished) < 12, finished
+
+    storage = str(tmp_path / "storage")
+    args = tune_main.build_parser().parse_args(["--name", "resume", "--storage-path", storage, "--resume"])
+    resumed = run_search(tune_main.spec_from_args(args), resume=True, toy_sleep=0.3, echo=lambda line: None)
+    assert not resumed.interrupted and resumed.num_trials == 12
+    assert all(r["status"] == "ok" and r["epochs"] == 3 for r in resumed.rows)
+    _assert_seed_points_once(folder)
+    starts = _starts_of(folder)
+    assert len(starts) == 12 and set(_finished_trials(folder)) == set(starts)
+    for trial_id in finished:
+        assert starts[trial_id] == [1], (trial_id, starts)  # never run again
+    for trial_id, firsts in starts.items():
+        assert firsts == sorted(firsts) and max(firsts) <= 3, (trial_id, firsts)
+
+
+def test_grid_with_asha_stops_weak_points_and_runs_each_once(ray_session, tmp_path):
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.space import TRIAL_INDEX
+    from hiercls.tune.spec import SearchSpec
+
+    lrs = [0.05, 0.04, 100.0, 30.0, 0.0001, 0.0002]
+    spec = SearchSpec.from_dict({
+        "name": "asha", "storage_path": str(tmp_path), "epochs": 4, "grace_period": 1, "reduction_factor": 2,
+        "scheduler": "asha", "max_concurrent": 1, "cpus_per_trial": 0.5,
+        "train": {"architecture": "plainnet"},
+        "search": {"lr": {"type": "grid", "values": lrs}},
+    })
+    lines: list[str] = []
+    outcome = run_search(spec, trainable="toy", echo=lines.append)
+    assert "grid search: 6 points, each run once (scheduler: asha)" in lines
+    assert outcome.num_trials == 6 and outcome.num_stopped_early >= 1
+    configs = _trial_configs(outcome.experiment_dir)
+    assert sorted(c[TRIAL_INDEX] for c in configs) == list(range(6))
+    assert sorted(c["lr"] for c in configs) == sorted(lrs)
+    assert all(firsts == [1] for firsts in _starts_of(outcome.experiment_dir).values())

@@ -31,7 +31,25 @@ def test_shipped_spaces_are_valid():
     names = {p.stem for p in SPACES}
     assert {"default", "hxe", "soft_labels", "simple_hierarchy", "lr_schedules", "joint", "smoke"} <= names
     for path in SPACES:
-        SearchSpec.load(path).validate()
+        if path.stem != "devise":  # needs a word-vectors file: test_devise_space_needs_its_word_vectors
+            SearchSpec.load(path).validate()
+
+
+def test_devise_space_needs_its_word_vectors(tmp_path, monkeypatch):
+    from hiercls.hierarchy import CIFAR100_CLASSES
+
+    monkeypatch.chdir(tmp_path)
+    space = ROOT / "search_spaces/devise.yaml"
+    assert any("cc.en.300.bin: no such file" in p for p in problems_of(SearchSpec.load(space)))
+    words = sorted({w for name in CIFAR100_CLASSES for w in name.split("_")})
+    rng = random.Random(0)
+    rows = [f"{w} " + " ".join(f"{rng.uniform(-1, 1):.4f}" for _ in range(5)) for w in words]
+    # fastText's text format under the .bin name the space expects (the format is read from the content)
+    (tmp_path / "cc.en.300.bin").write_text(f"{len(words)} 5\n" + "\n".join(rows) + "\n")
+    spec = SearchSpec.load(space)
+    spec.validate()
+    assert spec.train["devise"] is True and set(spec.search["loss"]["values"]) == {"ranking-loss",
+                                                                                   "cosine-distance"}
 
 
 def test_shipped_space_contents():
@@ -51,6 +69,9 @@ def test_shipped_space_contents():
     branches = joint.search["loss"]["values"]
     assert set(branches["hierarchical-cross-entropy"]) == {"alpha"}
     assert set(branches["soft-labels"]) == {"beta"}
+    bd = branches["cosine-plus-xent"]
+    assert bd["barzdenzler"] is True and "xent_weight" in bd
+    assert set(branches["yolo-v2"]) == {"alpha"}
     assert "alpha" not in joint.search and "beta" not in joint.search
     smoke = SearchSpec.load(ROOT / "search_spaces/smoke.yaml")
     assert smoke.train["architecture"] == "plainnet" and smoke.epochs == 2
@@ -224,21 +245,23 @@ def test_define_by_run_keeps_inactive_parameters_out():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space = DefineByRun(params)
-    owners = {"alpha": "hierarchical-cross-entropy", "beta": "soft-labels", "lambda_fine": "simple-hierarchy"}
+    owners = {"alpha": {"hierarchical-cross-entropy", "yolo-v2"}, "beta": {"soft-labels"},
+              "lambda_fine": {"simple-hierarchy"}, "xent_weight": {"cosine-plus-xent"},
+              "barzdenzler": {"cosine-plus-xent"}}
     sched_owner = {"t0": "cosine", "step_size": "cyclic", "gamma": "cutout"}
     seen_losses = set()
-    for _ in range(40):
+    for _ in range(60):
         trial = study.ask()
         fixed = space(trial)
         config = {**trial.params, **fixed}
         study.tell(trial, 0.0)
         seen_losses.add(config["loss"])
-        for key, loss in owners.items():
-            assert (key in config) == (config["loss"] == loss)
+        for key, losses in owners.items():
+            assert (key in config) == (config["loss"] in losses)
         for key, schedule in sched_owner.items():
             assert (key in config) == (config["lr_schedule"] == schedule)
         assert config[TRIAL_INDEX] == trial.number
-    assert len(seen_losses) == 4
+    assert len(seen_losses) == 6
     sample = draw(params, random.Random(0))
     assert "loss" in sample and "lr" in sample
 
@@ -306,3 +329,202 @@ def test_cli_help_documents_resume_trust_and_exit_statuses(capsys):
     for needle in needles:
         assert needle in text, needle
     assert "Exit status" in tune_main.__doc__ and "130" in tune_main.__doc__
+
+
+# ---------------------------------------------------------------------------------------------- grids
+SEED_POINTS = {("cross-entropy", None), ("cosine-distance", None)} | {
+    ("hierarchical-cross-entropy", a) for a in (0.1, 0.2, 0.4, 0.6, 0.9)} | {
+    ("soft-labels", b) for b in (4, 8, 15, 20, 30)}
+
+
+def point_key(point: dict) -> tuple:
+    """(loss, its alpha or beta): how the seed's comparison names a point."""
+    return point["loss"], point.get("alpha", point.get("beta"))
+
+
+def grid(values) -> dict:
+    return {"type": "grid", "values": values}
+
+
+LOSS_GRID = {"loss": grid({
+    "cross-entropy": {},
+    "hierarchical-cross-entropy": {"alpha": grid([0.1, 0.5]), "normalize": True},
+    "soft-labels": {"beta": grid([4, 30])},
+})}
+
+
+def test_grid_expansion_counts_and_order():
+    """Each branch's grid is its own combination, the points are the union of the branches' points, and a
+    top-level grid multiplies them; plain values (top level or in a branch) are part of the points."""
+    spec = make(search={**LOSS_GRID, "lr": grid([0.01, 0.1]), "weight_decay": 0.001})
+    spec.validate()
+    points = spec.grid_points()
+    assert spec.is_grid() and len(points) == (1 + 2 + 2) * 2
+    assert points[:3] == [
+        {"loss": "cross-entropy", "lr": 0.01, "weight_decay": 0.001},
+        {"loss": "cross-entropy", "lr": 0.1, "weight_decay": 0.001},
+        {"loss": "hierarchical-cross-entropy", "alpha": 0.1, "normalize": True, "lr": 0.01,
+         "weight_decay": 0.001},
+    ]
+    assert all(("alpha" in p) == (p["loss"] == "hierarchical-cross-entropy") for p in points)
+    assert all(("beta" in p) == (p["loss"] == "soft-labels") for p in points)
+    assert len({repr(sorted(p.items())) for p in points}) == len(points)  # each point once
+    assert spec.grid_points() == points  # a fixed order
+    assert spec.resolved().num_samples == 10 and make(search=LOSS_GRID).resolved().num_samples == 5
+    # one branch's grid is a product of its own keys; a branch may be a single fixed point
+    product = make(train={"loss": "simple-hierarchy"}, grace_period=2,
+                   search={"lambda_fine": grid([0.5, 1.0, 2.0]), "lambda_coarse": grid([0.5, 1.0])})
+    assert len(product.grid_points()) == 6 and product.validate() == []
+    single = make(search={"loss": grid({"cross-entropy": {}})})
+    assert single.grid_points() == [{"loss": "cross-entropy"}]
+    # a grid over a list-valued key (ints/floats): each list is one value
+    lists = make(train={"lr_schedule": "cutout"}, search={"milestones": grid([[3, 6], [5, 8]])})
+    assert lists.validate() == [] and lists.grid_points() == [{"milestones": [3, 6]}, {"milestones": [5, 8]}]
+    assert SearchSpec.from_dict(lists.resolved().to_dict()).grid_points() == lists.grid_points()
+    # a TPE space is no grid, and its num_samples default stays 20
+    tpe = make(search={"lr": {"type": "loguniform", "low": 0.01, "high": 0.1}})
+    assert not tpe.is_grid() and tpe.grid_points() == [] and tpe.resolved().num_samples == 20
+
+
+def test_seed_comparison_space_has_exactly_the_seeds_12_points():
+    from hiercls.tune.spec import resolve_space, shipped_spaces
+
+    assert "seed_comparison" in shipped_spaces()
+    assert resolve_space("seed_comparison") == ROOT / "search_spaces/seed_comparison.yaml"
+    spec = SearchSpec.load("seed_comparison")
+    spec.validate()
+    points = spec.grid_points()
+    assert len(points) == 12 and {point_key(p) for p in points} == SEED_POINTS
+    barz = [p for p in points if p["loss"] == "cosine-distance"]
+    assert barz == [{"loss": "cosine-distance", "barzdenzler": True}]
+    assert not any("barzdenzler" in p for p in points if p["loss"] != "cosine-distance")
+    assert spec.train == {"architecture": "plainnet", "hierarchy": "cifar100-wordnet",
+                          "lr_schedule": "cosine"}
+    assert spec.scheduler_in_use() == "none" and spec.resolved().num_samples == 12
+    assert spec.epochs == 180  # the seed's length
+
+
+@pytest.mark.parametrize(("search", "key"), [
+    ({**LOSS_GRID, "lr": {"type": "loguniform", "low": 0.01, "high": 0.1}}, "search.lr"),
+    ({"loss": grid({"cross-entropy": {}, "soft-labels": {"beta": {"type": "uniform", "low": 1, "high": 5}}})},
+     "search[loss=soft-labels].beta"),
+    ({"lr": grid([0.01, 0.1]), "weight_decay": {"type": "choice", "values": [0.0001, 0.001]}},
+     "search.weight_decay"),
+    ({"lr": grid([0.01, 0.1]), "batch_size": {"type": "int", "low": 64, "high": 256}}, "search.batch_size"),
+])
+def test_grid_mixed_with_a_distribution_is_refused_naming_the_key(search, key):
+    problems = problems_of(make(search=search))
+    mixed = [p for p in problems if "distribution in a grid search" in p]
+    assert len(mixed) == 1 and mixed[0].startswith(f"{key}: "), problems
+    assert "\n" not in mixed[0]
+
+
+def test_grid_refusals_exit_2_before_ray(tmp_path, capsys, monkeypatch):
+    import ray
+
+    import tune_main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called on invalid input")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    path = tmp_path / "mixed.yaml"
+    mixed = {**LOSS_GRID, "lr": {"type": "uniform", "low": 0.01, "high": 0.1}}
+    path.write_text(yaml.safe_dump({"epochs": 2, "train": {"architecture": "plainnet"}, "search": mixed}))
+    argv = ["--space", str(path), "--storage-path", str(tmp_path), "--trainable", "toy"]
+    assert tune_main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "search.lr: a uniform distribution in a grid search" in err and "Traceback" not in err
+    assert tune_main.main([*argv[:2], "--storage-path", str(tmp_path), "--scheduler", "hyperband"]) == 2
+    assert "scheduler='hyperband' is unknown; valid: asha, none" in capsys.readouterr().err
+
+
+def test_grid_num_samples_and_points_to_evaluate():
+    make(search=LOSS_GRID, num_samples=5).validate()  # the number of points may be given
+    problems = problems_of(make(search=LOSS_GRID, num_samples=20))
+    assert any("num_samples=20 differs from the grid's 5 points" in p and "exactly once" in p
+               for p in problems), problems
+    problems = problems_of(make(search=LOSS_GRID, points_to_evaluate=[{"loss": "cross-entropy"}]))
+    assert any("points_to_evaluate in a grid search" in p for p in problems), problems
+    # a grid larger than MAX_SAMPLES needs --allow-large-search, as num_samples does
+    big = {"lr": grid([0.01 * (i + 1) for i in range(101)]), "momentum": grid([0.01 * i for i in range(100)])}
+    problems = problems_of(make(search=big))
+    assert any("grid's 10,100 points are above 10,000" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("values", "problem"), [
+    ({"search": {"lr": grid([])}}, "grid needs a non-empty list"),
+    ({"search": {"loss": grid({})}}, "grid has no values"),
+    ({"search": {"lr": grid([0.1, 0.1])}}, "grid values repeat"),
+    ({"search": {"lr": grid([{"a": 1}])}}, "grid values must be numbers"),
+    ({"search": {"loss": grid(["cross-entropy", "fancy"])}}, "loss 'fancy' is unknown"),
+    ({"search": {"loss": grid({"cross-entropy": {"alpha": grid([0.1, 0.2])}})}},
+     "selects loss 'cross-entropy'"),
+    ({"search": {"lr": grid([0.1, -1.0])}}, "grid point 1 (lr=-1.0)"),
+])
+def test_bad_grids(values, problem):
+    problems = problems_of(make(**values))
+    assert any(problem in p for p in problems), problems
+
+
+def test_scheduler_setting():
+    tpe = make(search={"lr": {"type": "loguniform", "low": 0.01, "high": 0.1}})
+    assert tpe.scheduler_in_use() == "asha"
+    assert make(search=LOSS_GRID).scheduler_in_use() == "none"
+    assert make(search=LOSS_GRID, scheduler="asha").scheduler_in_use() == "asha"
+    assert make(multi_objective=True).scheduler_in_use() == "none"
+    assert make(scheduler="none").scheduler_in_use() == "none"
+    problems = problems_of(make(scheduler="hyperband"))
+    assert problems == ["scheduler='hyperband' is unknown; valid: asha, none (default: asha for a TPE "
+                        "search, none for a grid search)"]
+    problems = problems_of(make(scheduler="asha", multi_objective=True))
+    assert any("scheduler='asha' with --multi-objective" in p for p in problems), problems
+    # ASHA's settings are checked only when ASHA runs
+    assert any("grace_period=11" in p for p in problems_of(make(search=LOSS_GRID, grace_period=11,
+                                                                 scheduler="asha")))
+    make(search=LOSS_GRID, grace_period=11).validate()
+    make(scheduler="none", grace_period=11, reduction_factor=1).validate()
+    assert not any("equals epochs" in n for n in make(search=LOSS_GRID, grace_period=10).validate())
+
+
+def test_grid_spec_round_trips_for_resume(tmp_path):
+    """The saved (resolved) spec of a grid search loads back to the same points, and resuming with the
+    space file itself sees no change; a spec saved before ``scheduler`` existed still resumes."""
+    import tune_main
+
+    spec = SearchSpec.load("seed_comparison", {"storage_path": str(tmp_path), "epochs": 4}).resolved()
+    folder = spec.experiment_dir
+    folder.mkdir(parents=True)
+    (folder / "search_spec.yaml").write_text(spec.to_yaml() + yaml.safe_dump({"trainable": "toy"}))
+    args = tune_main.build_parser().parse_args(["--name", "seed_comparison", "--storage-path", str(tmp_path),
+                                                "--resume"])
+    loaded = tune_main.spec_from_args(args)
+    assert loaded.grid_points() == spec.grid_points() and loaded.num_samples == 12
+    assert spec_differences(spec.to_dict(), loaded.resolved().to_dict()) == []
+    again = SearchSpec.load("seed_comparison", {"storage_path": str(tmp_path), "epochs": 4}).resolved()
+    assert spec_differences(spec.to_dict(), again.to_dict()) == []
+    changed = SearchSpec.load("seed_comparison", {"storage_path": str(tmp_path), "epochs": 4,
+                                                  "scheduler": "asha"}).resolved()
+    assert spec_differences(spec.to_dict(), changed.to_dict()) == ["scheduler: saved 'none', now 'asha'"]
+    old = make(search={"lr": {"type": "loguniform", "low": 0.01, "high": 0.1}}).resolved().to_dict()
+    saved_before = {k: v for k, v in old.items() if k != "scheduler"}
+    assert spec_differences(saved_before, old) == []
+
+
+def test_grid_param_space_gives_each_trial_exactly_its_point():
+    """Ray's basic variant generator (no cluster needed) turns the grid's param space into one trial per
+    point whose config is exactly that point and its index: flat, only its branch's keys."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from hiercls.tune.runner import grid_param_space
+    from hiercls.tune.space import TRIAL_INDEX
+
+    spec = SearchSpec.load("seed_comparison")
+    generator = BasicVariantGenerator()
+    generator.add_configurations({"grid": {"run": lambda config: None, "config": grid_param_space(spec),
+                                           "num_samples": 1}})
+    configs = []
+    while (trial := generator.next_trial()) is not None:
+        configs.append(trial.config)
+    assert generator.total_samples == 12
+    assert configs == [{**point, TRIAL_INDEX: i} for i, point in enumerate(spec.grid_points())]

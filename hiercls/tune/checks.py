@@ -8,7 +8,9 @@
 * :func:`grace_problems`: an ASHA grace period not above the largest start epoch of a loss term;
 * :func:`all_off_problems`: a loss whose terms can all be switched off at once;
 * :func:`point_problems`: ``points_to_evaluate`` outside the space;
-* :func:`config_problems`: :func:`hiercls.build.check_config` on both ends of every branch combination.
+* :func:`config_problems`: :func:`hiercls.build.check_config` on both ends of every branch combination
+  (on every point of a grid search);
+* :func:`grid_problems`: a distribution in a grid search.
 
 Imports no Ray.
 """
@@ -20,15 +22,32 @@ from typing import Any
 
 from hiercls.config import ConfigError, TrainConfig, param_keys
 from hiercls.registry import LOSSES, MODELS, param_registries
-from hiercls.tune.parameters import Param, _is_number, _plain, assignments, iter_params
+from hiercls.tune.parameters import (
+    GRID,
+    Param,
+    _is_number,
+    _plain,
+    assignments,
+    grid_points,
+    grid_size,
+    is_grid,
+    iter_params,
+)
 
-__all__ = ["all_off_problems", "branch_problems", "config_problems", "grace_problems", "point_problems"]
+__all__ = [
+    "GRID_CHECK_LIMIT", "all_off_problems", "branch_problems", "config_problems", "grace_problems",
+    "grid_problems", "point_problems",
+]
+
+GRID_CHECK_LIMIT = 1000
+"""A grid search of up to this many points has every point checked (:func:`config_problems`); a larger
+one, both ends of every branch combination, as a TPE search."""
 
 
 def _choices_of(params: Mapping[str, Param], train: Mapping[str, Any], key: str) -> list[Any]:
     """The values ``key`` (loss or lr_schedule) can take at the top of the space."""
     if key in params:
-        return list(params[key].values) if params[key].kind == "choice" else [params[key].value]
+        return list(params[key].values) if params[key].kind in ("choice", GRID) else [params[key].value]
     return [train.get(key, getattr(TrainConfig(), key))]
 
 
@@ -157,15 +176,41 @@ def point_problems(points_to_evaluate: Any, params: Mapping[str, Param]) -> list
     return problems
 
 
+def grid_problems(params: Mapping[str, Param]) -> list[str]:
+    """A grid search runs fixed points only: every distribution in a space with a ``grid`` entry is
+    refused, one line naming its key (and the branch it sits in)."""
+    if not is_grid(params):
+        return []
+    problems = []
+    for p, context in iter_params(params):
+        if p.kind in ("fixed", GRID):
+            continue
+        problems.append(
+            f"search{_where(context, prefix=True)}.{p.name}: a {p.kind} distribution in a grid search; a "
+            "grid runs fixed points only: list the values to run ({type: grid, values: [...]}) or a plain "
+            "value, or leave out every grid entry for a TPE search"
+        )
+    return problems
+
+
 def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
-    """:func:`~hiercls.build.check_config` on both ends of every branch combination: names, declared
-    ranges, and what the loss and schedule check on the hierarchy."""
+    """:func:`~hiercls.build.check_config` on both ends of every branch combination (every point of a grid
+    search of up to :data:`GRID_CHECK_LIMIT` points): names, declared ranges, and what the loss and
+    schedule check on the hierarchy."""
     from hiercls.build import check_config
 
     problems = []
     if not isinstance(epochs, int) or epochs < 1:
         return problems
     base = {**train, "epochs": epochs, "evaluate_test": False, "download": False}
+    if is_grid(params) and grid_size(params) <= GRID_CHECK_LIMIT:
+        for i, point in enumerate(grid_points(params)):
+            try:
+                check_config(TrainConfig.from_dict({**base, **point}))
+            except ConfigError as err:
+                shown = ", ".join(f"{k}={v}" for k, v in point.items())
+                problems += [f"search, grid point {i} ({shown}): {problem}" for problem in err.problems]
+        return problems
     seen = set()
     for combo in assignments(params):
         for end in ("low", "high"):
@@ -190,7 +235,7 @@ def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str
 def _end_value(p: Param, end: str) -> Any:
     if p.kind == "fixed":
         return p.value
-    if p.kind == "choice":
+    if p.kind in ("choice", GRID):
         return p.values[0] if end == "low" else p.values[-1]
     return p.low if end == "low" else p.high
 

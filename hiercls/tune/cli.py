@@ -8,6 +8,7 @@ command-line options. Examples::
     python tune_main.py --space search_spaces/joint.yaml --gpus-per-trial 0.25 --max-concurrent 8
     python tune_main.py --name hxe --storage-path runs/tune --resume   # after Ctrl-C, a kill, a full disk
     python tune_main.py --smoke-test                                     # CPU, a few minutes
+    python tune_main.py --space seed_comparison --gpus-per-trial 0.25    # the seed's 12-point grid
 
 ``--resume`` continues an experiment with Ray's ``Tuner.restore``, which *unpickles* Ray's saved state
 (``tuner.pkl``, ``experiment_state-*.json``, ``searcher-state-*.pkl``, the trials' ``*.pkl``): code in
@@ -40,7 +41,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_WRITE, StorageError, describe_os_error
-from hiercls.tune.spec import MAX_SAMPLES, SMOKE_SPACE, SearchSpec, SpecError, shipped_spaces
+from hiercls.tune.spec import (
+    DEFAULT_NUM_SAMPLES,
+    MAX_SAMPLES,
+    SMOKE_SPACE,
+    SearchSpec,
+    SpecError,
+    shipped_spaces,
+)
 
 DEFAULTS = SearchSpec()
 
@@ -49,8 +57,11 @@ _OPTIONS = [
     ("--name", "name", str, "experiment name (default: the space file's name)"),
     ("--storage-path", "storage_path", str,
      f"folder holding the experiments (default: {DEFAULTS.storage_path})"),
-    ("--num-samples", "num_samples", int, f"trials in all (default: {DEFAULTS.num_samples})"),
+    ("--num-samples", "num_samples", int, f"trials in all (default: {DEFAULT_NUM_SAMPLES}); a grid search "
+     "runs each of its points once, and takes no other number"),
     ("--epochs", "epochs", int, f"epochs per trial, also ASHA's max_t (default: {DEFAULTS.epochs})"),
+    ("--scheduler", "scheduler", str, "asha (stop weak trials early) or none (every trial runs in full) "
+     "(default: asha, but none for a grid search and for --multi-objective)"),
     ("--grace-period", "grace_period", int,
      f"ASHA: epochs before a trial can be stopped (default: {DEFAULTS.grace_period})"),
     ("--reduction-factor", "reduction_factor", float,
@@ -83,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python tune_main.py",
         description="Search the hyperparameters of hierarchy-aware CIFAR-100 training with Ray Tune "
-                    "(Optuna TPE + ASHA).",
+                    "(Optuna TPE + ASHA), or run every point of a grid once (a space with type: grid "
+                    "entries, e.g. --space seed_comparison).",
         epilog="Every option can also be set in the space file (same name, underscores); the command line "
                "wins over the space file, which wins over the defaults shown. "
                "Results: STORAGE_PATH/NAME (summary.csv, one folder per trial). Resume with: python "

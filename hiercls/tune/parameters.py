@@ -6,6 +6,11 @@ further parameters that exist only when that value is chosen). ``uniform``/``int
 ``scale: epochs``: the bounds are then fractions of the run length (``high: 0.5`` = half the run). A
 plain value instead of a distribution fixes that key inside its branch.
 
+A ``grid`` entry (``values``: a list, or a mapping of value -> branch, as for ``choice``) is not drawn
+but enumerated: a space made of grid entries and plain values is a grid search, whose points are
+:func:`grid_points` (every combination of a mapping's entries; a branched grid's points are the union of
+its branches' points), each run once.
+
 :func:`parse_params` collects problems instead of raising; :func:`iter_params` and :func:`assignments`
 walk a parsed tree (every parameter with its branch context; every combination of branch choices).
 Imports no Ray.
@@ -21,14 +26,22 @@ from typing import Any
 
 from hiercls.config import TrainConfig
 
-__all__ = ["DIST_KEYS", "DIST_TYPES", "TRIAL_KEYS", "Param", "assignments", "iter_params", "parse_params"]
+__all__ = [
+    "DIST_KEYS", "DIST_TYPES", "ENTRY_TYPES", "GRID", "TRIAL_KEYS", "Param", "assignments", "grid_points",
+    "grid_size", "is_grid", "iter_params", "parse_params",
+]
 
 DIST_TYPES = ("uniform", "loguniform", "int", "choice")
+"""The distributions a TPE search draws from."""
+GRID = "grid"
+"""The entry type of a grid search: its values are enumerated, not drawn."""
+ENTRY_TYPES = (*DIST_TYPES, GRID)
 DIST_KEYS = {
     "uniform": {"type", "low", "high", "scale"},
     "loguniform": {"type", "low", "high"},
     "int": {"type", "low", "high", "log", "scale"},
     "choice": {"type", "values"},
+    GRID: {"type", "values"},
 }
 # keys a trial sets itself: searching or fixing them in the space makes no sense
 TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_threads", "download")
@@ -38,8 +51,9 @@ TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_th
 class Param:
     """One searched (or, inside a branch, fixed) key.
 
-    ``kind`` is ``uniform``, ``loguniform``, ``int``, ``choice`` or ``fixed``. A choice with
-    ``branches`` (value -> parameters active only under that value) makes the space conditional.
+    ``kind`` is ``uniform``, ``loguniform``, ``int``, ``choice``, ``grid`` or ``fixed``. A choice (or
+    grid) with ``branches`` (value -> parameters active only under that value) makes the space
+    conditional.
     """
 
     name: str
@@ -56,12 +70,12 @@ class Param:
         """The plain YAML form (after resolution: no ``scale``)."""
         if self.kind == "fixed":
             return _plain(self.value)
-        if self.kind == "choice":
+        if self.kind in ("choice", GRID):
             if self.branches is not None:
                 values = {v: {k: p.to_yaml_value() for k, p in self.branches[v].items()} for v in self.values}
             else:
                 values = [_plain(v) for v in self.values]
-            return {"type": "choice", "values": values}
+            return {"type": self.kind, "values": values}
         out: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high}
         if self.kind == "int" and self.log:
             out["log"] = True
@@ -73,7 +87,7 @@ class Param:
         """Whether ``value`` can be drawn from this parameter."""
         if self.kind == "fixed":
             return _plain(value) == _plain(self.value)
-        if self.kind == "choice":
+        if self.kind in ("choice", GRID):
             return any(_plain(value) == _plain(v) for v in self.values)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
@@ -85,7 +99,7 @@ class Param:
         """Whether exactly 0 is a possible draw (a continuous range touching 0 does not count)."""
         if self.kind == "fixed":
             return self.value == 0
-        if self.kind == "choice":
+        if self.kind in ("choice", GRID):
             return any(v == 0 and not isinstance(v, bool) for v in self.values)
         if self.kind == "int":
             return self.low <= 0 <= self.high
@@ -94,14 +108,14 @@ class Param:
     def can_be_positive(self) -> bool:
         if self.kind == "fixed":
             return _is_number(self.value) and self.value > 0
-        if self.kind == "choice":
+        if self.kind in ("choice", GRID):
             return any(_is_number(v) and v > 0 for v in self.values)
         return self.high is not None and self.high > 0
 
     def largest(self) -> float | None:
         if self.kind == "fixed":
             return float(self.value) if _is_number(self.value) else None
-        if self.kind == "choice":
+        if self.kind in ("choice", GRID):
             nums = [float(v) for v in self.values if _is_number(v)]
             return max(nums) if nums else None
         return self.high
@@ -146,12 +160,12 @@ def parse_params(raw: Any, where: str, problems: list[str], *, epochs: int | Non
 def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs: int | None) -> Param | None:
     if not (isinstance(body, Mapping) and "type" in body):
         if isinstance(body, Mapping):
-            problems.append(f"{path}: a distribution needs 'type' (one of {', '.join(DIST_TYPES)})")
+            problems.append(f"{path}: a distribution needs 'type' (one of {', '.join(ENTRY_TYPES)})")
             return None
         return Param(name, "fixed", value=body)
     kind = body["type"]
-    if kind not in DIST_TYPES:
-        problems.append(f"{path}: unknown distribution type {kind!r}; valid: {', '.join(DIST_TYPES)}")
+    if kind not in ENTRY_TYPES:
+        problems.append(f"{path}: unknown distribution type {kind!r}; valid: {', '.join(ENTRY_TYPES)}")
         return None
     unknown = sorted(set(body) - DIST_KEYS[kind])
     if unknown:
@@ -159,8 +173,8 @@ def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs
             f"{path}: unknown key(s) {', '.join(unknown)} for type {kind}; valid: "
             + ", ".join(sorted(DIST_KEYS[kind]))
         )
-    if kind == "choice":
-        return _parse_choice(name, body.get("values"), path, problems, epochs=epochs)
+    if kind in ("choice", GRID):
+        return _parse_choice(name, body.get("values"), path, problems, epochs=epochs, kind=kind)
     low, high = body.get("low"), body.get("high")
     ok = True
     for key, v in (("low", low), ("high", high)):
@@ -197,26 +211,34 @@ def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs
 
 
 def _parse_choice(
-    name: str, values: Any, path: str, problems: list[str], *, epochs: int | None
+    name: str, values: Any, path: str, problems: list[str], *, epochs: int | None, kind: str = "choice"
 ) -> Param | None:
+    """A ``choice`` or ``grid`` entry: a list of values, or a mapping of value -> branch. A grid's values
+    may also be lists (a point for an ``ints``/``floats`` key); Optuna's choices may not."""
     if isinstance(values, Mapping):
         if not values:
-            problems.append(f"{path}: choice has no values")
+            problems.append(f"{path}: {kind} has no values")
             return None
         branches = {}
         for value, branch in values.items():
             branches[value] = parse_params(branch or {}, f"{path}[{value}]", problems, epochs=epochs)
-        return Param(name, "choice", values=tuple(values), branches=branches)
+        return Param(name, kind, values=tuple(values), branches=branches)
     if not isinstance(values, (list, tuple)) or not values:
-        problems.append(f"{path}: choice needs a non-empty list (or mapping of branches) under 'values'")
+        problems.append(f"{path}: {kind} needs a non-empty list (or mapping of branches) under 'values'")
         return None
     for v in values:
-        if v is not None and not isinstance(v, (bool, int, float, str)):
-            problems.append(f"{path}: choice values must be numbers, strings, booleans or null, got {v!r}")
+        if kind == GRID and isinstance(v, (list, tuple)) and all(_is_scalar(x) for x in v):
+            continue
+        if not _is_scalar(v):
+            problems.append(f"{path}: {kind} values must be numbers, strings, booleans or null, got {v!r}")
             return None
-    if len({repr(v) for v in values}) != len(values):
-        problems.append(f"{path}: choice values repeat: {list(values)!r}")
-    return Param(name, "choice", values=tuple(values))
+    if len({repr(_plain(v)) for v in values}) != len(values):
+        problems.append(f"{path}: {kind} values repeat: {list(values)!r}")
+    return Param(name, kind, values=tuple(tuple(v) if isinstance(v, list) else v for v in values))
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
 
 
 def iter_params(params: Mapping[str, Param], context: tuple = ()) -> Iterator[tuple[Param, tuple]]:
@@ -247,3 +269,59 @@ def assignments(params: Mapping[str, Param]) -> Iterator[dict[str, Param]]:
         for part in combo:
             merged.update(part)
         yield merged
+
+
+# ---------------------------------------------------------------------------------------------- grids
+def is_grid(params: Mapping[str, Param]) -> bool:
+    """Whether the space has a ``grid`` entry anywhere (then it is a grid search)."""
+    return any(p.kind == GRID for p, _ in iter_params(params))
+
+
+def _options(p: Param) -> list[Any] | None:
+    """The values a point may give ``p`` (None: a distribution, which no grid enumerates)."""
+    if p.kind == "fixed":
+        return [p.value]
+    if p.kind == GRID:
+        return list(p.values)
+    return None
+
+
+def grid_size(params: Mapping[str, Param]) -> int:
+    """The number of points :func:`grid_points` yields, counted without listing them (distributions,
+    refused in a grid search, count as one value)."""
+    total = 1
+    for p in params.values():
+        if p.branches is not None and p.kind == GRID:
+            total *= sum(grid_size(p.branches[v]) for v in p.values)
+        else:
+            total *= len(_options(p) or [None])
+    return total
+
+
+def grid_points(params: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """Every point of a grid search, in a fixed order: the searched keys each trial's config holds
+    (plain values included, as in a TPE trial's config; branch keys only in their branch's points).
+
+    The points of a mapping are every combination of its entries' values (the first entry varying
+    slowest, each entry's values in the order written); a grid with branches contributes, for each of
+    its values in order, that value with each point of its branch. So ``loss`` over
+    ``{cross-entropy: {}, hierarchical-cross-entropy: {alpha: {type: grid, values: [0.1, 0.2]}}}``
+    gives 1 + 2 points. Values are the YAML's (lists for ``ints``/``floats`` keys). Distributions,
+    which a grid search refuses (:func:`hiercls.tune.checks.grid_problems`), are left out.
+    """
+    parts: list[list[dict[str, Any]]] = []
+    for name, p in params.items():
+        if p.branches is not None and p.kind == GRID:
+            parts.append([{name: value, **sub} for value in p.values
+                          for sub in grid_points(p.branches[value])])
+            continue
+        options = _options(p)
+        if options is not None:
+            parts.append([{name: _plain(v)} for v in options])
+    points = []
+    for combo in itertools.product(*parts):
+        point: dict[str, Any] = {}
+        for part in combo:
+            point.update(part)
+        points.append(point)
+    return points

@@ -14,8 +14,14 @@ Order of work in :func:`run_search`:
    request is checked against the nodes (a GPU request on a cluster without GPUs fails here instead of
    leaving trials PENDING): :mod:`hiercls.tune.cluster`;
 4. OptunaSearch (TPE, seeded, define-by-run for conditional spaces, ``points_to_evaluate`` first) under
-   a concurrency limit, with ``ASHAScheduler(time_attr="epoch", max_t=epochs)``; ``multi_objective``
-   uses NSGA-II on (val_top1_error, val_mistake_severity) and no scheduler. Ray writes through
+   a concurrency limit, with ``ASHAScheduler(time_attr="epoch", max_t=epochs)`` (``scheduler: none``:
+   none); ``multi_objective`` uses NSGA-II on (val_top1_error, val_mistake_severity) and no scheduler.
+   A grid search (:meth:`~hiercls.tune.spec.SearchSpec.grid_points`) runs through Ray's
+   ``BasicVariantGenerator`` instead: the param space is one ``tune.grid_search`` over the list of
+   points (each point a trial's whole config, with its index), so every point runs exactly once, also
+   across ``--resume``, and each trial's config holds only its point's keys; no scheduler unless
+   ``scheduler: asha``. (Optuna is not used for grids: Ray's ``OptunaSearch`` refuses ``grid_search``
+   and Optuna's ``GridSampler`` repeats points under concurrency.) Ray writes through
    :mod:`hiercls.tune.atomicfs` (no torn files; old checkpoints deleted only once the saved state no
    longer names them); a write failure on the storage stops the search as Ctrl-C does
    (:func:`hiercls.tune.guard.ray_log_guard`), and a failed restore raises instead of Ray starting a
@@ -69,6 +75,7 @@ __all__ = [
     "cluster_capacity",
     "enable_cluster_token",
     "format_table",
+    "grid_param_space",
     "pareto_mask",
     "resume_command",
     "run_search",
@@ -269,6 +276,9 @@ def run_search(
                 spec, max_concurrent=cluster_capacity(spec.cpus_per_trial, spec.gpus_per_trial)
             )
             echo(f"max_concurrent: {spec.max_concurrent} (trials the cluster's resources run at once)")
+        if spec.is_grid() and not resume:
+            echo(f"grid search: {spec.num_samples} points, each run once "
+                 f"(scheduler: {spec.scheduler_in_use()})")
         if not resume:
             atomic_write_text(folder / SPEC_FILE, spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}))
         else:
@@ -446,36 +456,57 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def grid_param_space(spec: SearchSpec) -> dict[str, Any]:
+    """The Tuner's param space of a grid search: ``tune.grid_search`` over the list of points, each the
+    whole config of one trial (its searched values and its :data:`~hiercls.tune.layout.TRIAL_INDEX`,
+    the point's position). Ray's variant generator resolves the grid at the root of the config, so a
+    trial's config is exactly its point: flat, with only its branch's keys (as a TPE trial's)."""
+    from ray import tune
+
+    from hiercls.tune.layout import TRIAL_INDEX
+
+    return tune.grid_search([{**point, TRIAL_INDEX: i} for i, point in enumerate(spec.grid_points())])
+
+
 def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), filesystem: Any = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from hiercls.tune.space import DefineByRun, SearchAlgorithm
 
     params = spec.params()
     points = [dict(p) for p in spec.points_to_evaluate] or None
-    if spec.multi_objective:
+    metric, mode = ("objective", "min") if not spec.multi_objective else (None, None)
+    param_space = None
+    num_samples = spec.num_samples
+    if spec.is_grid():
+        # each point once: one grid over the points, one sample of it
+        search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0)
+        param_space, num_samples = grid_param_space(spec), 1
+    elif spec.multi_objective:
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric=list(MULTI_METRICS), mode=["min", "min"],
             points_to_evaluate=points, sampler=optuna.samplers.NSGAIISampler(seed=spec.seed),
         )
-        scheduler, metric, mode = None, None, None
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     else:
         sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric="objective", mode="min", points_to_evaluate=points,
             sampler=sampler,
         )
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+    scheduler = None
+    if spec.scheduler_in_use() == "asha":
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=spec.epochs, grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor,
         )
-        metric, mode = "objective", "min"
     tune_config = tune.TuneConfig(
-        metric=metric, mode=mode, search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
-        scheduler=scheduler, num_samples=spec.num_samples, trial_dirname_creator=trial_dirname,
+        metric=metric, mode=mode, search_alg=search_alg,
+        scheduler=scheduler, num_samples=num_samples, trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
         name=spec.name, storage_path=spec.storage_path, storage_filesystem=filesystem,
@@ -483,7 +514,7 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=1, callbacks=list(callbacks) or None,
     )
-    return tune.Tuner(runnable, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(runnable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
 # ---------------------------------------------------------------------------------------------- the table

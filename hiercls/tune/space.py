@@ -60,7 +60,7 @@ def draw(params: Mapping[str, Param], rng: Any) -> dict[str, Any]:
     for name, p in params.items():
         if p.kind == "fixed":
             out[name] = p.value
-        elif p.kind == "choice":
+        elif p.kind in ("choice", "grid"):
             value = rng.choice(list(p.values))
             out[name] = value
             if p.branches is not None:

@@ -25,6 +25,23 @@ further parameters that exist only when that value is chosen). ``uniform``/``int
 ``scale: epochs``: the bounds are then fractions of the run length (``high: 0.5`` = half the run). A
 plain value instead of a distribution fixes that key inside its branch.
 
+A grid search (:func:`~hiercls.tune.parameters.grid_points`) lists values instead of drawing them:
+``{type: grid, values: [...]}``, or ``values`` as a mapping of branches (each branch's grid is its own
+combination; the search's points are the union of the branches' points)::
+
+    search:
+      loss:
+        type: grid
+        values:
+          cross-entropy: {}                                        # 1 point
+          hierarchical-cross-entropy:
+            alpha: {type: grid, values: [0.1, 0.2, 0.4]}           # 3 points
+          soft-labels: {beta: {type: grid, values: [4, 30]}}       # 2 points
+
+Every point runs once (Ray's basic variant generator, no Optuna: :mod:`hiercls.tune.runner`);
+``num_samples`` is the number of points (another value is refused); a distribution beside a grid entry is
+refused; ``scheduler`` (``asha`` or ``none``) defaults to ``none`` for a grid, ``asha`` otherwise.
+
 Every problem in a specification is collected and reported at once (:class:`SpecError`) before Ray
 starts: see :meth:`SearchSpec.problems`.
 
@@ -51,13 +68,25 @@ from hiercls.tune.checks import (
     branch_problems,
     config_problems,
     grace_problems,
+    grid_problems,
     point_problems,
 )
 from hiercls.tune.objective import MISTAKE_SEVERITY_WARNING, Objective, parse_objective
-from hiercls.tune.parameters import TRIAL_KEYS, Param, _plain, iter_params, parse_params
+from hiercls.tune.parameters import (
+    TRIAL_KEYS,
+    Param,
+    _plain,
+    grid_points,
+    grid_size,
+    is_grid,
+    iter_params,
+    parse_params,
+)
 
 __all__ = [
+    "DEFAULT_NUM_SAMPLES",
     "DEFAULT_SPACE",
+    "SCHEDULERS",
     "resolve_space",
     "shipped_spaces",
     "MAX_SAMPLES",
@@ -112,6 +141,10 @@ SMOKE_SPACE = _spaces_dir() / "smoke.yaml"
 
 MAX_SAMPLES = 10_000
 """``num_samples`` above this is refused unless ``allow_large_search`` (``--allow-large-search``)."""
+DEFAULT_NUM_SAMPLES = 20
+"""The trials of a TPE search when ``num_samples`` is not given (a grid search: its number of points)."""
+SCHEDULERS = ("asha", "none")
+"""The ``scheduler`` values: ASHA stops weak trials at its rungs; ``none`` runs every trial in full."""
 
 
 class SpecError(ValueError):
@@ -140,8 +173,10 @@ class SearchSpec:
     """Everything a search needs; YAML < command line. Paths are made absolute by :meth:`resolved`.
 
     Search settings: ``name`` (experiment name; default the space file's stem), ``storage_path`` (the
-    experiment folder is ``storage_path/name``), ``num_samples`` (trials in all), ``epochs`` (each
-    trial's length and ASHA's ``max_t``), ``grace_period``, ``reduction_factor`` (ASHA),
+    experiment folder is ``storage_path/name``), ``num_samples`` (trials in all; None:
+    :data:`DEFAULT_NUM_SAMPLES`, or a grid's number of points), ``epochs`` (each trial's length and
+    ASHA's ``max_t``), ``scheduler`` (``asha`` or ``none``; None: ``none`` for a grid search or
+    ``multi_objective``, else ``asha``), ``grace_period``, ``reduction_factor`` (ASHA),
     ``max_concurrent`` (trials at once; None: as many as the cluster's resources can run, see
     :func:`hiercls.tune.cluster.cluster_capacity`), ``startup_trials`` (random trials before TPE models the
     results), ``gpus_per_trial``, ``cpus_per_trial``, ``address`` (None: a local Ray; ``auto`` or
@@ -154,8 +189,9 @@ class SearchSpec:
 
     name: str | None = None
     storage_path: str = "runs/tune"
-    num_samples: int = 20
+    num_samples: int | None = None
     epochs: int = 30
+    scheduler: str | None = None
     grace_period: int = 3
     reduction_factor: float = 3.0
     max_concurrent: int | None = None
@@ -251,6 +287,26 @@ class SearchSpec:
     def parsed_objective(self) -> Objective:
         return parse_objective(self.objective)
 
+    def is_grid(self) -> bool:
+        """Whether this is a grid search (a ``grid`` entry anywhere in ``search:``)."""
+        return is_grid(self.params())
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The points of a grid search in their fixed order (:func:`~hiercls.tune.parameters.grid_points`):
+        the searched values of each trial's config ([] when this is not a grid search)."""
+        params = self.params()
+        return grid_points(params) if is_grid(params) else []
+
+    def scheduler_in_use(self) -> str:
+        """``asha`` or ``none``: the ``scheduler`` setting, else ``none`` for a grid search or a
+        multi-objective one (ASHA ranks trials on one number), ``asha`` otherwise."""
+        return self._scheduler(self.is_grid())
+
+    def _scheduler(self, grid: bool) -> str:
+        if self.scheduler is not None:
+            return str(self.scheduler)
+        return "none" if self.multi_objective or grid else "asha"
+
     @property
     def experiment_dir(self) -> Path:
         return Path(self.storage_path).expanduser().resolve() / str(self.name)
@@ -272,13 +328,16 @@ class SearchSpec:
         return base
 
     def resolved(self) -> SearchSpec:
-        """A copy with absolute paths and ``scale: epochs`` bounds written out (what is saved and
-        compared on resume)."""
+        """A copy with absolute paths, ``scale: epochs`` bounds written out and ``num_samples`` set (a
+        grid's number of points, else :data:`DEFAULT_NUM_SAMPLES` when not given): what is saved and
+        compared on resume. ``scheduler`` stays as given (None: the default for the kind of search)."""
         problems: list[str] = []
         params = self.params(problems)
         if problems:
             raise SpecError(problems)
         out = dataclasses.replace(self)
+        if out.num_samples is None:
+            out.num_samples = grid_size(params) if is_grid(params) else DEFAULT_NUM_SAMPLES
         out.storage_path = str(Path(self.storage_path).expanduser().resolve())
         data_dir = self.data_dir if self.data_dir is not None else self.train.get("data_dir")
         if data_dir is not None:
@@ -298,11 +357,18 @@ class SearchSpec:
         """``(problems, warnings)`` of this spec: settings out of range, unknown train keys or names,
         empty or inverted ranges, loss/schedule parameters outside the branch that selects their loss
         or schedule, an ASHA grace period not above the largest searched start epoch, a space whose
-        loss terms can all be off at once, bad ``points_to_evaluate``, an unknown objective."""
+        loss terms can all be off at once, bad ``points_to_evaluate``, an unknown objective or
+        scheduler; for a grid search: a distribution beside the grid, a ``num_samples`` other than the
+        number of points, ``points_to_evaluate``."""
         problems: list[str] = []
         notes: list[str] = []
+        param_problems: list[str] = []
+        params = self.params(param_problems)
+        grid = is_grid(params)
+        asha = self._scheduler(grid) == "asha"
         checks = [
-            ("num_samples", isinstance(self.num_samples, int) and self.num_samples >= 1, ">= 1"),
+            ("num_samples", self.num_samples is None or (isinstance(self.num_samples, int)
+                                                         and self.num_samples >= 1), ">= 1"),
             ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, ">= 1"),
             ("max_concurrent", self.max_concurrent is None or self.max_concurrent >= 1,
              ">= 1, or null for what the cluster can run"),
@@ -313,7 +379,7 @@ class SearchSpec:
             ("max_failures", self.max_failures >= 0, ">= 0"),
             ("top", self.top >= 1, ">= 1"),
         ]
-        if not self.multi_objective:
+        if asha:
             checks += [
                 ("grace_period", 1 <= self.grace_period <= max(self.epochs, 1), "in 1..epochs"),
                 ("reduction_factor", self.reduction_factor > 1, "> 1"),
@@ -321,14 +387,32 @@ class SearchSpec:
         for key, ok, valid in checks:
             if not ok:
                 problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
-        large = isinstance(self.num_samples, int) and self.num_samples > MAX_SAMPLES
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler={self.scheduler!r} is unknown; valid: {', '.join(SCHEDULERS)} "
+                            "(default: asha for a TPE search, none for a grid search)")
+            asha = False
+        elif self.multi_objective and asha:
+            problems.append("scheduler='asha' with --multi-objective: ASHA ranks trials on one number and "
+                            "would stop trials on the Pareto front; use scheduler: none (the default)")
+        size = grid_size(params) if grid else self.num_samples
+        large = isinstance(size, int) and size > MAX_SAMPLES
         if large and not self.allow_large_search:
+            what = f"the grid's {size:,} points are" if grid else f"num_samples={size:,} is"
             problems.append(
-                f"num_samples={self.num_samples:,} is above {MAX_SAMPLES:,}: Ray Tune keeps every trial in "
+                f"{what} above {MAX_SAMPLES:,}: Ray Tune keeps every trial in "
                 "the driver's memory and rewrites all of them in the experiment state after every epoch of "
                 "every trial; check for a typo, or pass --allow-large-search (allow_large_search: true)"
             )
-        if (not self.multi_objective and isinstance(self.grace_period, int) and isinstance(self.epochs, int)
+        if grid:
+            if self.num_samples is not None and self.num_samples != size:
+                problems.append(
+                    f"num_samples={self.num_samples!r} differs from the grid's {size:,} points: a grid runs "
+                    f"each point exactly once (leave num_samples out, or set it to {size})"
+                )
+            if self.points_to_evaluate:
+                problems.append("points_to_evaluate in a grid search: a grid runs its own points only; add "
+                                "the point to the grid instead")
+        if (asha and isinstance(self.grace_period, int) and isinstance(self.epochs, int)
                 and self.grace_period == self.epochs):
             notes.append(
                 f"grace_period={self.grace_period} equals epochs: ASHA stops no trial before its last epoch, "
@@ -367,15 +451,17 @@ class SearchSpec:
             problems += [f"train: {problem}" for problem in err.problems]
             train = {}
 
-        params = self.params(problems)
+        problems += param_problems
         for p, context in iter_params(params):
             if p.name in train and not context:
                 problems.append(f"search.{p.name}: also fixed under train: (remove one)")
+        problems += grid_problems(params)
         problems += branch_problems(params, train)
-        if not self.multi_objective and isinstance(self.grace_period, int):
+        if asha and isinstance(self.grace_period, int):
             problems += grace_problems(self.grace_period, params, train)
         problems += all_off_problems(params, train)
-        problems += point_problems(self.points_to_evaluate, params)
+        if not grid:
+            problems += point_problems(self.points_to_evaluate, params)
         problems += config_problems(self.epochs, params, train)
         return _dedupe(problems), notes
 
@@ -399,8 +485,11 @@ def _coerce_setting(name: str, annotation: str, value: Any) -> Any:
 
 
 def spec_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """The keys (dotted paths) where two resolved spec dicts differ, runtime-only keys ignored."""
+    """The keys (dotted paths) where two resolved spec dicts differ, runtime-only keys ignored. A setting
+    absent from one of them (a spec saved before the setting existed) counts as its default."""
     ignore = set(SearchSpec.RUNTIME_KEYS)
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchSpec)
+                if f.default is not dataclasses.MISSING}
     out: list[str] = []
 
     def walk(a: Any, b: Any, path: str) -> None:
@@ -408,7 +497,8 @@ def spec_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
             for k in dict.fromkeys([*a, *b]):
                 if not path and k in ignore:
                     continue
-                walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{path}.{k}" if path else str(k))
+                missing = defaults.get(k, _MISSING) if not path else _MISSING
+                walk(a.get(k, missing), b.get(k, missing), f"{path}.{k}" if path else str(k))
         elif _plain(a) != _plain(b):
             shown_a = "(absent)" if a is _MISSING else repr(a)
             shown_b = "(absent)" if b is _MISSING else repr(b)

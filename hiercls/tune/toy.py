@@ -25,7 +25,7 @@ from hiercls.tune.trainable import TrialSetup
 __all__ = ["toy_trial", "toy_value"]
 
 _LOSS_OFFSET = {"cross-entropy": 0.3, "hierarchical-cross-entropy": 0.1, "soft-labels": 0.2,
-                "simple-hierarchy": 0.25}
+                "simple-hierarchy": 0.25, "cosine-distance": 0.15}
 
 
 def toy_value(config: dict[str, Any]) -> float:
