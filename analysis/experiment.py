@@ -456,7 +456,7 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A trial's ``config.yaml``: (config, None), (None, None) when missing, or (None, problem) when it is
     empty, torn, incomplete (the engine writes every :class:`~hiercls.config.TrainConfig` key) or
     invalid."""
-    from hiercls.config import ConfigError, TrainConfig, upgrade_saved_values
+    from hiercls.config import ConfigError, TrainConfig, fill_added_keys, upgrade_saved_values
 
     value, problem = _read_yaml(path)
     if problem is not None or value is None:
@@ -465,6 +465,7 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not a mapping of config keys"
     if list(value)[-1:] == ["amp"]:  # complete for the hiercls that wrote it (before the accelerated path)
         value = upgrade_saved_values(value)
+    value = fill_added_keys(value)  # complete for a hiercls before the embedding losses
     fields = TrainConfig.field_names()  # the fixed keys: every config.yaml has them
     order = TrainConfig.valid_keys()  # how the engine writes them, with the registered parameters
     missing = [k for k in fields if k not in value]

@@ -275,7 +275,12 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             if head == "#":
                 cells.append(_fmt(row["rank_top1_error"]))
             elif head == "loss (parameters)":
-                cells.append(_param_text(row, row["loss"], "loss"))
+                text = _param_text(row, row["loss"], "loss")
+                family = row.get("family")
+                # the method where the loss alone does not say it (B&D or DeViSE embeddings)
+                prefix = family.split(" ")[0] + " " if isinstance(family, str) and family.endswith(
+                    f" {row['loss']}") else ""
+                cells.append(prefix + text)
             elif head == "schedule (parameters)":
                 cells.append(_param_text(row, row["lr_schedule"], "schedule"))
             elif head == "epoch":

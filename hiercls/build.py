@@ -8,6 +8,7 @@ height, ``min_lr`` at most ``lr``, ...) by building the loss on the hierarchy an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from torch import nn
 
@@ -25,6 +26,7 @@ class Checked:
 
     hierarchy: Hierarchy
     criterion: nn.Module
+    word_vectors_sha256: str | None = None
 
 
 def class_embeddings(config: TrainConfig, hierarchy: Hierarchy) -> dict:
@@ -60,6 +62,15 @@ def check_config(config: TrainConfig) -> Checked:
         embeddings = class_embeddings(config, hierarchy)
     except ValueError as err:  # the word-vectors file (WordVectorError names it)
         raise invalid_config([str(err)]) from err
+    digest = None
+    if embeddings:
+        digest = hashlib.sha256(embeddings["class_embeddings"].contiguous().numpy().tobytes()).hexdigest()
+        if config.word_vectors_sha256 is not None and config.word_vectors_sha256 != digest:
+            problems.append(
+                f"word vectors {config.word_vectors!r} give other class vectors (sha256 {digest[:12]}...) "
+                f"than this run recorded ({config.word_vectors_sha256[:12]}...): the file changed since the "
+                "run started; restore it, or start a new run without word_vectors_sha256"
+            )
     try:
         criterion = build_loss(config.loss, hierarchy, **embeddings, **config.loss_kwargs())
     except ValueError as err:
@@ -78,4 +89,4 @@ def check_config(config: TrainConfig) -> Checked:
         problems.append(f"lr_schedule {config.lr_schedule!r}: {err}")
     if problems:
         raise invalid_config(problems)
-    return Checked(hierarchy, criterion)
+    return Checked(hierarchy, criterion, digest)

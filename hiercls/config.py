@@ -28,7 +28,7 @@ from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES,
 __all__ = [
     "ConfigError", "RESUME_FREE_KEYS", "SWITCH_VALUES", "TrainConfig", "invalid_config", "load_config",
     "param_keys",
-    "read_saved_config", "upgrade_saved_values",
+    "EMBEDDING_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
 ]
 
 
@@ -94,8 +94,11 @@ class TrainConfig:
     Class embeddings and head (the reference code's flags): ``barzdenzler`` (the embedding losses'
     class embeddings are Barz & Denzler's, the default for those losses), ``devise`` (DeViSE: the class
     embeddings are fastText word vectors of the class names read from ``word_vectors``, a ``.bin`` model or
-    ``.vec`` file), ``embedding_size`` (taken from the embedding; a value set must equal it), ``use_2fc``,
-    ``fc_inner_dim`` and ``use_fc_batchnorm`` (a two-layer head, see :func:`hiercls.models.build_model`),
+    ``.vec`` file; a run records it as an absolute path, and in ``word_vectors_sha256`` the sha256 of the
+    class vectors it gave, float64 ``[C, D]``: a resume, an evaluation or a rerun of the run's
+    ``config.yaml`` whose file now gives other vectors is refused), ``embedding_size`` (taken from the
+    embedding; a value set must equal it), ``use_2fc``, ``fc_inner_dim`` and ``use_fc_batchnorm`` (a
+    two-layer head, see :func:`hiercls.models.build_model`),
     ``train_backbone_after`` (epochs during which only the head trains: the backbone's parameters are
     frozen, its BatchNorm statistics still update; the reference code counted optimiser steps).
 
@@ -140,6 +143,7 @@ class TrainConfig:
     barzdenzler: bool = False
     devise: bool = False
     word_vectors: str | None = None
+    word_vectors_sha256: str | None = None
     embedding_size: int | None = None
     use_2fc: bool = False
     fc_inner_dim: int = 1024
@@ -284,7 +288,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """This config with the chosen loss's and schedule's defaults filled in for unset keys (a
-        default of None, "derived by the entry", stays unset). Unknown names are left as they are."""
+        default of None, "derived by the entry", stays unset), and ``barzdenzler`` true for an embedding
+        loss without ``devise`` (the embeddings it uses). Unknown names are left as they are."""
         changes: dict[str, Any] = {}
         for kind, field in PARAM_FIELDS.items():
             registry, name = param_registries()[kind], getattr(self, kind)
@@ -295,6 +300,8 @@ class TrainConfig:
                 if key not in params and default is not None:
                     params[key] = default
             changes[field] = params
+        if _embedding_loss(self.loss) and not self.devise:
+            changes["barzdenzler"] = True  # the embedding losses' default class embeddings, stated
         return dataclasses.replace(self, **changes)
 
     def _inactive_parameters(self) -> list[str]:
@@ -315,11 +322,8 @@ class TrainConfig:
     def _embedding_problems(self) -> list[str]:
         """Problems of the class-embedding and head keys (bad combinations the reference code refused)."""
         problems = []
-        embedding_losses = [
-            n for n in LOSSES.names() if getattr(LOSSES.get(n), "takes_class_embeddings", False)
-        ]
-        embedding_loss = self.loss in LOSSES and LOSSES.canonical(self.loss) in embedding_losses
-        losses = ", ".join(embedding_losses)
+        embedding_loss = _embedding_loss(self.loss)
+        losses = ", ".join(n for n in LOSSES.names() if _embedding_loss(n))
         if self.barzdenzler and self.devise:
             problems.append("barzdenzler and devise are both set; choose one class embedding")
         for key in ("barzdenzler", "devise"):
@@ -419,6 +423,11 @@ class TrainConfig:
             raise invalid_config(problems)
 
 
+def _embedding_loss(name: str) -> bool:
+    """Whether ``name`` is a registered loss on class embeddings (False for an unknown name)."""
+    return name in LOSSES and bool(getattr(LOSSES.get(name), "takes_class_embeddings", False))
+
+
 def _accepted(registry, name: str) -> dict[str, Param]:
     return registry.params(name) if name in registry else {}
 
@@ -480,6 +489,23 @@ ADDED_KEYS = ("channels_last", "deterministic", "compile", "checkpoint_every")
 defaults when such a file is read with :func:`upgrade_saved_values`."""
 
 
+EMBEDDING_KEYS = ("barzdenzler", "devise", "word_vectors", "word_vectors_sha256", "embedding_size", "use_2fc",
+                  "fc_inner_dim", "use_fc_batchnorm", "train_backbone_after", "lr_fc", "weight_decay_fc")
+"""Keys added with the embedding losses (hiercls 0.4); a ``config.yaml`` written before lacks them, and
+they take their defaults (no embedding, the one-layer head) when it is read."""
+
+
+def fill_added_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the :data:`EMBEDDING_KEYS` defaults filled in when those are the only fixed keys
+    missing (a complete ``config.yaml`` of an earlier hiercls); anything else is returned unchanged, so a
+    torn file still shows as torn."""
+    out = dict(values)
+    missing = [k for k in TrainConfig.field_names() if k not in out]
+    if missing and set(missing) <= set(EMBEDDING_KEYS):
+        out.update({k: getattr(TrainConfig, k) for k in missing})
+    return out
+
+
 def upgrade_saved_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of a ``config.yaml`` written by an earlier hiercls, with the meaning they had then.
 
@@ -493,7 +519,7 @@ def upgrade_saved_values(values: Mapping[str, Any]) -> dict[str, Any]:
             out["amp"] = "auto"
         for key in ADDED_KEYS:
             out.setdefault(key, getattr(TrainConfig, key))
-    return out
+    return fill_added_keys(out)
 
 
 def read_saved_config(path: str | Path) -> TrainConfig:

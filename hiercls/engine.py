@@ -308,7 +308,14 @@ def evaluate(
     crm = bool(getattr(criterion, "probabilistic", True))
     acc = MetricAccumulator(hierarchy, ks, cifar100_superclass_labels(), crm=crm)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    with ieee_fp32():
+    # a loss that draws random numbers (ranking-loss's single negative) draws the same ones at every
+    # evaluation, and the training's random stream is left as it was
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), ieee_fp32():
+        torch.random.default_generator.manual_seed(0)
+        if forked:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(0)
         for images, labels in loader.epoch(0):
             outputs = eager_for(model, labels.shape[0], loader.batch_size)(images).float()
             acc.update(class_scores(criterion, outputs), labels)
@@ -711,6 +718,8 @@ def _check_same_run(config: TrainConfig, out: Path) -> None:
                 "or =false matches the saved run)") if switches else ""
         if "data_dir" in differing:
             hint += f" (--data-dir {saved.get('data_dir')} reads the saved run's data folder)"
+        if "word_vectors_sha256" in differing:
+            hint += " (the word-vectors file gives other class vectors than when the run started)"
         raise ConfigError(
             f"refusing to resume in {str(out)!r}: the config differs in {len(differing)} key(s): "
             f"{detail}{hint}"
@@ -816,6 +825,9 @@ def fit(
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     config = dataclasses.replace(config, out_folder=str(out))
+    if config.word_vectors is not None:  # recorded as read: absolute, with the vectors' sha256
+        config = dataclasses.replace(config, word_vectors=str(Path(config.word_vectors).resolve()),
+                                     word_vectors_sha256=checked.word_vectors_sha256)
     if data is None:  # checked before any work; a folder found (no data_dir) is recorded in config.yaml
         found = _data_dir(config)
         if config.data_dir is None:

@@ -158,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
             spellings.append(f"--{key.replace('_', '-')}")
         if key == "data_dir":
             spellings = ["--data-dir", "--data_dir", "--data_path", "--data-path"]
+        # a switch may be given bare (--normalize, --devise_single_negative) or with a value (True/false)
+        bare = {"nargs": "?", "const": True, "metavar": "true|false"} if kind is _switch_value else {}
         parser.add_argument(
-            *dict.fromkeys(spellings), dest=key, type=kind, default=argparse.SUPPRESS, help=text
+            *dict.fromkeys(spellings), dest=key, type=kind, default=argparse.SUPPRESS, help=text, **bare
         )
     # booleans of the reference code, accepted bare (--barzdenzler, as the seed wrote them) and with a
     # value (--barzdenzler True, as the reference wrote them)

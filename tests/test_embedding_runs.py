@@ -18,14 +18,14 @@ from hiercls.engine import build_run, fit
 from hiercls.hierarchy import CIFAR100_CLASSES
 from hiercls.models import backbone_parameters, head_parameters
 
-SMALL = ["--max-train-samples", "200", "--val-size", "100", "--batch_size", "50", "--epochs", "1",
-         "--no-test", "--device", "cpu"]
+BASE = ["--max-train-samples", "200", "--val-size", "100", "--batch_size", "50", "--no-test", "--device",
+        "cpu"]
+SMALL = [*BASE, "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")
 def tiny_bin(tmp_path_factory) -> Path:
     """A tiny fastText model (dim 8) trained offline on a corpus of the CIFAR-100 class names."""
-    pytest.importorskip("fasttext")
     from test_wordvectors import _train
 
     folder = tmp_path_factory.mktemp("fasttext")
@@ -138,3 +138,56 @@ def test_head_learning_rate_and_weight_decay_are_a_second_group(tiny_run, cifar)
     for _ in range(len(run.train_loader)):  # the schedule scales both: lr_fc / lr stays 0.2
         run.schedule.step()
     assert head_group["lr"] == pytest.approx(0.2 * backbone_group["lr"]) and backbone_group["lr"] < 0.05
+
+
+def _cifar_vec(path: Path, seed: int, dim: int = 5) -> Path:
+    """A hand-made ``.vec`` file with a random vector for every word of the CIFAR-100 class names."""
+    words = sorted({w for name in CIFAR100_CLASSES for w in name.split("_")})
+    rng = random.Random(seed)
+    rows = [f"{w} " + " ".join(f"{rng.uniform(-1, 1):.5f}" for _ in range(dim)) for w in words]
+    path.write_text(f"{len(words)} {dim}\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_word_vectors_recorded_absolute_and_a_changed_file_is_refused(tmp_path, capsys, cifar_dir,
+                                                                      monkeypatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    _cifar_vec(work / "words.vec", seed=1)
+    monkeypatch.chdir(work)
+    args = ("--devise", "--loss", "ranking-loss", "--devise_single_negative", "--word_vectors", "words.vec",
+            "--data-dir", str(cifar_dir), *BASE, "--epochs", "2", "--out_folder", str(work / "run"))
+    result = run_main(args, "hiercls.train", capsys)
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert saved["word_vectors"] == str(work / "words.vec") and len(saved["word_vectors_sha256"]) == 64
+    assert saved["devise_single_negative"] is True  # given bare
+    recorded = json.loads((work / "run" / "all_epoch_results.json").read_text())[-1]
+
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded absolute path is read
+    scored = run_main([str(work / "run"), "--split", "val"], "hiercls.evaluate", capsys)
+    assert scored.returncode == 0, scored.stderr
+    scores = json.loads(scored.stdout)
+    # the single negative's draw is seeded at every evaluation: the run's own val loss again
+    assert scores["loss"] == pytest.approx(recorded["val_loss"], rel=1e-6)
+    assert scores["top1_error"] == recorded["val_top1_error"]
+
+    _cifar_vec(work / "words.vec", seed=2)  # the file changes under the run
+    refused = run_main([str(work / "run"), "--split", "val"], "hiercls.evaluate", capsys)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "give other class vectors" in refused.stderr and "the file changed since the run" in refused.stderr
+    monkeypatch.chdir(work)
+    resumed = run_main([*args, "--resume"], "hiercls.train", capsys)
+    assert resumed.returncode == 2
+    assert "word_vectors_sha256: saved" in resumed.stderr and "gives other class vectors" in resumed.stderr
+
+
+def test_barzdenzler_is_recorded_so_the_flag_may_be_added_on_resume(tmp_path, capsys, cifar_dir) -> None:
+    out = tmp_path / "run"
+    first = run_main(["--loss", "cosine-distance", "--data-dir", str(cifar_dir), *SMALL, "--out_folder",
+                      str(out)], "hiercls.train", capsys)
+    assert first.returncode == 0, first.stderr
+    assert yaml.safe_load((out / "config.yaml").read_text())["barzdenzler"] is True
+    again = run_main(["--barzdenzler", "--loss", "cosine-distance", "--data-dir", str(cifar_dir), *SMALL,
+                      "--out_folder", str(out), "--resume"], "hiercls.train", capsys)
+    assert again.returncode == 0, again.stderr

@@ -528,3 +528,13 @@ def test_grid_param_space_gives_each_trial_exactly_its_point():
         configs.append(trial.config)
     assert generator.total_samples == 12
     assert configs == [{**point, TRIAL_INDEX: i} for i, point in enumerate(spec.grid_points())]
+
+
+def test_multi_objective_grid_is_refused_and_word_vectors_made_absolute(tmp_path, monkeypatch):
+    grid_space = {"loss": {"type": "grid", "values": {"cross-entropy": {}, "soft-labels": {"beta": 4}}}}
+    problems = problems_of(make(search=grid_space, multi_objective=True))
+    assert any("--multi-objective with a grid search" in p for p in problems), problems
+    monkeypatch.chdir(tmp_path)
+    spec = make(search=grid_space, train={"architecture": "plainnet", "word_vectors": "w.vec"})
+    assert spec.resolved().train["word_vectors"] == str(tmp_path / "w.vec")
+    assert spec.base_config()["word_vectors"] == str(tmp_path / "w.vec")  # trials run in their own folders

@@ -323,8 +323,9 @@ class SearchSpec:
         base["seed"] = self.seed
         base["device"] = "cuda" if self.gpus_per_trial > 0 else "cpu"
         base["num_threads"] = max(1, int(self.cpus_per_trial))
-        if "data_dir" in base:
-            base["data_dir"] = str(Path(base["data_dir"]).expanduser().resolve())
+        for key in ("data_dir", "word_vectors"):  # trials run in their own folders: absolute paths
+            if base.get(key) is not None:
+                base[key] = str(Path(base[key]).expanduser().resolve())
         return base
 
     def resolved(self) -> SearchSpec:
@@ -342,6 +343,9 @@ class SearchSpec:
         data_dir = self.data_dir if self.data_dir is not None else self.train.get("data_dir")
         if data_dir is not None:
             out.data_dir = str(Path(data_dir).expanduser().resolve())
+        if self.train.get("word_vectors") is not None:
+            vectors = str(Path(self.train["word_vectors"]).expanduser().resolve())
+            out.train = {**self.train, "word_vectors": vectors}
         out.search = {k: p.to_yaml_value() for k, p in params.items()}
         return out
 
@@ -391,6 +395,10 @@ class SearchSpec:
             problems.append(f"scheduler={self.scheduler!r} is unknown; valid: {', '.join(SCHEDULERS)} "
                             "(default: asha for a TPE search, none for a grid search)")
             asha = False
+        if self.multi_objective and grid:
+            problems.append("--multi-objective with a grid search: a grid runs its fixed points once each, "
+                            "NSGA-II has nothing to choose; rank the grid's (error, severity) front with "
+                            "analysis.rank instead")
         elif self.multi_objective and asha:
             problems.append("scheduler='asha' with --multi-objective: ASHA ranks trials on one number and "
                             "would stop trials on the Pareto front; use scheduler: none (the default)")
