@@ -72,8 +72,8 @@ class _Spy:
 def _spy_models(monkeypatch) -> _Spy:
     spy = _Spy()
 
-    def build(name, num_classes=100):
-        model = build_model(name, num_classes)
+    def build(name, num_classes=100, **head):
+        model = build_model(name, num_classes, **head)
         model.register_forward_hook(spy.hook)
         return model
 

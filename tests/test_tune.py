@@ -40,6 +40,41 @@ def test_smoke_search_runs_trials_and_asha_stops_some(smoke_search):
     print(f"smoke search: {smoke_search['seconds']:.0f} s")  # under 10 minutes on 2 idle cores
 
 
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files in ``folder``: tag -> [(step, value)] (TFRecord framing
+    read by hand: length, its CRC, an ``Event`` protobuf, its CRC; the protobuf class from tensorboardX)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_has_every_hierarchical_metric_of_every_epoch(smoke_search):
+    """Ray Tune's TensorBoard files hold the hierarchical metrics per epoch, under ``ray/tune/<key>`` with
+    ``@`` written ``_`` (TensorBoard's tag alphabet), equal to the trial's own records (README)."""
+    row = smoke_search["outcome"].rows[0]
+    folder = Path(row["path"])
+    history = json.loads((folder / "all_epoch_results.json").read_text())
+    scalars = _tensorboard_scalars(folder)
+    for key in ("val_top1_error", "val_mistake_severity", "val_hdist@1", "val_hdist@5", "val_coarse_error",
+                "val_hprecision@5", "val_mAHP@5", "val_crm/top1_error", "val_crm/hdist@5", "train_loss"):
+        tag = "ray/tune/" + key.replace("@", "_")
+        assert tag in scalars, (tag, sorted(scalars))
+        values = [v for _, v in scalars[tag]]
+        assert values == pytest.approx([r[key] for r in history], rel=1e-6), key
+
+
 @pytest.mark.realdata
 def test_smoke_trials_are_real_runs_with_absolute_paths(smoke_search, cifar_dir):
     outcome = smoke_search["outcome"]
@@ -178,6 +213,86 @@ def _midway(folder: Path) -> bool:
     )
 
 
+def test_the_optuna_study_is_stored_and_a_dashboard_reads_it(ray_session, tmp_path):
+    """A TPE + ASHA toy search keeps its study in the experiment's journal file: every trial with its
+    state (ASHA's stops PRUNED), per-epoch values and folder; optuna-dashboard's app lists the study."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    import optuna_dashboard
+    from optuna.trial import TrialState
+
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+    from hiercls.tune.study import STUDY_FILE, load_study, storage_text
+
+    spec = SearchSpec.from_dict({
+        "name": "study", "storage_path": str(tmp_path), "num_samples": 8, "epochs": 4, "grace_period": 1,
+        "reduction_factor": 2, "max_concurrent": 2, "cpus_per_trial": 0.5, "startup_trials": 3,
+        "train": {"architecture": "plainnet"},
+        "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2},
+                   "loss": {"type": "choice", "values": {"cross-entropy": {}, "soft-labels": {
+                       "beta": {"type": "uniform", "low": 2.0, "high": 30.0}}}}},
+    }).resolved()
+    outcome = run_search(spec, trainable="toy", echo=lambda line: None)
+    folder = outcome.experiment_dir
+    assert (folder / STUDY_FILE).is_file()
+    study = load_study(folder)
+    assert study.study_name == "study" and len(study.trials) == 8
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.PRUNED) == outcome.num_stopped_early >= 1, states
+    assert states.count(TrialState.COMPLETE) == 8 - outcome.num_stopped_early
+    by_id = {r["trial_id"]: r for r in outcome.rows}
+    for trial in study.trials:
+        row = by_id[trial.user_attrs["ray_trial_id"]]
+        assert Path(trial.user_attrs["trial_folder"]) == Path(row["path"])
+        # Ray's record of the trial's reports, one line per epoch
+        history = [json.loads(line) for line in (Path(row["path"]) / "result.json").read_text().splitlines()]
+        # one intermediate value per epoch run: the search's objective of that epoch
+        assert trial.intermediate_values == {r["epoch"]: pytest.approx(r["objective"]) for r in history}
+        params = json.loads((Path(row["path"]) / "params.json").read_text())
+        assert trial.params["lr"] == pytest.approx(params["lr"])
+        if trial.state == TrialState.COMPLETE:
+            assert len(history) == 4 and trial.value == pytest.approx(history[-1]["objective"])
+    assert outcome.best["trial_id"] in {t.user_attrs["ray_trial_id"] for t in study.trials
+                                        if t.state == TrialState.COMPLETE}
+
+    # the dashboard (optuna-dashboard's own WSGI app, as `optuna-dashboard STORAGE` serves it)
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):  # noqa: ARG002
+            pass
+
+    app = optuna_dashboard.wsgi(storage_text(folder, None))
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/api/studies"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            listed = json.loads(response.read())
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert [s["study_name"] for s in listed["study_summaries"]] == ["study"], listed
+
+    # a database instead (--optuna-storage): the study goes there, and a new search of the same name is
+    # refused rather than mixed into it
+    from hiercls.tune.spec import SpecError
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    small = {"num_samples": 3, "epochs": 2, "grace_period": 2, "max_concurrent": 2, "cpus_per_trial": 0.5,
+             "startup_trials": 2, "train": {"architecture": "plainnet"}, "optuna_storage": url,
+             "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}}}
+    first = run_search(SearchSpec.from_dict({"name": "db", "storage_path": str(tmp_path / "a"), **small}),
+                       trainable="toy", echo=lambda line: None)
+    assert not (first.experiment_dir / STUDY_FILE).exists()
+    assert [t.state for t in load_study(first.experiment_dir, url).trials] == [TrialState.COMPLETE] * 3
+    with pytest.raises(SpecError, match="already holds a study named 'db'"):
+        run_search(SearchSpec.from_dict({"name": "db", "storage_path": str(tmp_path / "b"), **small}),
+                   trainable="toy", echo=lambda line: None)
+
+
 def test_resume_after_sigint(ray_session, tmp_path):
     """Interrupt a toy search with SIGINT after its first trials end, then --resume it."""
     address = ray_session.get_runtime_context().gcs_address
@@ -249,6 +364,14 @@ def test_resume_after_sigint(ray_session, tmp_path):
         # an interrupted trial continues after its last checkpoint (from epoch 1 only without one)
         assert firsts == sorted(firsts) and max(firsts) <= 4, (trial_id, firsts)
     assert any(len(firsts) > 1 and firsts[-1] > 1 for firsts in starts.values()), starts
+    # the Optuna study went on in the same journal file: 6 trials, none left running, every one told
+    from optuna.trial import TrialState
+
+    from hiercls.tune.study import load_study
+
+    study = load_study(folder)
+    assert len(study.trials) == 6 and all(t.state == TrialState.COMPLETE for t in study.trials), [
+        t.state for t in study.trials]
 
 
 def test_multi_objective_pareto_front_without_asha(ray_session, tmp_path):

@@ -86,6 +86,9 @@ _OPTIONS = [
      f"random trials before TPE models the results (default: {DEFAULTS.startup_trials})"),
     ("--max-failures", "max_failures", int,
      f"retries of a crashed trial from its last checkpoint (default: {DEFAULTS.max_failures})"),
+    ("--optuna-storage", "optuna_storage", str,
+     "a database URL for the Optuna study (sqlite:///study.db, postgresql://...; default: the journal file "
+     "optuna_study.journal in the experiment folder); watch it with optuna-dashboard"),
     ("--top", "top", int, f"rows in the final table (default: {DEFAULTS.top})"),
 ]
 

@@ -475,9 +475,19 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from hiercls.tune.space import DefineByRun, SearchAlgorithm
+    from hiercls.tune.study import open_storage
 
     params = spec.params()
     points = [dict(p) for p in spec.points_to_evaluate] or None
+    # the study lives in storage (the experiment's journal file, or --optuna-storage), named after it
+    study = {} if spec.is_grid() else {
+        "storage": open_storage(spec.experiment_dir, spec.optuna_storage), "study_name": spec.name,
+        "experiment_dir": str(spec.experiment_dir),
+    }
+    if study and spec.optuna_storage and spec.name in optuna.get_all_study_names(study["storage"]):
+        raise SpecError([f"--optuna-storage {spec.optuna_storage!r} already holds a study named "
+                         f"{spec.name!r}: a new search needs its own (choose another --name, or --resume "
+                         "that search)"])
     metric, mode = ("objective", "min") if not spec.multi_objective else (None, None)
     param_space = None
     num_samples = spec.num_samples
@@ -489,13 +499,14 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric=list(MULTI_METRICS), mode=["min", "min"],
             points_to_evaluate=points, sampler=optuna.samplers.NSGAIISampler(seed=spec.seed),
+            **study,
         )
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     else:
         sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric="objective", mode="min", points_to_evaluate=points,
-            sampler=sampler,
+            sampler=sampler, max_epochs=spec.epochs if spec.scheduler_in_use() == "asha" else None, **study,
         )
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     scheduler = None

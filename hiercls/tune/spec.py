@@ -184,7 +184,9 @@ class SearchSpec:
     (val_top1_error, val_mistake_severity), no ASHA), ``seed``, ``data_dir`` (overrides
     ``train.data_dir``), ``max_failures`` (retries of a crashed trial from its last checkpoint),
     ``top`` (rows in the final table), ``allow_large_search`` (permit ``num_samples`` above
-    :data:`MAX_SAMPLES`). Space: ``train``, ``search``, ``points_to_evaluate``.
+    :data:`MAX_SAMPLES`), ``optuna_storage`` (a database URL for the Optuna study; None: the journal file
+    in the experiment folder, :mod:`hiercls.tune.study`). Space: ``train``, ``search``,
+    ``points_to_evaluate``.
     """
 
     name: str | None = None
@@ -206,6 +208,7 @@ class SearchSpec:
     max_failures: int = 1
     top: int = 5
     allow_large_search: bool = False
+    optuna_storage: str | None = None
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     search: dict[str, Any] = dataclasses.field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = dataclasses.field(default_factory=list)
