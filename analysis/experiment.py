@@ -217,9 +217,9 @@ def loss_family(loss: str | None, config: Mapping[str, Any]) -> str | None:
     vectors, ``devise`` set), ``yolo-v2`` as ``YOLO-v2``, every other loss by its name; None when unknown."""
     if loss is None:
         return None
-    from hiercls.registry import LOSSES
+    from hiercls.losses import LOSSES, is_embedding_loss
 
-    if loss in LOSSES and getattr(LOSSES.get(loss), "takes_class_embeddings", False):
+    if loss in LOSSES and is_embedding_loss(loss):
         return f"{'DeViSE' if config.get('devise') else 'B&D'} {LOSSES.canonical(loss)}"
     return "YOLO-v2" if loss == "yolo-v2" else str(loss)
 
