@@ -62,6 +62,7 @@ from typing import Any
 import yaml
 
 from hiercls.tune.layout import SPEC_FILE, TRIAL_INDEX
+from hiercls.tune.parts import part_folders
 from hiercls.tune.state import UNFINISHED, newest_state_file, read_trial_states
 
 __all__ = [
@@ -269,13 +270,19 @@ def load_experiment(path: str | Path) -> Experiment:
         raise AnalysisError(f"{spec_path}: {problem}; the experiment cannot be analysed without its spec")
     objective_text, objective = _objective(spec, spec_path)
     tree = _search_tree(spec)
-    state = read_trial_states(folder)
-    problems = [] if state else _state_problems(folder)
-    folders = {p.name: p for p in folder.iterdir() if p.is_dir() and p.name.startswith("trial_")}
-    for entry in state.values():
-        logdir = entry.get("relative_logdir")
-        if logdir and (folder / logdir).is_dir():
-            folders.setdefault(str(logdir), folder / logdir)
+    # a grown search (hiercls.tune.parts) is several Ray experiments: the folder and its grow-<k> folders
+    state: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    folders: dict[str, Path] = {}
+    for part in part_folders(folder):
+        part_state = read_trial_states(part)
+        problems += [] if part_state else _state_problems(part)
+        state.update(part_state)
+        folders.update({str(p): p for p in part.iterdir() if p.is_dir() and p.name.startswith("trial_")})
+        for entry in part_state.values():
+            logdir = entry.get("relative_logdir")
+            if logdir and (part / logdir).is_dir():
+                folders.setdefault(str(part / logdir), part / logdir)
     trials: dict[str, Trial] = {}
     for trial_path in folders.values():
         trial = _load_trial(trial_path, spec, tree, objective, state)

@@ -180,6 +180,17 @@ def exported_config(
         changes["seed"] = int(seed)
         name += f"-seed{int(seed)}"
     changes["out_folder"] = str(Path("runs") / name)
+    if experiment.spec.get("scheduler") == "pb2":
+        # the values PB2 gave this model epoch by epoch (its history includes its donors'), replayed
+        from hiercls.value_schedule import value_schedule_from_history
+
+        try:
+            changes["value_schedule"] = value_schedule_from_history(trial.records, config.loss)
+        except (KeyError, ValueError) as err:
+            raise AnalysisError(f"trial {trial.trial_id}: its per-epoch values cannot be read back as a "
+                                f"value schedule ({err})") from err
+        notes.append(f"trial {trial.trial_id} is a PB2 population member: value_schedule replays the lr and "
+                     "loss values of each of its epochs")
     return config.replace(**changes).to_dict(), notes
 
 

@@ -89,7 +89,8 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
 
     Every trial with finite values is drawn, coloured by loss family (hollow when not compared); the
     front of the compared trials is a step line; the best compared cross-entropy trial (lowest top-1
-    error) is starred.
+    error) is starred. In a constrained search (a ``feasible`` column) infeasible trials carry a red
+    cross and a bound on an axis's metric is a dashed red line.
     """
     x, y = PARETO_PAIRS[pair]
     data = table[np.isfinite(table[x].astype(float)) & np.isfinite(table[y].astype(float))]
@@ -104,6 +105,16 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
         if len(rest):
             ax.scatter(rest[x], rest[y], facecolors="none", edgecolors=colour, s=40, zorder=3,
                        label=f"{family} (not compared)")
+    if "feasible" in data.columns:  # a constrained search: a cross on each trial that breaks a bound
+        bad = data[data["feasible"].fillna(True).eq(False)]
+        if len(bad):
+            ax.scatter(bad[x], bad[y], marker="x", s=70, color="red", zorder=6,
+                       label=f"infeasible ({len(bad)})")
+        for metric, bound in table.attrs.get("constraint_bounds", {}).items():
+            if metric == x:
+                ax.axvline(bound, color="red", ls="--", lw=1, label=f"{x} <= {bound:.4g}")
+            elif metric == y:
+                ax.axhline(bound, color="red", ls="--", lw=1, label=f"{y} <= {bound:.4g}")
     front = pareto_front(table, pair)
     if len(front):
         # the ring marks each front trial (also a front of one); the step line joins them

@@ -42,6 +42,13 @@ from analysis.experiment import (
 )
 from analysis.pareto import PARETO_PAIRS, pareto_front
 from hiercls.registry import param_registries
+from hiercls.tune.constraints import (
+    constraint_values,
+    is_feasible,
+    merge_bounds,
+    parse_constraint,
+    read_bounds,
+)
 from hiercls.tune.layout import pareto_mask
 
 __all__ = [
@@ -125,6 +132,7 @@ def build_table(
     include_stopped: bool = False,
     *,
     require_finished: bool = True,
+    bounds: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """One row per trial, best first.
 
@@ -144,17 +152,22 @@ def build_table(
     ``duplicates`` (repeated epoch records dropped); ``error``; ``problems`` (the trial's damaged files
     and unknown values, ``FILE: WHAT; CONSEQUENCE`` joined by `` | ``, empty when none: see
     :mod:`analysis.experiment`; a searched value no file could give is an empty cell, never a
-    default); ``path``.
+    default); ``path``. With ``bounds`` (``{metric: bound}``; default: a constrained search's own, from
+    its ``constraints.json``): ``feasible`` (every bounded metric at the selected epoch ``<=`` its bound;
+    empty without a record or with a non-finite value) and ``constraint/<metric>`` (value - bound;
+    ``<= 0`` is feasible), and ``table.attrs["constraint_bounds"]`` (for the plots).
 
     Raises:
         AnalysisError: unknown scope; no trial is complete or stopped early (unless not
-            ``require_finished``).
+            ``require_finished``); an unreadable ``constraints.json``.
     """
     if scope not in SCOPES:
         raise AnalysisError(f"scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
     if require_finished or not experiment.trials:
         experiment.require_finished()
     searched = searched_keys(experiment.spec)
+    if bounds is None:
+        bounds = search_bounds(experiment)
     loss_cols: list[str] = []
     sched_cols: list[str] = []
     rows = []
@@ -187,6 +200,11 @@ def build_table(
         partial = trial.status in ("stopped early", "unfinished")
         compared = trial.status == "complete" or (include_stopped and partial)
         row["compared"] = compared
+        if bounds:
+            values = constraint_values(record, bounds) if record is not None else None
+            row["feasible"] = is_feasible(values)
+            for metric in bounds:
+                row[f"constraint/{metric}"] = (values or {}).get(metric, math.nan)
         row["duplicates"] = trial.duplicates
         row["error"] = trial.error
         row["problems"] = PROBLEM_SEPARATOR.join(trial.problems) if trial.problems else None
@@ -213,13 +231,64 @@ def build_table(
     df["pareto_index"] = pd.array([pd.NA] * len(df), dtype="Int64")
     for i, idx in enumerate(pareto_front(df).index):
         df.loc[idx, "pareto_index"] = i
-    order = [*df.columns[: df.columns.get_loc("compared")], "compared", *RANKS, *PARETO_PAIRS, "pareto_index",
-             "duplicates", "error", "problems", "path"]
+    judged = ["feasible", *[f"constraint/{m}" for m in bounds]] if bounds else []
+    order = [*df.columns[: df.columns.get_loc("compared")], "compared", *judged, *RANKS, *PARETO_PAIRS,
+             "pareto_index", "duplicates", "error", "problems", "path"]
     df = df[list(dict.fromkeys(order))]
+    if bounds:
+        df["feasible"] = df["feasible"].astype("boolean")
+        df.attrs["constraint_bounds"] = dict(bounds)
     df["_unranked"] = df["rank_top1_error"].isna()
     keys = ["_unranked", "rank_top1_error", "rank_mistake_severity", "val_top1_error", "trial_id"]
     df = df.sort_values(keys, na_position="last", kind="stable").drop(columns="_unranked")
     return df.reset_index(drop=True)
+
+
+def search_bounds(experiment: Experiment) -> dict[str, float] | None:
+    """A constrained search's bounds (``constraints.json`` in its folder), None for an unconstrained one
+    or one whose baseline trial never finished.
+
+    Raises:
+        AnalysisError: the file is unreadable (the message names it).
+    """
+    try:
+        saved = read_bounds(experiment.path)
+    except ValueError as err:
+        raise AnalysisError(str(err)) from err
+    return saved["bounds"] if saved else None
+
+
+def resolve_bounds(experiment: Experiment, texts: Sequence[str], baseline: str | None,
+                   scope: str) -> dict[str, float] | None:
+    """Bounds from ``--constraint`` lines: numbers, or relative to the ``--baseline`` trial's values at
+    the scope's epoch (default: the search's own baseline values from ``constraints.json``). None when no
+    line is given (the search's own bounds then apply).
+
+    Raises:
+        AnalysisError: a bad line (the valid forms listed), an unknown baseline trial, or a relative
+            line without a baseline.
+    """
+    if not texts:
+        return None
+    try:
+        constraints = [parse_constraint(t) for t in texts]
+    except ValueError as err:
+        raise AnalysisError(str(err)) from err
+    values: dict[str, float] | None = None
+    if baseline is not None:
+        record = select_record(experiment.trial(baseline), experiment.objective, scope)
+        values = {k: float(v) for k, v in (record or {}).items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    else:
+        try:
+            saved = read_bounds(experiment.path)
+        except ValueError as err:
+            raise AnalysisError(str(err)) from err
+        values = ((saved or {}).get("baseline") or {}).get("values")
+    try:
+        return merge_bounds(constraints, values)
+    except ValueError as err:
+        raise AnalysisError(f"{err}; name the baseline with --baseline TRIAL_ID") from err
 
 
 # ---------------------------------------------------------------------------------------------- text output
@@ -258,6 +327,7 @@ DISPLAY = [
     ("severity", "val_mistake_severity"), ("hdist@1", "val_hdist@1"), ("hdist@5", "val_hdist@5"),
     ("coarse_err", "val_coarse_error"), ("crm top1_err", "val_crm/top1_error"),
     ("crm severity", "val_crm/mistake_severity"), ("front err/sev", None), ("front err/h@5", None),
+    ("feasible", "feasible"),
 ]
 
 
@@ -267,11 +337,12 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     files or unknown values, listed in the ``problems`` column), loss and schedule with their
     parameters, lr, ``epoch`` as selected/run/configured, the main metrics, and the front memberships
     (``*`` on the front; the (error, severity) front shows its ``pareto:INDEX``)."""
-    header = [h for h, _ in DISPLAY]
+    shown = [(h, c) for h, c in DISPLAY if c != "feasible" or "feasible" in table.columns]
+    header = [h for h, _ in shown]
     body = []
     for _, row in table.iterrows():
         cells = []
-        for head, col in DISPLAY:
+        for head, col in shown:
             if head == "#":
                 cells.append(_fmt(row["rank_top1_error"]))
             elif head == "loss (parameters)":
@@ -292,6 +363,9 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 cells.append(str(row["status"]) + (DAMAGED if damaged else ""))
             elif head == "front err/h@5":
                 cells.append("*" if row["pareto_error_hdist5"] else "")
+            elif col == "feasible":
+                value = None if _missing(row[col]) else bool(row[col])
+                cells.append({True: "yes", False: "NO"}.get(value, ""))
             elif col == "lr":
                 cells.append(f"{row['lr']:.4g}" if "lr" in row and not _missing(row["lr"]) else "")
             else:
@@ -378,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rank and compare stopped-early (and unfinished) trials too")
     parser.add_argument("--top", type=_positive, default=10, help="rows to print (default: 10)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument("--constraint", action="append", default=None, metavar="'METRIC <= BOUND'",
+                        help="judge every trial at the scope's epoch against this bound (repeatable; "
+                             "replaces a constrained search's own): 'val_top1_error <= 0.24', or "
+                             "'val_top1_error <= baseline + 0.005' (see --baseline); adds the feasible "
+                             "column and marks infeasible trials in the plots")
+    parser.add_argument("--baseline", metavar="TRIAL_ID", default=None,
+                        help="the trial whose values 'baseline' means (default: a constrained search's "
+                             "own baseline trial)")
     return parser
 
 
@@ -396,7 +478,8 @@ def print_warnings(experiment: Experiment) -> None:
 def _rank(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
     print_warnings(experiment)  # also when nothing can be ranked: they may say why
-    table = build_table(experiment, args.scope, include_stopped=args.include_stopped)
+    bounds = resolve_bounds(experiment, args.constraint or [], args.baseline, args.scope)
+    table = build_table(experiment, args.scope, include_stopped=args.include_stopped, bounds=bounds)
     out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out {str(out)!r} is a file: give a folder for the tables and plots")
@@ -410,6 +493,11 @@ def _rank(args: argparse.Namespace) -> int:
     header, body = display_rows(table.head(args.top))
     counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
     print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
+    if "feasible" in table.columns:
+        judged = table["feasible"].dropna()
+        limits = "; ".join(f"{m} <= {b:.6g}" for m, b in table.attrs["constraint_bounds"].items())
+        print(f"constraints: {limits}; {int(judged.sum())} of {len(judged)} trials feasible at the scope's "
+              "epoch")
     for line in text_table(header, body):
         print(line)
     for note in notes:

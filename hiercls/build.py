@@ -2,7 +2,8 @@
 
 :meth:`hiercls.config.TrainConfig.validate` checks names, types and declared ranges without loading
 anything; :func:`check_config` goes one step further (the hierarchy file, ``coarse_level`` within its
-height, ``min_lr`` at most ``lr``, ...) by building the loss on the hierarchy and evaluating the schedule.
+height, ``min_lr`` at most ``lr`` and at most every ``lr`` of the ``value_schedule``, ...) by building the
+loss on the hierarchy and evaluating the schedule.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ def check_config(config: TrainConfig) -> Checked:
                       **config.schedule_kwargs())
     except ValueError as err:
         problems.append(f"lr_schedule {config.lr_schedule!r}: {err}")
+    for epoch, entry in (config.value_schedule or {}).items():  # each scheduled base rate, likewise
+        if "lr" not in entry:
+            continue
+        try:
+            learning_rate(config.lr_schedule, 0.0, base_lr=entry["lr"], epochs=config.epochs,
+                          **config.schedule_kwargs())
+        except ValueError as err:
+            problems.append(f"value_schedule epoch {epoch}: lr={entry['lr']!r} with lr_schedule "
+                            f"{config.lr_schedule!r}: {err}")
     if problems:
         raise invalid_config(problems)
     return Checked(hierarchy, criterion, digest)

@@ -9,8 +9,11 @@ parameters are flat keys with the original project's names (``alpha``, ``beta``,
 :meth:`TrainConfig.resolved` fills those in, so the ``config.yaml`` written next to the results states
 every value used.
 
-This module imports only the standard library, ``yaml`` and :mod:`hiercls.registry`; the registries load
-their entries on first use.
+A ``value_schedule`` changes ``lr`` and the loss's variable parameters from a given epoch on
+(:mod:`hiercls.value_schedule`); :meth:`TrainConfig.values_at` gives the values in effect in an epoch.
+
+This module imports only the standard library, ``yaml``, :mod:`hiercls.registry` and
+:mod:`hiercls.value_schedule`; the registries load their entries on first use.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from typing import Any
 import yaml
 
 from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, Param, param_registries
+from hiercls.value_schedule import (
+    LR_VALID,
+    ValueSchedule,
+    lr_in_range,
+    parse_value_schedule,
+    value_schedule_problems,
+    values_in_effect,
+    variable_keys,
+)
 
 __all__ = [
     "ConfigError", "RESUME_FREE_KEYS", "SWITCH_VALUES", "TrainConfig", "invalid_config", "load_config",
     "param_keys",
-    "EMBEDDING_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
+    "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
 ]
 
 
@@ -108,7 +120,10 @@ class TrainConfig:
     ``momentum``, ``weight_decay``, ``lr_fc`` and ``weight_decay_fc`` (the head's learning rate (scaled by
     the schedule like ``lr``) and weight decay, a second parameter group; None: as the backbone's),
     ``amsgrad`` (adamw only), ``lr_schedule`` and ``schedule_params``
-    (flat keys, as for the loss), ``epochs``, ``batch_size``, ``eval_batch_size``.
+    (flat keys, as for the loss), ``epochs``, ``batch_size``, ``eval_batch_size``, ``value_schedule``
+    (None, or ``{epoch: {key: value}}`` with 1-based epochs in ``1..epochs`` and keys among ``lr`` and the
+    loss's variable parameters: from the start of that epoch the key takes that value, the LR schedule's
+    shape applying on top of ``lr``; :mod:`hiercls.value_schedule`, :meth:`values_at`).
 
     Run: ``seed``, ``device`` (``auto`` = CUDA when available, else CPU), ``out_folder``,
     ``evaluate_test`` (score the official test set at the end; search trials turn it off),
@@ -162,6 +177,7 @@ class TrainConfig:
     epochs: int = 180
     batch_size: int = 128
     eval_batch_size: int = 1000
+    value_schedule: ValueSchedule | None = None
     # run
     seed: int = 0
     device: str = "auto"
@@ -212,6 +228,10 @@ class TrainConfig:
         coerced: dict[str, Any] = {}
         for name in fixed:
             value = values.get(name, getattr(base, name))
+            if name == "value_schedule":  # a mapping of mappings: each bad part is its own problem
+                coerced[name], bad = parse_value_schedule(value)
+                problems += bad
+                continue
             try:
                 coerced[name] = _coerce(name, _FIELD_TYPES[name], value)
             except (TypeError, ValueError) as err:
@@ -275,6 +295,19 @@ class TrainConfig:
     def use_channels_last(self, device_type: str) -> bool:
         """Whether images and convolution weights use ``torch.channels_last`` on ``device_type``."""
         return _switch(self.channels_last, device_type)
+
+    def values_at(self, epoch: int) -> dict[str, float]:
+        """The values in effect in ``epoch`` (1-based: 1 is the first epoch): ``lr`` (the base learning
+        rate) and the loss's variable parameters (:func:`hiercls.value_schedule.variable_keys`), each the
+        value of the latest ``value_schedule`` entry at or before ``epoch`` that sets it, else this config's
+        own value (a loss parameter not set: its default).
+
+        Raises:
+            ValueError: unknown loss, or ``epoch`` not a whole number >= 1.
+        """
+        params = {**LOSSES.defaults(self.loss), **self.loss_params}
+        initial = {k: (self.lr if k == "lr" else float(params[k])) for k in variable_keys(self.loss)}
+        return values_in_effect(initial, self.value_schedule, epoch)
 
     def loss_kwargs(self) -> dict[str, Any]:
         """The parameters of the chosen loss that are set, by its factory's names."""
@@ -372,7 +405,7 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "a positive integer"),
             ("batch_size", self.batch_size >= 1, "a positive integer"),
             ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
-            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+            ("lr", lr_in_range(self.lr), LR_VALID),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
             ("val_size", 0 <= self.val_size < 50_000, "in 0..49999 (0 = no validation split)"),
@@ -408,6 +441,7 @@ class TrainConfig:
                 "nor an existing file"
             )
         problems += self._embedding_problems()
+        problems += value_schedule_problems(self.value_schedule, self.loss, self.epochs)
         if self.loss in LOSSES and self.lr_schedule in SCHEDULES:
             problems += self._inactive_parameters()
             for kind, field in PARAM_FIELDS.items():
@@ -433,6 +467,8 @@ def _accepted(registry, name: str) -> dict[str, Param]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, dict):  # a value_schedule: a copy, so the config's own mapping stays unchanged
+        return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -495,13 +531,18 @@ EMBEDDING_KEYS = ("barzdenzler", "devise", "word_vectors", "word_vectors_sha256"
 they take their defaults (no embedding, the one-layer head) when it is read."""
 
 
+VALUE_SCHEDULE_KEYS = ("value_schedule",)
+"""Keys added with value schedules; a ``config.yaml`` written before lacks them, and they take their
+defaults (no schedule) when it is read."""
+
+
 def fill_added_keys(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with the :data:`EMBEDDING_KEYS` defaults filled in when those are the only fixed keys
-    missing (a complete ``config.yaml`` of an earlier hiercls); anything else is returned unchanged, so a
-    torn file still shows as torn."""
+    """``values`` with the :data:`EMBEDDING_KEYS` and :data:`VALUE_SCHEDULE_KEYS` defaults filled in when
+    those are the only fixed keys missing (a complete ``config.yaml`` of an earlier hiercls); anything
+    else is returned unchanged, so a torn file still shows as torn."""
     out = dict(values)
     missing = [k for k in TrainConfig.field_names() if k not in out]
-    if missing and set(missing) <= set(EMBEDDING_KEYS):
+    if missing and set(missing) <= set(EMBEDDING_KEYS) | set(VALUE_SCHEDULE_KEYS):
         out.update({k: getattr(TrainConfig, k) for k in missing})
     return out
 

@@ -8,6 +8,11 @@ Conventions (shared by every report and file):
   ``coarse_accuracy`` in ``final_test_results.json`` are percentages, as in the original project.
 * ``val`` (held out of the official training set) drives every model-selection decision; the official
   test set is scored only at the end, and only when ``config.evaluate_test`` is true.
+* The values of ``lr`` and the loss's variable parameters in effect in an epoch
+  (:meth:`~hiercls.config.TrainConfig.values_at`: the config's own, or its ``value_schedule``'s) are set
+  at the start of that epoch and recorded with it (``base_lr``, ``lambda_fine``, ``alpha``, ...), so a
+  run's history is the whole value trajectory of its model, also across ``fit(continue_from=...)``
+  (:func:`value_schedule_from_history` turns it back into a schedule).
 
 Files in the output folder: ``config.yaml`` (the resolved config), ``all_epoch_results.json`` (the
 per-epoch reports, rewritten after every epoch), ``checkpoints/last.pth`` and ``checkpoints/best.pth``
@@ -35,14 +40,20 @@ import torch
 from torch import nn
 
 from hiercls.build import Checked, check_config
-from hiercls.config import RESUME_FREE_KEYS, ConfigError, TrainConfig, read_saved_config
+from hiercls.config import (
+    RESUME_FREE_KEYS,
+    ConfigError,
+    TrainConfig,
+    read_saved_config,
+    upgrade_saved_values,
+)
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits, resolve_data_dir
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels
 from hiercls.metrics import TEST_KS, VAL_KS, MetricAccumulator
 from hiercls.models import backbone_parameters, build_model
 from hiercls.numerics import deterministic_mode, ieee_fp32
 from hiercls.optim import OPTIMIZERS, build_optimizer
-from hiercls.schedules import build_schedule
+from hiercls.schedules import LR_SCALE_KEY, build_schedule
 from hiercls.storage import (
     StorageError,
     atomic_write_bytes,
@@ -51,6 +62,7 @@ from hiercls.storage import (
     check_writable,
     serialize,
 )
+from hiercls.value_schedule import all_variable_keys, value_schedule_from_history
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -70,6 +82,7 @@ __all__ = [
     "load_checkpoint",
     "resolve_device",
     "test_results",
+    "value_schedule_from_history",
 ]
 
 log = logging.getLogger("hiercls")
@@ -425,6 +438,22 @@ class Run:
             config.lr_schedule, self.optimizer, base_lr=config.lr, epochs=config.epochs,
             steps_per_epoch=len(self.train_loader), **config.schedule_kwargs(),
         )
+        self.set_values(config.values_at(1))  # a new run stands at the start of epoch 1
+
+    def set_values(self, values: Mapping[str, float]) -> None:
+        """Put the values of an epoch in effect (:meth:`~hiercls.config.TrainConfig.values_at`): ``lr``
+        becomes the schedule's base learning rate (the optimiser's rates follow at once, the schedule's
+        shape on top, a head group keeping its ``lr_fc / lr`` scale); the others are set on the loss in
+        place (:meth:`hiercls.losses.HierarchyLoss.set_values`).
+
+        Raises:
+            ValueError: a key the loss cannot change, or a value out of range.
+        """
+        loss_values = {k: v for k, v in values.items() if k != "lr"}
+        if "lr" in values:
+            self.schedule.set_base_lr(values["lr"])
+        if loss_values:
+            self.criterion.set_values(**loss_values)
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the training forward pass when ``amp`` is on (any device), else a no-op."""
@@ -511,10 +540,25 @@ class Run:
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Continue exactly from a ``last.pth`` state (read with :func:`load_checkpoint`: CPU tensors,
-        copied here to the run's device)."""
+        copied here to the run's device).
+
+        The base learning rate is the checkpoint's (the one in effect in its last epoch; the training
+        loop sets the next epoch's values at its start), and every parameter group keeps the rate scale
+        this run's config gives it (``lr_fc / lr``), which differs from the checkpoint's when a run
+        continues another with another ``lr`` (:func:`fit` ``continue_from``).
+        """
         self.model.load_state_dict(state["model"])
+        scales = [group.get(LR_SCALE_KEY) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        for group, scale in zip(self.optimizer.param_groups, scales):
+            if scale is None:
+                group.pop(LR_SCALE_KEY, None)
+            else:
+                group[LR_SCALE_KEY] = scale
+        schedule = dict(state["schedule"])
+        if "base_lr" in schedule:
+            self.schedule.set_base_lr(schedule["base_lr"])
+        self.schedule.load_state_dict(schedule)
         self.criterion.set_epoch(state["loss_epoch"])
         _set_rng_state(state["rng"], self.device)
 
@@ -781,6 +825,7 @@ def fit(
     data: Cifar100 | None = None,
     progress: bool | None = None,
     resume_from_best: bool = False,
+    continue_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` to the end (or to a non-finite loss), validating every epoch and checkpointing
     every ``config.checkpoint_every`` epochs and after the last.
@@ -788,7 +833,10 @@ def fit(
     Args:
         config: the run's configuration; validated before any work (ConfigError lists every problem).
         reporter: called after every epoch with the flat report (``epoch``, ``lr`` (the rate of the
-            epoch's first step), ``train_loss``, ``val_loss``, ``val_top1_error``,
+            epoch's first step), ``base_lr`` (the base learning rate in effect: the config's ``lr`` or its
+            ``value_schedule``'s; the LR schedule shapes ``lr`` from it), the loss's variable parameters
+            in effect under their own names (``lambda_fine`` and ``lambda_coarse``, ``alpha`` or
+            ``beta``; only those the loss takes), ``train_loss``, ``val_loss``, ``val_top1_error``,
             ``val_mistake_severity``, ``val_hdist@{1,5,10,20}``, ``val_coarse_error``, all other
             ``val_*`` metric keys including ``val_crm/...``, ``epoch_seconds``, ``images_per_second``,
             ``compile_seconds`` (compiling before this epoch; 0 when eager or already compiled),
@@ -806,21 +854,39 @@ def fit(
         checkpoint_dir: where ``last.pth``/``best.pth`` live (default ``<out_folder>/checkpoints``).
         data: the decoded CIFAR-100, to skip loading (e.g. shared by search trials on one node).
         progress: progress bar (default: when stderr is a terminal), else one log line per epoch.
+        continue_from: a ``last.pth`` of another run (population-based training's exploit step): this
+            new run starts from its weights, optimiser state, schedule position, RNG states, epoch and
+            history, and trains on from the next epoch with this config's values (``lr``, the loss's
+            variable parameters, ``value_schedule``: :meth:`~hiercls.config.TrainConfig.values_at`).
+            That run's config must equal this one in every key but those, ``seed``, ``out_folder``,
+            ``compile``, ``num_threads`` and ``checkpoint_every``; the run takes that run's ``seed`` (its
+            model's initialisation, validation split and data order; ``config.yaml`` records it), and
+            its history starts with that run's records. The run writes its own ``last.pth`` at once, so
+            ``resume`` continues it (not from epoch 1) whenever it is interrupted. ``best.pth`` and
+            ``best_epoch`` cover this run's own epochs (``last.pth`` holds no best weights). Excludes
+            ``resume``; the file is read before anything in the output folder is touched, and may not be
+            one ``overwrite`` deletes.
 
     Returns:
         ``{"status", "epochs_run", "best_epoch", "best_val_top1_error", "out_folder", "history",
         "test"}`` with ``test`` the contents of ``final_test_results.json`` (None when not evaluated).
 
     Raises:
-        ConfigError: invalid config, or resume with a differing saved config.
+        ConfigError: invalid config, or resume with a differing saved config; ``continue_from`` with
+            ``resume``, from a run whose config differs in a key that must stay the same (all named), or
+            from a run that has completed all its epochs.
         RunExistsError: the output folder has results and neither ``resume`` nor ``overwrite``.
-        CheckpointError: the checkpoint to resume from is unreadable, foreign or of an older format
-            (nothing is written then).
+        CheckpointError: the checkpoint to resume or continue from is unreadable, foreign or of an older
+            format (nothing is written then).
         DataError: the data could not be loaded (the message names the folder or file), or it is not
             the complete CIFAR-100 (all 100 classes in training and test).
         StorageError: the output folder is not writable (checked before training), or a write failed
             during the run (the last completed epoch's checkpoint stays intact: free space and resume).
     """
+    if continue_from is not None and (resume or resume_from_best):
+        raise ConfigError("continue_from and resume exclude each other: resume continues the run in its own "
+                          "folder with its own config; continue_from starts a new run from another run's "
+                          "last.pth")
     checked = check_config(config)
     config = config.resolved()
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
@@ -833,6 +899,9 @@ def fit(
         if config.data_dir is None:
             config = dataclasses.replace(config, data_dir=found)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
+    donor = None
+    if continue_from is not None:  # read and checked before anything in the output folder is touched
+        donor, config = _continuation(config, Path(continue_from), ckpt_dir, overwrite=overwrite)
     state = _prepare_output(
         config, out, ckpt_dir, resume=resume, overwrite=overwrite, from_best=resume_from_best
     )
@@ -841,7 +910,85 @@ def fit(
     data_box = [data]
     del data  # the run owns the decoded set from here (and drops it once on a device)
     with deterministic_mode(config.deterministic, resolve_device(config.device)):
-        return _fit(config, reporter, out, ckpt_dir, state, resume_from_best, progress, data_box, checked)
+        return _fit(config, reporter, out, ckpt_dir, donor if donor is not None else state, resume_from_best,
+                    progress, data_box, checked, continued=donor is not None)
+
+
+CONTINUE_FREE_KEYS = ("seed", "out_folder", "value_schedule")
+"""Keys in which a run continued from another's checkpoint (:func:`fit` ``continue_from``) may differ
+from it, besides ``lr``, the losses' variable parameters
+(:func:`~hiercls.value_schedule.all_variable_keys`) and :data:`~hiercls.config.RESUME_FREE_KEYS`."""
+
+
+def _continuation(
+    config: TrainConfig, path: Path, ckpt_dir: Path, *, overwrite: bool
+) -> tuple[dict[str, Any], TrainConfig]:
+    """The ``last.pth`` state a run continues from (its records completed with the values in effect) and
+    ``config`` with that run's seed, after checking the two runs are the same but for the values.
+
+    Raises:
+        ConfigError: a key differs that must not (all named), the checkpoint has completed every epoch,
+            or it is a file ``overwrite`` would delete.
+        CheckpointError: the file is unreadable, foreign, of an older format, or holds no valid config.
+    """
+    own = {(ckpt_dir / name).resolve() for name in ("last.pth", "best.pth")}
+    if overwrite and path.resolve() in own:
+        raise ConfigError(
+            f"cannot continue from {str(path)!r}: it is in this run's checkpoint folder, which overwrite "
+            "empties before the run writes its own checkpoint; copy it elsewhere first"
+        )
+    try:
+        state = load_checkpoint(
+            path, require=("model", "optimizer", "schedule", "rng", "epoch", "history", "best", "config")
+        )
+        _check_training_checkpoint(state, path)
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot continue: {err}") from err
+    try:
+        if not isinstance(state["config"], dict):
+            raise ConfigError(f"a {type(state['config']).__name__}, not a mapping of config keys")
+        donor = TrainConfig.from_dict(upgrade_saved_values(state["config"]))
+    except ConfigError as err:
+        raise CheckpointError(f"cannot continue from {str(path)!r}: its config is invalid ({err})") from err
+    free = {*CONTINUE_FREE_KEYS, *all_variable_keys()}
+    saved = {k: v for k, v in _comparable(donor).items() if k not in free}
+    current = {k: v for k, v in _comparable(config).items() if k not in free}
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differing:
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differing)
+        may = ", ".join(sorted(free | set(RESUME_FREE_KEYS)))
+        raise ConfigError(
+            f"cannot continue from {str(path)!r}: its run differs from this config in {len(differing)} "
+            f"key(s) that must stay the same: {detail} (only {may} may differ)"
+        )
+    epoch = int(state["epoch"])
+    if epoch >= config.epochs:
+        raise ConfigError(f"cannot continue from {str(path)!r}: it has completed all {config.epochs} epochs")
+    state = dict(state)
+    state["history"] = [_with_values(r, donor.values_at(int(r["epoch"]))) for r in state["history"]]
+    if donor.seed != config.seed:
+        log.info("continuing %s with seed %d, the seed of the run it continues (its initialisation, "
+                 "validation split and data order), not %d", config.out_folder, donor.seed, config.seed)
+    return state, dataclasses.replace(config, seed=donor.seed)
+
+
+def _value_record(values: Mapping[str, float]) -> dict[str, float]:
+    """The record keys of the values in effect in an epoch: ``base_lr`` (the value of ``lr``) and the
+    loss's variable parameters under their own names."""
+    return {"base_lr": values["lr"], **{k: v for k, v in values.items() if k != "lr"}}
+
+
+def _with_values(record: Mapping[str, Any], values: Mapping[str, float]) -> dict[str, Any]:
+    """``record`` with the value keys it lacks (written before they were recorded) right after ``lr``."""
+    missing = {k: v for k, v in _value_record(values).items() if k not in record}
+    if not missing or "lr" not in record:
+        return {**record, **missing}
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        out[key] = value
+        if key == "lr":
+            out.update(missing)
+    return out
 
 
 def _fit(
@@ -854,9 +1001,12 @@ def _fit(
     progress: bool | None,
     data_box: list[Cifar100 | None],
     checked: Checked,
+    *,
+    continued: bool = False,
 ) -> dict[str, Any]:
     """:func:`fit` after its checks, inside the run's numerics settings. ``data_box`` holds the decoded
-    data set and is emptied once the run has built its loaders, so a device run keeps no host copy."""
+    data set and is emptied once the run has built its loaders, so a device run keeps no host copy.
+    ``continued``: ``state`` is another run's ``last.pth`` (``continue_from``), not this run's."""
     run = Run(config, data_box.pop(), checked)  # data, model, loss: fails before any result is written
     atomic_write_text(out / "config.yaml", config.to_yaml())
     history: list[dict[str, Any]] = []
@@ -872,6 +1022,14 @@ def _fit(
             last_path.replace(last_path.with_name("last.pth.corrupt"))
         log.warning("resumed %s from the best epoch %d/%d (not exact: fresh optimiser momentum, RNG "
                     "reseeded)", out, start_epoch, config.epochs)
+    elif state is not None and continued:
+        run.load(state)
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        # this run's own checkpoint of where it starts: resumable (with its own config) from the first
+        # moment, so an interruption before its first checkpoint never restarts it from epoch 1
+        atomic_write_files([(last_path, _serialize(run.state(start_epoch, history, best)))])
+        atomic_write_text(out / "all_epoch_results.json", json.dumps(history, indent=2))
+        log.info("continuing %s from another run's epoch %d/%d", out, start_epoch, config.epochs)
     elif state is not None:
         run.load(state)
         history, best, start_epoch = list(state["history"]), dict(state["best"]), int(state["epoch"])
@@ -916,6 +1074,8 @@ def _train(
     for epoch in range(start_epoch, config.epochs):
         if status != "ok":
             break
+        values = config.values_at(epoch + 1)
+        run.set_values(values)  # the epoch's lr and loss values, from its start
         bar = None
         if show_bar:
             from tqdm import tqdm
@@ -929,7 +1089,8 @@ def _train(
         train_seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **_value_record(values),
+                                  "train_loss": train_loss}
         status = "ok" if finite else "nan"
         if run.val_loader is not None:
             if finite:

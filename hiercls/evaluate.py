@@ -26,9 +26,9 @@ from hiercls.config import ConfigError, TrainConfig, read_saved_config
 __all__ = ["evaluate_saved", "main"]
 
 
-def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config and model weights of a run folder or checkpoint file, read with
-    ``weights_only=True`` (nothing in the file is executed).
+def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any], int | None]:
+    """The config, model weights and epoch (None when the file does not say: ``final_model.pth``) of a
+    run folder or checkpoint file, read with ``weights_only=True`` (nothing in the file is executed).
 
     Raises:
         FileNotFoundError: no run folder, config or weights file.
@@ -61,15 +61,21 @@ def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any]]:
         model = state["model"] if "model" in state else state
         if not all(isinstance(v, torch.Tensor) for v in model.values()):
             raise CheckpointError(f"{str(path)!r} holds no model weights (a mapping of tensors)")
-        return config, model
+        return config, model, _epoch_of(state)
     if target.is_file():
         state = load_checkpoint(target, require=("config", "model"))
         try:
             config = TrainConfig.from_dict(state["config"])
         except (ConfigError, TypeError, ValueError) as err:
             raise CheckpointError(f"{str(target)!r} holds an invalid config: {err}") from err
-        return config, state["model"]
+        return config, state["model"], _epoch_of(state)
     raise FileNotFoundError(f"{str(target)!r} is neither a run folder nor a checkpoint file")
+
+
+def _epoch_of(state: dict[str, Any]) -> int | None:
+    """The completed epochs a checkpoint records (``last.pth``, ``best.pth``), else None."""
+    epoch = state.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1 else None
 
 
 def evaluate_saved(
@@ -91,7 +97,9 @@ def evaluate_saved(
 
     Returns:
         :func:`hiercls.engine.evaluate`'s dict (``top1_error``, ``mistake_severity``, ``hdist@k`` ...,
-        ``loss``, ``num_samples``, ``num_mistakes``) plus ``split`` and ``source``.
+        ``loss``, ``num_samples``, ``num_mistakes``) plus ``split`` and ``source``. ``loss`` uses the
+        loss values in effect in the weights' epoch (the checkpoint's, else the last;
+        :meth:`~hiercls.config.TrainConfig.values_at`).
 
     Raises:
         FileNotFoundError: missing run folder, config or weights.
@@ -104,7 +112,7 @@ def evaluate_saved(
 
     if split not in ("val", "test"):
         raise ValueError(f"split {split!r} is unknown; valid: val, test")
-    config, state = _locate(Path(target), weights)
+    config, state, epoch = _locate(Path(target), weights)
     changes = {k: v for k, v in (("data_dir", data_dir), ("device", device)) if v is not None}
     config = config.replace(**changes) if changes else config
     if split == "val" and config.val_size == 0:
@@ -113,6 +121,7 @@ def evaluate_saved(
     run.model.load_state_dict(state)
     loader = run.val_loader if split == "val" else run.test_loader()
     run.criterion.set_epoch(float(config.epochs))
+    run.set_values(config.values_at(min(epoch or config.epochs, config.epochs)))  # the loss of that epoch
     ks = TEST_KS if split == "test" else VAL_KS
     metrics = evaluate(run.model, loader, run.hierarchy, run.criterion, ks=ks)  # fp32 logits, as in training
     return {**metrics, "split": split, "source": str(target)}

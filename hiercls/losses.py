@@ -14,6 +14,11 @@ epoch, from 0), a no-op except for ``simple-hierarchy``. The only state is that 
 sets every step: the precomputed tensors are non-persistent buffers (they follow ``.to(device)`` but stay
 out of ``state_dict()``, which is empty).
 
+The parameters declared ``variable`` (``lambda_fine``, ``lambda_coarse``, ``alpha``, ``beta``) may change
+between epochs (a config's ``value_schedule``): :meth:`HierarchyLoss.set_values` changes them in place,
+recomputing the buffers that depend on them into the existing tensors (``copy_``), so the loss stays on
+its device and equals a loss freshly built with the new values, bit for bit.
+
 ========================== =================================================== ============================
 name                       formula                                             parameters (defaults)
 ========================== =================================================== ============================
@@ -168,6 +173,46 @@ class HierarchyLoss(nn.Module):
         """
         self.epoch = _EPOCH.check(epoch)
 
+    def variable_params(self) -> dict[str, Param]:
+        """The parameters of this loss that may change between epochs (declared ``variable`` in its
+        registry entry), in declaration order; empty for a loss without any (or an unregistered class)."""
+        entry = LOSSES.entry_of(type(self))
+        return {} if entry is None else {k: p for k, p in entry.params.items() if p.variable}
+
+    def current_values(self) -> dict[str, float]:
+        """The values of :meth:`variable_params` in use now, by name (Python floats)."""
+        return {k: float(getattr(self, k)) for k in self.variable_params()}
+
+    def set_values(self, **values: float) -> None:
+        """Change variable parameters in place (e.g. ``set_values(alpha=0.4)`` at the start of an epoch).
+
+        The buffers that depend on them are recomputed on the CPU exactly as the constructor computes
+        them and copied into the existing tensors (same device, same storage), so the loss then equals
+        :func:`build_loss` with the new values, bit for bit, and a ``torch.compile``'d caller reads the new
+        buffer contents at its next call (a plain float such as ``lambda_fine`` is a guarded attribute:
+        a compiled caller recompiles for a new value).
+
+        Raises:
+            ValueError: a name that is not one of :meth:`variable_params` (the message lists them) or a
+                value out of its declared range; nothing is changed then.
+        """
+        declared = self.variable_params()
+        unknown = [k for k in values if k not in declared]
+        if unknown:
+            entry = LOSSES.entry_of(type(self))
+            name = entry.name if entry is not None else type(self).__name__
+            raise ValueError(f"loss {name!r} has no variable parameter {unknown[0]!r}; valid: "
+                             f"{', '.join(declared) or 'none'}")
+        checked = {k: declared[k].check(v) for k, v in values.items()}
+        changed = {k for k, v in checked.items() if v != getattr(self, k)}
+        for key, value in checked.items():
+            setattr(self, key, value)
+        if changed:
+            self._values_changed(changed)
+
+    def _values_changed(self, names: set[str]) -> None:
+        """Recompute what depends on the variable parameters ``names`` (just set); a no-op here."""
+
     def _check(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         if logits.dim() != 2:
             raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
@@ -231,7 +276,7 @@ def hxe_edge_weights(hierarchy, alpha: float, normalize: bool = False) -> torch.
 
 
 _ALPHA = Param("alpha", "float", 0.1, "edge weights exp(-alpha * depth), larger = coarser", low=0.0,
-               source="the original project's --alpha default")
+               source="the original project's --alpha default", variable=True)
 
 
 @LOSSES.register("hierarchical-cross-entropy", params=(
@@ -275,11 +320,11 @@ class HierarchicalCrossEntropyLoss(HierarchyLoss):
         super().__init__(hierarchy.num_classes)
         self.alpha = float(alpha)
         self.normalize = bool(normalize)
+        self._hierarchy = hierarchy  # the CPU source of the weights when alpha changes (set_values)
 
         c = hierarchy.num_classes
         parent = hierarchy.parent_index.tolist()
         root = parent.index(-1)
-        weights = hxe_edge_weights(hierarchy, self.alpha, normalize).tolist()
         paths = []
         for leaf in range(c):
             path, node = [], leaf
@@ -287,20 +332,32 @@ class HierarchicalCrossEntropyLoss(HierarchyLoss):
                 path.append(node)
                 node = parent[node]
             paths.append(path)
+        self._paths = paths
         k = max(1, max(len(p) for p in paths))
         nodes = torch.full((c, k), root, dtype=torch.long)
         parents = torch.full((c, k), root, dtype=torch.long)
-        lam = torch.zeros(c, k, dtype=torch.float64)
         for leaf, path in enumerate(paths):
             for j, node in enumerate(path):
                 nodes[leaf, j] = node
                 parents[leaf, j] = parent[node]
-                lam[leaf, j] = weights[node]
         self.register_buffer("path_nodes", nodes, persistent=False)
         self.register_buffer("path_parents", parents, persistent=False)
-        self.register_buffer("path_weights", lam, persistent=False)
+        self.register_buffer("path_weights", self._path_weight_table(k), persistent=False)
         # internal nodes follow the C leaves in hierarchy.nodes; a leaf's log-mass is its own logit
         self.register_buffer("internal_membership", hierarchy.membership[c:].clone(), persistent=False)
+
+    def _path_weight_table(self, k: int) -> torch.Tensor:
+        """float64 ``[C, K]`` (on the CPU): the weight of every edge on each class's path for the current
+        ``alpha`` and ``normalize``, 0 in the padding."""
+        weights = hxe_edge_weights(self._hierarchy, self.alpha, self.normalize).tolist()
+        lam = torch.zeros(len(self._paths), k, dtype=torch.float64)
+        for leaf, path in enumerate(self._paths):
+            for j, node in enumerate(path):
+                lam[leaf, j] = weights[node]
+        return lam
+
+    def _values_changed(self, names: set[str]) -> None:
+        self.path_weights.copy_(self._path_weight_table(self.path_weights.shape[1]))
 
     def node_log_mass(self, logits: torch.Tensor) -> torch.Tensor:
         """``log sum_{c under n} exp(logits[:, c])`` for every node ``n``: float ``[N_batch, N_nodes]``.
@@ -336,7 +393,8 @@ class HierarchicalCrossEntropyLoss(HierarchyLoss):
 
 
 _BETA = Param("beta", "float", 10.0, "target sharpness exp(-beta * d / d_max)", low=0.0, low_open=True,
-              source="inside the range Bertinetto et al. swept (4..30); the original project's 0 is invalid")
+              source="inside the range Bertinetto et al. swept (4..30); the original project's 0 is invalid",
+              variable=True)
 
 
 def soft_label_targets(hierarchy, beta: float) -> torch.Tensor:
@@ -388,7 +446,11 @@ class SoftLabelsLoss(HierarchyLoss):
     def __init__(self, hierarchy, *, beta: float) -> None:
         super().__init__(hierarchy.num_classes)
         self.beta = float(beta)
+        self._hierarchy = hierarchy  # the CPU source of the targets when beta changes (set_values)
         self.register_buffer("soft_targets", soft_label_targets(hierarchy, self.beta), persistent=False)
+
+    def _values_changed(self, names: set[str]) -> None:
+        self.soft_targets.copy_(soft_label_targets(self._hierarchy, self.beta))
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """KL divergence of every sample, float ``[N]``."""
@@ -419,9 +481,9 @@ _ORIGINAL = "the original project's default"
 
 @LOSSES.register("simple-hierarchy", params=(
     Param("lambda_fine", "float", 1.0, "weight of the fine cross-entropy", low=0.0, source=_ORIGINAL,
-          term="fine", role="weight"),
+          term="fine", role="weight", variable=True),
     Param("lambda_coarse", "float", 1.0, "weight of the coarse cross-entropy", low=0.0, source=_ORIGINAL,
-          term="coarse", role="weight"),
+          term="coarse", role="weight", variable=True),
     Param("fine_loss_start_epoch", "float", 0.0, "epoch the fine term starts", low=0.0, unit="epochs",
           source=_ORIGINAL, term="fine", role="start"),
     Param("fine_loss_ramp_epochs", "float", 0.0, "epochs of the fine term's linear ramp", low=0.0,
@@ -765,26 +827,35 @@ class YoloV2Loss(HierarchyLoss):
         nodes = [n for n in range(len(parent)) if n != root]  # output j <-> node nodes[j]
         super().__init__(hierarchy.num_classes, num_outputs=len(nodes))
         self.alpha = float(alpha)
+        self._hierarchy, self._nodes = hierarchy, nodes  # the CPU source of the weights (set_values)
         column = {node: j for j, node in enumerate(nodes)}
         internal = sorted({parent[n] for n in nodes})
         group = {p: g for g, p in enumerate(internal)}
         siblings = torch.zeros(len(internal), len(nodes), dtype=torch.bool)  # [G, O]: children of group g
         for j, node in enumerate(nodes):
             siblings[group[parent[node]], j] = True
-        weights = hxe_edge_weights(hierarchy, self.alpha).tolist()
         path = torch.zeros(hierarchy.num_classes, len(nodes), dtype=torch.float64)  # [C, O]: 1 on the path
         for leaf in range(hierarchy.num_classes):
             node = leaf
             while parent[node] >= 0:
                 path[leaf, column[node]] = 1.0
                 node = parent[node]
-        lam = torch.tensor([weights[n] for n in nodes], dtype=torch.float64)
         self.register_buffer("siblings", siblings, persistent=False)
         output_group = torch.tensor([group[parent[n]] for n in nodes])  # [O]: the group of each output
         self.register_buffer("output_group", output_group, persistent=False)
         # float64 (small: [C, O]); cast to the outputs' dtype in use
         self.register_buffer("path", path, persistent=False)
-        self.register_buffer("weighted_path", path * lam, persistent=False)
+        self.register_buffer("weighted_path", self._weighted_path(path), persistent=False)
+
+    def _weighted_path(self, path: torch.Tensor) -> torch.Tensor:
+        """float64 ``[C, O]`` on the CPU: ``path`` (1 on each class's path) times the HXE weight of each
+        output's node for the current ``alpha``."""
+        weights = hxe_edge_weights(self._hierarchy, self.alpha).tolist()
+        lam = torch.tensor([weights[n] for n in self._nodes], dtype=torch.float64)
+        return path.cpu() * lam
+
+    def _values_changed(self, names: set[str]) -> None:
+        self.weighted_path.copy_(self._weighted_path(self.path))
 
     def conditional_log_probs(self, outputs: torch.Tensor) -> torch.Tensor:
         """``log p(node | parent)`` for every non-root node: float ``[N, O]`` -> float ``[N, O]`` (a

@@ -69,6 +69,9 @@ class Param:
         term, role: for losses made of terms that start at an epoch: the term's name and ``weight`` or
             ``start`` (the search checks that ASHA's grace period outlasts every ``start`` and that
             not every term can be switched off at once).
+        variable: the value may change from one epoch to the next during a run (a config's
+            ``value_schedule``, :mod:`hiercls.value_schedule`; population-based training perturbs it): the
+            entry's object then changes it in place (:meth:`hiercls.losses.HierarchyLoss.set_values`).
     """
 
     name: str
@@ -84,6 +87,7 @@ class Param:
     nullable: bool = False
     term: str = ""
     role: str = ""
+    variable: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
@@ -93,6 +97,8 @@ class Param:
             raise ValueError(f"parameter {self.name!r}: role {self.role!r} is unknown; valid: weight, start")
         if self.default is None and not self.nullable:
             raise ValueError(f"parameter {self.name!r}: a None default needs nullable=True")
+        if self.variable and (self.kind != "float" or self.nullable):
+            raise ValueError(f"parameter {self.name!r}: only a float that is never None can be variable")
         if self.default is not None:
             object.__setattr__(self, "default", self.check(self.default))
 
@@ -316,6 +322,11 @@ class Registry(Generic[F]):
     def params(self, name: str) -> dict[str, Param]:
         """The parameters entry ``name`` declares, in declaration order."""
         return dict(self.entry(name).params)
+
+    def entry_of(self, factory: Callable) -> Entry[F] | None:
+        """The entry whose factory is ``factory`` (a registered class or function), else None."""
+        self._load()
+        return next((e for e in self._entries.values() if e.factory is factory), None)
 
     def defaults(self, name: str) -> dict[str, Any]:
         """Entry ``name``'s parameters and their defaults."""

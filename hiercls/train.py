@@ -18,6 +18,8 @@ Examples::
     python -m hiercls.train --barzdenzler --loss cosine-distance --hierarchy cifar100-wordnet
     python -m hiercls.train --devise --loss ranking-loss --word_vectors wiki.en.bin
     python -m hiercls.train --smoke-test
+    python -m hiercls.train --loss simple-hierarchy --epochs 10 \\
+        --value_schedule '{1: {lambda_coarse: 0.0}, 3: {lambda_coarse: 1.0, lr: 0.05}}'
 
 Exit status: 0 done; 1 the run's loss went NaN; 2 bad input, fixed in the arguments or files (flags,
 config, data folder without the 100 CIFAR-100 classes, existing results, a corrupt or foreign
@@ -70,6 +72,10 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("lr_schedule", (), str, "one of {schedule} (cosine: SGDR; cutout: multi-step)"),
     ("epochs", (), int, "training epochs"),
     ("batch_size", (), int, "training batch size"),
+    ("value_schedule", (), str, "values that change during training, a YAML mapping of 1-based epochs to "
+     "values, e.g. '{{1: {{lambda_coarse: 0.0}}, 3: {{lambda_coarse: 1.0, lr: 0.05}}}}': from the start of "
+     "that epoch the key takes that value; keys: lr (the base rate: the --lr_schedule shape applies on top) "
+     "and the loss's {variable}"),
     ("seed", (), int, "seed of the split, initialisation and augmentation"),
     ("device", (), str, "auto, cpu, cuda, cuda:N"),
     ("out_folder", (), str, "output folder (default runs/<loss>_<architecture>_seed<seed>)"),
@@ -123,8 +129,10 @@ _FLAG_TYPES = {"float": float, "int": int, "bool": _switch_value, "ints": str, "
 def _flags() -> list[tuple[str, tuple[str, ...], Any, str]]:
     """The fixed flags with each loss's (schedule's) parameter flags after ``--loss`` (``--lr_schedule``)."""
     from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+    from hiercls.value_schedule import all_variable_keys
 
     names = {r.kind: ", ".join(r.names()) for r in (HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES)}
+    names["variable"] = ", ".join(f"{k} ({', '.join(LOSSES.owners(k))})" for k in all_variable_keys()[1:])
     out = []
     for key, extra, kind, text in _FLAGS:
         flag = (key, extra, kind, text.format(**names))

@@ -29,7 +29,8 @@ def test_a_shipped_space_resolves_by_name_and_an_existing_path_wins(tmp_path, mo
     (tmp_path / "smoke").write_text("num_samples: 3\nepochs: 2\ngrace_period: 1\n")
     assert resolve_space("smoke") == Path("smoke") and SearchSpec.load("smoke").num_samples == 3
     with pytest.raises(SpecError,
-                       match=r"'nosuch' does not exist \(and is not a shipped space: default, devise, "):
+                       match=r"'nosuch' does not exist \(and is not a shipped space: constrained, default, "
+                             r"devise, "):
         resolve_space("nosuch")
     with pytest.raises(SpecError, match="'sub/smoke' does not exist"):
         resolve_space("sub/smoke")  # a path with folders is only ever a path
@@ -73,7 +74,7 @@ def test_an_installed_copy_ships_the_spaces_and_the_console_scripts(tmp_path):
         assert run.returncode == 0 and "usage:" in run.stdout, (script, run.stderr[-2000:])
     bad = subprocess.run([str(target / "bin" / "hiercls-tune"), "--space", "nosuch", "--trainable", "toy"],
                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "is not a shipped space: default, devise, hxe" in bad.stderr
+    assert bad.returncode == 2 and "is not a shipped space: constrained, default, devise, hxe" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

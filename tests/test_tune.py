@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -214,6 +215,303 @@ def _midway(folder: Path) -> bool:
     )
 
 
+def test_a_constrained_search_reports_the_best_feasible_trial(ray_session, tmp_path):
+    """Minimise mistake severity with top-1 error within 0.03 of the baseline (HXE alpha 0, run alone and in
+    full first). The toy trades error for severity through alpha (hiercls.tune.toy), so the feasible
+    trials are those with alpha up to a known bound, and the best is the feasible one with the largest
+    alpha; no infeasible trial (lower severity) is ever best, and Optuna's study agrees."""
+    from optuna.trial import TrialState
+
+    from hiercls.tune.constraints import CONSTRAINTS_FILE
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+    from hiercls.tune.study import load_study
+    from hiercls.tune.toy import toy_metrics
+
+    epochs = 2
+    spec = SearchSpec.from_dict({
+        "name": "constrained", "storage_path": str(tmp_path), "num_samples": 10, "epochs": epochs,
+        "scheduler": "none", "max_concurrent": 2, "cpus_per_trial": 0.5, "startup_trials": 4,
+        "objective": "val_mistake_severity", "constraints": ["val_top1_error <= baseline + 0.03"],
+        "train": {"architecture": "plainnet", "loss": "hierarchical-cross-entropy"},
+        "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9}},
+        "points_to_evaluate": [{"alpha": 0.0}],
+    }).resolved()
+    assert spec.validate() == []  # no severity warning under a constraint
+    lines: list[str] = []
+    outcome = run_search(spec, trainable="toy", toy_sleep=0.2, echo=lines.append)
+    folder = outcome.experiment_dir
+
+    # the bound: the baseline's own last-epoch error + 0.03, by the toy's formula
+    bound = toy_metrics({"alpha": 0.0}, epochs)[0] + 0.03  # a trial's config holds its searched keys
+    saved = json.loads((folder / CONSTRAINTS_FILE).read_text())
+    assert saved["bounds"] == {"val_top1_error": pytest.approx(bound, abs=1e-12)}
+    baseline_id = saved["baseline"]["trial_id"]
+
+    # the baseline ran alone: every other trial started after it ended
+    ends = {line.split()[0]: float(line.split()[2])
+            for line in (folder / "toy_ends.log").read_text().splitlines()}
+    starts = [line.split()[0] for line in (folder / "toy_starts.log").read_text().splitlines()]
+    assert starts[0] == baseline_id and len(starts) == 10
+    started = [line.split() for line in (folder / "toy_start_times.log").read_text().splitlines()]
+    assert started[0][0] == baseline_id
+    assert all(float(when) >= ends[baseline_id] for _, when in started[1:]), (ends, started)
+
+    # each trial judged by hand from its alpha
+    for row in outcome.rows:
+        error, severity = toy_metrics({"alpha": row["params"]["alpha"]}, epochs)
+        assert row["val_top1_error"] == pytest.approx(error) and row["objective"] == pytest.approx(severity)
+        assert row["feasible"] is (error <= bound), row
+        assert row["constraints"]["val_top1_error"] == pytest.approx(error - bound)
+    feasible = [r for r in outcome.rows if r["feasible"]]
+    infeasible = [r for r in outcome.rows if r["feasible"] is False]
+    assert feasible and infeasible, [(r["params"]["alpha"], r["feasible"]) for r in outcome.rows]
+    best = min(feasible, key=lambda r: r["objective"])
+    assert outcome.best["trial_id"] == best["trial_id"]
+    assert best["params"]["alpha"] == max(r["params"]["alpha"] for r in feasible)
+    # the constraint mattered: an infeasible trial has a lower severity than the best
+    assert min(r["objective"] for r in infeasible) < outcome.best["objective"]
+    assert outcome.rows[: len(feasible)] == sorted(feasible, key=lambda r: r["objective"])
+
+    # the study: constraint values recorded, Optuna's best is the same trial, same feasible fraction
+    study = load_study(folder)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 10
+    by_id = {r["trial_id"]: r for r in outcome.rows}
+    for trial in complete:
+        row = by_id[trial.user_attrs["ray_trial_id"]]
+        assert trial.constraints == {"val_top1_error": pytest.approx(row["constraints"]["val_top1_error"])}
+    assert study.best_trial.user_attrs["ray_trial_id"] == outcome.best["trial_id"]
+    study_feasible = sum(all(v <= 0 for v in t.constraints.values()) for t in complete)
+    assert (study_feasible, len(complete)) == outcome.feasible_count() == (len(feasible), 10)
+    assert study.user_attrs["constraint_bounds"] == saved["bounds"]
+
+    # summary, table and summary.csv show it
+    text = "\n".join(lines)
+    assert f"{len(feasible)} of 10 trials that ran in full are feasible" in text
+    with open(folder / "summary.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["feasible"] for r in table) == sorted(str(r["feasible"]) for r in outcome.rows)
+    assert "constraint/val_top1_error" in table[0]
+
+    # analysis.rank judges each trial at the scope's epoch: the last one is what the search judged
+    from analysis import rank
+
+    out = tmp_path / "ranked"
+    assert rank.main([str(folder), "--scope", "last", "--out", str(out)]) == 0
+    ranked = pd.read_csv(out / "trials.csv")
+    judged = dict(zip(ranked["trial_id"].astype(str), ranked["feasible"]))
+    assert judged == {r["trial_id"]: r["feasible"] for r in outcome.rows}
+    assert (out / "tradeoff_severity.png").is_file()
+    # another bound, relative to another baseline trial, replaces the search's own
+    other = max(feasible, key=lambda r: r["params"]["alpha"])["trial_id"]
+    assert rank.main([str(folder), "--scope", "last", "--out", str(tmp_path / "again"), "--no-plots",
+                      "--constraint", "val_top1_error <= baseline", "--baseline", other]) == 0
+    again = pd.read_csv(tmp_path / "again" / "trials.csv")
+    limit = by_id[other]["val_top1_error"]
+    assert dict(zip(again["trial_id"].astype(str), again["feasible"])) == {
+        r["trial_id"]: r["val_top1_error"] <= limit for r in outcome.rows}
+
+
+def test_growing_a_search(ray_session, tmp_path):
+    """A finished 4-trial TPE search resumed with --num-samples 6 ends with 6 trials: the first 4 are not
+    run again and their files are unchanged; the 2 new ones (in grow-1/) continue the Optuna study (trial
+    numbers 4 and 5, TPE seeing the first 4); the summary, analysis.rank and a plain resume read all 6."""
+    from optuna.trial import TrialState
+
+    from analysis.experiment import load_experiment
+    from hiercls.tune.parts import PARTS_FILE
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec, SpecError
+    from hiercls.tune.study import load_study
+
+    values = {
+        "name": "grow", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 2, "scheduler": "none",
+        "max_concurrent": 2, "cpus_per_trial": 0.5, "startup_trials": 2,
+        "train": {"architecture": "plainnet"},
+        "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+        "points_to_evaluate": [{"lr": 0.05}],
+    }
+    first = run_search(SearchSpec.from_dict(values).resolved(), trainable="toy", echo=lambda line: None)
+    folder = first.experiment_dir
+    assert first.num_trials == 4 and not first.interrupted
+
+    def trial_files() -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes()
+                for p in sorted(folder.glob("trial_*/*")) if p.is_file()}
+
+    before = trial_files()
+    assert len(before) >= 4 * 3  # params.json, result.json, progress.csv (at least) per trial
+    lines: list[str] = []
+    grown = run_search(SearchSpec.from_dict({**values, "num_samples": 6}).resolved(), resume=True,
+                       echo=lines.append)
+    assert not grown.interrupted and grown.num_trials == 6, lines
+    assert trial_files() == before  # the first 4 trials untouched
+    assert any("growing the search from 4 to 6 trials" in line for line in lines), lines
+    old_ids = {r["trial_id"] for r in first.rows}
+    new_rows = [r for r in grown.rows if r["trial_id"] not in old_ids]
+    assert len(new_rows) == 2 and all(Path(r["path"]).parent == folder / "grow-1" for r in new_rows)
+    assert all(r["status"] == "ok" and r["epochs"] == 2 for r in grown.rows)
+    # every trial started once, each in its part's folder
+    starts = [line.split()[0] for line in (folder / "toy_starts.log").read_text().splitlines()]
+    grown_log = (folder / "grow-1" / "toy_starts.log").read_text().splitlines()
+    assert sorted(starts) == sorted(old_ids)
+    assert sorted(line.split()[0] for line in grown_log) == sorted(r["trial_id"] for r in new_rows)
+    assert json.loads((folder / PARTS_FILE).read_text()) == {"parts": [
+        {"folder": "", "num_samples": 4}, {"folder": "grow-1", "num_samples": 2}]}
+    assert yaml.safe_load((folder / "search_spec.yaml").read_text())["num_samples"] == 6
+
+    # one study: 6 complete trials, the new ones numbered on, the baseline point not asked again
+    study = load_study(folder)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4, 5]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert {by_ray_id[r["trial_id"]].number for r in new_rows} == {4, 5}
+    assert sum(1 for t in study.trials if t.params["lr"] == 0.05) == 1
+    for row in new_rows:
+        assert Path(by_ray_id[row["trial_id"]].user_attrs["trial_folder"]) == Path(row["path"])
+
+    # the summary and the analysis read all parts
+    with open(folder / "summary.csv", newline="") as f:
+        assert sorted(r["trial_id"] for r in csv.DictReader(f)) == sorted(r["trial_id"] for r in grown.rows)
+    experiment = load_experiment(folder)
+    assert sorted(t.trial_id for t in experiment.trials) == sorted(r["trial_id"] for r in grown.rows)
+    assert all(t.status == "complete" for t in experiment.trials)
+    # a plain resume runs nothing and still lists all 6; a smaller number is refused
+    again = run_search(SearchSpec.from_dict({**values, "num_samples": 6}).resolved(), resume=True,
+                       echo=lambda line: None)
+    assert again.num_trials == 6 and not again.interrupted
+    assert len((folder / "grow-1" / "toy_starts.log").read_text().splitlines()) == 2
+    with pytest.raises(SpecError, match="can grow .* but not shrink"):
+        run_search(SearchSpec.from_dict({**values, "num_samples": 5}).resolved(), resume=True)
+
+
+def test_pb2_continues_trials_from_others_checkpoints_with_new_values(ray_session, tmp_path):
+    """scheduler: pb2 on the toy: every perturbation_interval epochs a weak trial continues from a strong
+    one's checkpoint with values PB2 chose; the values of every epoch are in the trial's reports."""
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+    from hiercls.tune.study import STUDY_FILE
+
+    spec = SearchSpec.from_dict({
+        "name": "pb2", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 8, "scheduler": "pb2",
+        "perturbation_interval": 2, "max_concurrent": 4, "cpus_per_trial": 0.5,
+        "train": {"architecture": "plainnet", "loss": "hierarchical-cross-entropy"},
+        "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9},
+                   "lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
+    }).resolved()
+    outcome = run_search(spec, trainable="toy", toy_sleep=0.3, echo=lambda line: None)
+    folder = outcome.experiment_dir
+    assert outcome.num_trials == 4 and not outcome.interrupted
+    assert not (folder / STUDY_FILE).exists()  # no Optuna in a PB2 search
+    log = folder / "toy_continuations.log"
+    assert log.is_file(), "no trial continued from another's checkpoint"
+    continuations = [json.loads(line) for line in log.read_text().splitlines()]
+    by_id = {r["trial_id"]: r for r in outcome.rows}
+    for c in continuations:
+        assert c["donor"] != c["trial_id"] and c["donor"] in by_id
+        assert c["epoch"] % 2 == 0 and 2 <= c["epoch"] <= 8  # synchronous PB2 also perturbs at the end
+        assert c["values"] != c["donor_values"]  # new values
+        assert 0.0 <= c["values"]["alpha"] <= 0.9 and 0.01 <= c["values"]["lr"] <= 0.2
+    # synchronous: the lowest quarter (1 of 4) continues at each of epochs 2, 4, 6, 8
+    assert [c["epoch"] for c in continuations] == [2, 4, 6, 8]
+    # the trajectory: a continued trial's reports after the continuation carry the new values
+    last = {}
+    for c in continuations:
+        if c["epoch"] < 8:
+            last[c["trial_id"]] = c
+    for trial_id, c in last.items():
+        reports = [json.loads(line) for line in (Path(by_id[trial_id]["path"]) / "result.json").read_text()
+                   .splitlines()]
+        firsts = [i for i, r in enumerate(reports) if r["epoch"] == c["epoch"] + 1]
+        assert firsts, (c, [(r["epoch"], r["alpha"]) for r in reports], continuations)
+        first = firsts[-1]  # after the last continuation
+        after = reports[first:]
+        assert after and all(r["alpha"] == pytest.approx(c["values"]["alpha"]) for r in after)
+        assert all(r["lr"] == pytest.approx(c["values"]["lr"]) for r in after)
+        assert [r["epoch"] for r in after] == list(range(c["epoch"] + 1, after[-1]["epoch"] + 1))
+
+
+def test_a_copied_experiment_writes_its_own_study(tmp_path):
+    """A searcher restored from a copy of an experiment (moved to another disk, or copied to try
+    something) tells its trials to the copy's journal file, never to the original's."""
+    import shutil
+
+    from optuna.trial import TrialState
+
+    from hiercls.tune.space import DefineByRun, SearchAlgorithm
+    from hiercls.tune.spec import SearchSpec
+    from hiercls.tune.study import STUDY_FILE, load_study, open_storage
+
+    spec = SearchSpec.from_dict({"name": "orig", "storage_path": str(tmp_path), "epochs": 2,
+                                 "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}}})
+    original = tmp_path / "orig"
+
+    def searcher(folder: Path) -> SearchAlgorithm:
+        return SearchAlgorithm(space=DefineByRun(spec.params()), metric="objective", mode="min",
+                               storage=open_storage(folder), study_name="orig", experiment_dir=str(folder))
+
+    first = searcher(original)
+    first.set_search_properties("objective", "min", {})
+    assert first.suggest("aaaa") is not None and first.suggest("bbbb") is not None
+    first.on_trial_complete("aaaa", {"objective": 0.5, "epoch": 2, "training_iteration": 2})
+    first.save(str(original / "searcher-state-test.pkl"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = (original / STUDY_FILE).read_bytes()
+
+    restored = searcher(copy)
+    restored.restore(str(copy / "searcher-state-test.pkl"))
+    restored.on_trial_complete("bbbb", {"objective": 0.25, "epoch": 2, "training_iteration": 2})
+    assert (original / STUDY_FILE).read_bytes() == before  # the original is untouched
+    trials = load_study(copy).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.value for t in trials] == [0.5, 0.25]
+    assert [t.state for t in load_study(original).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+
+@pytest.mark.realdata
+def test_pb2_on_real_training_exports_a_schedule_a_plain_run_replays(ray_session, cifar_dir, tmp_path):
+    """PB2 over simple-hierarchy's lambda_coarse and lr on 200 real images for 4 epochs, perturbing every
+    epoch: a trial continued from another's checkpoint; analysis.export writes its values as a
+    value_schedule, and a plain run of the exported config has the trial's per-epoch lr and loss weights,
+    float for float."""
+    from analysis.experiment import load_experiment
+    from analysis.export import export
+    from hiercls.config import TrainConfig
+    from hiercls.engine import fit
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.from_dict({
+        "name": "pb2real", "storage_path": str(tmp_path), "num_samples": 3, "epochs": 4, "scheduler": "pb2",
+        "perturbation_interval": 1, "max_concurrent": 2, "cpus_per_trial": 1, "data_dir": str(cifar_dir),
+        "train": {"architecture": "plainnet", "loss": "simple-hierarchy", "hierarchy": "cifar100-l5",
+                  "max_train_samples": 200, "val_size": 100, "batch_size": 50, "eval_batch_size": 100,
+                  "lr_schedule": "constant", "amp": False},
+        "search": {"lambda_coarse": {"type": "uniform", "low": 0.0, "high": 2.0},
+                   "lr": {"type": "loguniform", "low": 0.01, "high": 0.1}},
+    }).resolved()
+    outcome = run_search(spec, echo=lambda line: None)
+    assert outcome.num_trials == 3 and all(r["status"] == "ok" for r in outcome.rows), outcome.rows
+    experiment = load_experiment(outcome.experiment_dir)
+    keys = ("lr", "base_lr", "lambda_fine", "lambda_coarse")
+    changing = [t for t in experiment.trials
+                if len({(r["base_lr"], r["lambda_coarse"]) for r in t.records}) > 1]
+    assert changing, [[(r["base_lr"], r["lambda_coarse"]) for r in t.records] for t in experiment.trials]
+    trial = changing[0]
+    assert [r["epoch"] for r in trial.records] == [1, 2, 3, 4]
+    out = tmp_path / "replay.yaml"
+    export(outcome.experiment_dir, out, trial_id=trial.trial_id)
+    exported = yaml.safe_load(out.read_text())
+    assert exported["value_schedule"][1]["lambda_coarse"] == trial.records[0]["lambda_coarse"]
+    exported.pop("source")
+    config = TrainConfig.from_dict({**exported, "out_folder": str(tmp_path / "replayed"),
+                                    "evaluate_test": False})
+    replayed = fit(config, progress=False)["history"]
+    assert [{k: r[k] for k in keys} for r in replayed] == [{k: r[k] for k in keys} for r in trial.records]
+
+
 def test_the_optuna_study_is_stored_and_a_dashboard_reads_it(ray_session, tmp_path):
     """A TPE + ASHA toy search keeps its study in the experiment's journal file: every trial with its
     state (ASHA's stops PRUNED), per-epoch values and folder; optuna-dashboard's app lists the study."""
@@ -344,9 +642,14 @@ def test_resume_after_sigint(ray_session, tmp_path):
     assert other.returncode == 2 and "started with --trainable toy" in other.stderr, other.stderr[-2000:]
 
     # a changed search is refused, listing the changed key
-    changed = subprocess.run(command + ["--resume", "--num-samples", "7"], cwd=ROOT, env=env,
+    changed = subprocess.run(command + ["--resume", "--grace-period", "3"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
-    assert changed.returncode == 2 and "num_samples" in changed.stderr, changed.stderr[-2000:]
+    assert changed.returncode == 2 and "grace_period" in changed.stderr, changed.stderr[-2000:]
+    # a search can grow (test_growing_a_search), never shrink
+    smaller = subprocess.run(command + ["--resume", "--num-samples", "5"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert smaller.returncode == 2, smaller.stderr[-2000:]
+    assert "--num-samples 5 is below the search's 6 trials" in smaller.stderr, smaller.stderr[-2000:]
 
     resumed = subprocess.run(command + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=300)

@@ -475,8 +475,8 @@ def test_scheduler_setting():
     assert make(multi_objective=True).scheduler_in_use() == "none"
     assert make(scheduler="none").scheduler_in_use() == "none"
     problems = problems_of(make(scheduler="hyperband"))
-    assert problems == ["scheduler='hyperband' is unknown; valid: asha, none (default: asha for a TPE "
-                        "search, none for a grid search)"]
+    assert problems == ["scheduler='hyperband' is unknown; valid: asha, none, pb2 (default: asha for a TPE "
+                        "search, none for a grid search; pb2: population-based training)"]
     problems = problems_of(make(scheduler="asha", multi_objective=True))
     assert any("scheduler='asha' with --multi-objective" in p for p in problems), problems
     # ASHA's settings are checked only when ASHA runs
@@ -538,3 +538,125 @@ def test_multi_objective_grid_is_refused_and_word_vectors_made_absolute(tmp_path
     spec = make(search=grid_space, train={"architecture": "plainnet", "word_vectors": "w.vec"})
     assert spec.resolved().train["word_vectors"] == str(tmp_path / "w.vec")
     assert spec.base_config()["word_vectors"] == str(tmp_path / "w.vec")  # trials run in their own folders
+
+
+# ---------------------------------------------------------------------------------------------- constraints
+@pytest.mark.parametrize("text, metric, bound, offset", [
+    ("val_top1_error <= 0.235", "val_top1_error", 0.235, 0.0),
+    ("val_top1_error<=baseline+0.005", "val_top1_error", None, 0.005),
+    ("val_hdist@5 <= baseline - 0.1", "val_hdist@5", None, -0.1),
+    ("val_coarse_error <= baseline", "val_coarse_error", None, 0.0),
+    ("val_mistake_severity <= 2.5e0", "val_mistake_severity", 2.5, 0.0),
+])
+def test_constraint_forms(text, metric, bound, offset):
+    from hiercls.tune.constraints import merge_bounds, parse_constraint
+
+    c = parse_constraint(text)
+    assert (c.metric, c.bound, c.offset, c.relative) == (metric, bound, offset, bound is None)
+    resolved = merge_bounds([c], {metric: 0.25})
+    assert resolved == {metric: pytest.approx(bound if bound is not None else 0.25 + offset)}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("val_top1_error < 0.2", "is not accepted"),
+    ("val_top1_error >= 0.2", "is not accepted"),
+    ("val_top5_error <= 0.2", "unknown metric 'val_top5_error'"),
+    ("val_top1_error <= baseline * 2", "is not accepted"),
+    ("val_top1_error <= inf", "is not accepted"),
+])
+def test_bad_constraints_name_the_text_and_the_valid_forms(text, needle):
+    problems = problems_of(make(constraints=[text]))
+    assert len(problems) == 1 and needle in problems[0] and repr(text) in problems[0], problems
+    assert "val_hdist@5" in problems[0]  # the valid metrics are listed
+
+
+def test_constraint_values_and_the_tightest_bound():
+    from hiercls.tune.constraints import constraint_values, is_feasible, merge_bounds, parse_constraint
+
+    cs = [parse_constraint("val_top1_error <= 0.3"), parse_constraint("val_top1_error <= baseline + 0.01"),
+          parse_constraint("val_hdist@5 <= 4")]
+    bounds = merge_bounds(cs, {"val_top1_error": 0.25})
+    assert bounds == {"val_top1_error": pytest.approx(0.26), "val_hdist@5": 4.0}
+    values = constraint_values({"val_top1_error": 0.27, "val_hdist@5": 3.5}, bounds)
+    assert values == {"val_top1_error": pytest.approx(0.01), "val_hdist@5": pytest.approx(-0.5)}
+    assert is_feasible(values) is False
+    assert is_feasible(constraint_values({"val_top1_error": 0.26, "val_hdist@5": 4.0}, bounds)) is True
+    assert constraint_values({"val_top1_error": math.nan, "val_hdist@5": 1.0}, bounds) is None
+    assert is_feasible(None) is None
+    with pytest.raises(ValueError, match="baseline trial has no finite val_top1_error"):
+        merge_bounds(cs, None)
+
+
+def test_constraint_settings_are_checked_with_the_rest():
+    relative = "val_top1_error <= baseline + 0.005"
+    problems = problems_of(make(constraints=[relative]))
+    assert any("needs points_to_evaluate" in p for p in problems), problems
+    make(constraints=[relative], points_to_evaluate=[{"loss": "cross-entropy"}],
+         search={"loss": {"type": "choice", "values": ["cross-entropy", "soft-labels"]}}).validate()
+    grid = make(constraints=["val_top1_error <= 0.5"],
+                search={"loss": {"type": "grid", "values": ["cross-entropy", "soft-labels"]}})
+    assert any("constraints with a grid search" in p for p in problems_of(grid))
+    # one constraint may be written as a string in a space file; under it severity alone is not warned about
+    spec = make(constraints="val_top1_error <= 0.5", objective="val_mistake_severity")
+    assert spec.constraints == ["val_top1_error <= 0.5"] and spec.validate() == []
+    assert any("rewards many small mistakes" in n for n in make(objective="val_mistake_severity").validate())
+    # a resume with other constraints is a changed search; a spec saved before constraints existed is not
+    saved = make().resolved().to_dict()
+    assert spec_differences(saved, make(constraints=["val_top1_error <= 0.5"]).resolved().to_dict()) == [
+        "constraints: saved [], now ['val_top1_error <= 0.5']"]
+    del saved["constraints"]
+    assert spec_differences(saved, make().resolved().to_dict()) == []
+
+
+def test_cli_constraint_flags_repeat_and_bad_ones_exit_2_before_ray(tmp_path, capsys, monkeypatch):
+    import ray
+
+    import tune_main
+
+    args = tune_main.build_parser().parse_args(
+        ["--constraint", "val_top1_error <= baseline + 0.005", "--constraint", "val_hdist@5 <= 4"])
+    assert args.constraints == ["val_top1_error <= baseline + 0.005", "val_hdist@5 <= 4"]
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called on invalid input")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    status = tune_main.main(["--smoke-test", "--storage-path", str(tmp_path), "--trainable", "toy",
+                             "--constraint", "val_top1_error <= baseline + 1%"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "constraint 'val_top1_error <= baseline + 1%' is not accepted" in err
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- PB2
+def test_pb2_space_is_valid_and_its_bounds_are_the_ranges():
+    from hiercls.tune.spec import pb2_keys
+
+    spec = SearchSpec.load("pb2_simple_hierarchy")
+    assert spec.validate() == [] and spec.scheduler_in_use() == "pb2"
+    assert spec.pb2_bounds() == {"lambda_fine": (0.25, 2.0), "lambda_coarse": (0.0, 2.0), "lr": (0.005, 0.2)}
+    assert set(pb2_keys()) == {"lr", "alpha", "beta", "lambda_fine", "lambda_coarse"}
+
+
+@pytest.mark.parametrize("values, needle", [
+    ({"constraints": ["val_top1_error <= 0.5"]}, "no constraints"),
+    ({"multi_objective": True}, "no NSGA-II"),
+    ({"search": {"weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}},
+     "search.weight_decay: PB2 changes only values that may vary during training"),
+    ({"train": {"architecture": "plainnet"}, "search": {"loss": {"type": "choice", "values": {
+        "cross-entropy": {}, "soft-labels": {"beta": {"type": "uniform", "low": 1.0, "high": 30.0}}}}}},
+     "scheduler pb2 searches one loss family"),
+    ({"search": {"alpha": {"type": "choice", "values": [0.1, 0.5]}}}, "one loss family with continuous"),
+    ({"perturbation_interval": 10}, "perturbation_interval=10 is out of range; valid: 1..epochs-1"),
+    ({"perturbation_interval": 3, "train": {"architecture": "plainnet", "checkpoint_every": 2,
+                                            "loss": "hierarchical-cross-entropy"}},
+     "perturbation_interval=3 is not a multiple of train.checkpoint_every=2"),
+    ({"search": {}}, "needs at least one searched range"),
+])
+def test_pb2_refusals(values, needle):
+    base = {"scheduler": "pb2", "perturbation_interval": 2,
+            "train": {"architecture": "plainnet", "loss": "hierarchical-cross-entropy"},
+            "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9}}}
+    problems = problems_of(make(**{**base, **values}))
+    assert any(needle in p for p in problems), problems

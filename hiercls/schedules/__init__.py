@@ -399,6 +399,20 @@ class StepSchedule:
         """Learning rate at the current position (what the next ``optimizer.step()`` uses)."""
         return float(self._fn(self.epoch, base_lr=self.base_lr, epochs=self.epochs, **self._params))
 
+    def set_base_lr(self, base_lr: float) -> None:
+        """Replace the base learning rate from the current position on (a run's ``value_schedule``, at the
+        start of an epoch) and set the optimiser's rate for it: the schedule's shape applies on top, so
+        the rate is ``learning_rate(name, epoch, base_lr=base_lr, ...)`` (exactly ``base_lr`` for
+        ``constant``), and a group with a scale (the head's ``lr_fc / lr``) keeps it. ``state_dict`` then
+        holds the new base.
+
+        Raises:
+            ValueError: as :func:`learning_rate` (e.g. below ``cyclic``'s ``min_lr``); nothing changes.
+        """
+        _validate(self.name, base_lr, self.epochs, self._user_params)
+        self.base_lr = float(base_lr)
+        self._apply()
+
     def _apply(self) -> None:
         lr = self.lr
         for group in self.optimizer.param_groups:

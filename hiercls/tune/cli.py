@@ -60,8 +60,12 @@ _OPTIONS = [
     ("--num-samples", "num_samples", int, f"trials in all (default: {DEFAULT_NUM_SAMPLES}); a grid search "
      "runs each of its points once, and takes no other number"),
     ("--epochs", "epochs", int, f"epochs per trial, also ASHA's max_t (default: {DEFAULTS.epochs})"),
-    ("--scheduler", "scheduler", str, "asha (stop weak trials early) or none (every trial runs in full) "
+    ("--scheduler", "scheduler", str, "asha (stop weak trials early), none (every trial runs in full) or "
+     "pb2 (population-based training: values change during training; no Optuna) "
      "(default: asha, but none for a grid search and for --multi-objective)"),
+    ("--perturbation-interval", "perturbation_interval", int,
+     f"PB2: epochs between perturbations, a multiple of checkpoint_every "
+     f"(default: {DEFAULTS.perturbation_interval})"),
     ("--grace-period", "grace_period", int,
      f"ASHA: epochs before a trial can be stopped (default: {DEFAULTS.grace_period})"),
     ("--reduction-factor", "reduction_factor", float,
@@ -123,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
              "no ASHA, because ASHA ranks trials on one number and would stop trials that lie on the "
              "front",
     )
+    parser.add_argument(
+        "--constraint", dest="constraints", action="append", default=None, metavar="'METRIC <= BOUND'",
+        help="search only among trials meeting this bound (repeatable): 'val_top1_error <= 0.235', or "
+             "relative to the first points_to_evaluate trial (run in full before any other): "
+             "'val_top1_error <= baseline + 0.005'. METRIC: val_top1_error, val_hdist@1/5/10/20, "
+             "val_mistake_severity, val_coarse_error. Optuna records each trial's constraint values; an "
+             "infeasible trial is never reported as best",
+    )
     parser.add_argument("--resume", action="store_true",
                         help="continue the experiment --name in --storage-path (Tuner.restore: finished "
                              "trials are kept, unfinished ones resume from their checkpoint, errored ones "
@@ -159,6 +171,7 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     overrides = {key: getattr(args, key) for _, key, _, _ in _OPTIONS}
     overrides["multi_objective"] = args.multi_objective
     overrides["allow_large_search"] = args.allow_large_search
+    overrides["constraints"] = args.constraints
     if args.smoke_test and args.space:
         raise SpecError(["--smoke-test uses the shipped space 'smoke'; do not combine it with --space"])
     space = SMOKE_SPACE if args.smoke_test else args.space

@@ -32,10 +32,11 @@ Order of work in :func:`run_search`:
 The names other code imports from here (``ResourceError``, ``cluster_capacity``, ``check_reachable``,
 ``enable_cluster_token``, ``SearchOutcome``, ``summarize``, ...) are re-exported from those modules.
 
-Known Ray limits (documented for users): Optuna is told an ASHA-stopped trial's last, early value as a
-COMPLETE trial (so TPE compares epoch-3 values with epoch-30 values); ASHA's rung records are not
-restored by ``Tuner.restore`` (after a resume the first trials reaching a rung are compared with
-fewer or no earlier results, so fewer trials are stopped).
+Known Ray limits (documented for users): ASHA's rung records are not restored by ``Tuner.restore``
+(after a resume the first trials reaching a rung are compared with fewer or no earlier results, so fewer
+trials are stopped). (Ray alone would tell Optuna an ASHA-stopped trial's last, early value as COMPLETE;
+:class:`~hiercls.tune.space.SearchAlgorithm` tells it PRUNED.) A constrained search
+(:mod:`hiercls.tune.constraints`) runs its baseline trial alone before any other.
 """
 
 from __future__ import annotations
@@ -61,9 +62,19 @@ from hiercls.tune.cluster import (
     cluster_capacity,
     enable_cluster_token,
 )
+from hiercls.tune.constraints import read_bounds
 from hiercls.tune.layout import SPEC_FILE, SUMMARY_FILE, pareto_mask
+from hiercls.tune.parts import GROW_PREFIX, Part, read_parts, unfinished, write_parts
 from hiercls.tune.spec import DataNotReadyError, SearchSpec, SpecError, spec_differences
-from hiercls.tune.summary import MULTI_METRICS, SearchOutcome, _best, _pareto, _write_summary, summarize
+from hiercls.tune.summary import (
+    MULTI_METRICS,
+    SearchOutcome,
+    _best,
+    _pareto,
+    _rank_key,
+    _write_summary,
+    summarize,
+)
 
 __all__ = [
     "SPEC_FILE",
@@ -127,6 +138,9 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False) -> 
     if saved_path.is_file():
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
         diffs = spec_differences({k: v for k, v in saved.items() if k != TRAINABLE_KEY}, spec.to_dict())
+        if isinstance(saved.get("num_samples"), int) and spec.num_samples != saved["num_samples"]:
+            _check_growth(spec, int(saved["num_samples"]))
+            diffs = [d for d in diffs if not d.startswith("num_samples:")]
         if diffs:
             raise SpecError([
                 f"refusing to resume {str(folder)!r}: the search specification changed in "
@@ -134,7 +148,35 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False) -> 
                 *diffs,
             ])
     check_state_intact(folder)
+    try:
+        parts = read_parts(folder, int(saved.get("num_samples") or spec.num_samples))
+    except ValueError as err:
+        raise SpecError([str(err)]) from err
+    for part in parts[1:]:
+        if not trust:
+            check_trusted(part.folder)
+        check_state_intact(part.folder)
     return saved
+
+
+def _check_growth(spec: SearchSpec, total: int) -> None:
+    """A resume with another ``num_samples`` than the search's ``total``: growing it is allowed (a larger
+    number, not for a grid, and for a search relative to a baseline only once its bounds are fixed).
+
+    Raises:
+        SpecError: a smaller number, a grid search, or a baseline that never finished.
+    """
+    if spec.num_samples < total:
+        raise SpecError([
+            f"--num-samples {spec.num_samples} is below the search's {total} trials: a search can grow (a "
+            "larger --num-samples adds trials) but not shrink; resume without --num-samples"
+        ])
+    if spec.is_grid():
+        raise SpecError([f"--num-samples {spec.num_samples}: a grid search runs its {total} points once "
+                         "each and cannot grow; add points in a new search"])
+    if any(c.relative for c in spec.parsed_constraints()) and read_bounds(spec.experiment_dir) is None:
+        raise SpecError(["cannot grow this constrained search: its baseline trial never finished, so its "
+                         "bounds are not fixed; resume it without --num-samples first"])
 
 
 def resume_command(spec: SearchSpec) -> str:
@@ -214,6 +256,10 @@ def run_search(
     if trainable not in (None, "train", "toy"):
         raise SpecError([f"trainable {trainable!r} is unknown; valid: train, toy"])
     saved = check_experiment(spec, resume=resume, trust=trust)
+    # a grown search is several Ray experiments (hiercls.tune.parts); a larger num_samples grows it
+    parts = read_parts(spec.experiment_dir, int(saved.get("num_samples") or spec.num_samples)) if resume \
+        else [Part(spec.experiment_dir, int(spec.num_samples))]
+    grow_to = spec.num_samples if resume and spec.num_samples > sum(p.num_samples for p in parts) else None
     trainable = _choose_trainable(spec, trainable, saved, resume)
     folder = check_writable(spec.experiment_dir, "--storage-path")
     cache_dir, base = None, spec.base_config()
@@ -229,6 +275,7 @@ def run_search(
         flush_deferred_deletions,
         remove_stale_temporaries,
     )
+    from hiercls.tune.constraints import merge_bounds, write_bounds
     from hiercls.tune.guard import RestoreFailedError, TornStateError, ray_log_guard
 
     # one checkpoint kept per trial forces an experiment snapshot after every epoch; that is intended
@@ -271,7 +318,7 @@ def run_search(
 
     try:
         check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
-        if spec.max_concurrent is None and not resume:
+        if spec.max_concurrent is None and (not resume or grow_to is not None):
             spec = dataclasses.replace(
                 spec, max_concurrent=cluster_capacity(spec.cpus_per_trial, spec.gpus_per_trial)
             )
@@ -281,32 +328,59 @@ def run_search(
                  f"(scheduler: {spec.scheduler_in_use()})")
         if not resume:
             atomic_write_text(folder / SPEC_FILE, spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}))
+            constraints = spec.parsed_constraints()
+            if constraints and not any(c.relative for c in constraints):  # fixed now; else by the baseline
+                write_bounds(folder, constraints, merge_bounds(constraints, None), None)
         else:
-            remove_stale_temporaries(folder)
+            for part in parts:
+                remove_stale_temporaries(part.folder)
             # a failed search earlier in this process may have left deletions waiting; the state this
             # resume restores may name those checkpoints: keep them
             flush_deferred_deletions(folder, delete=False)
         setup = TrialSetup(
             base=base, experiment_dir=str(folder), objective=spec.objective,
             search_seed=spec.seed, cache_dir=cache_dir, toy_sleep=toy_sleep, gpu_fraction=spec.gpus_per_trial,
+            continuation=spec.scheduler_in_use() == "pb2",
+            value_bounds=spec.pb2_bounds() if spec.scheduler_in_use() == "pb2" else {},
         )
         function = train_trial if trainable == "train" else toy_trial
         resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
-        runnable = tune.with_resources(tune.with_parameters(function, setup=setup), resources=resources)
+
+        def runnable_in(part_folder: Path) -> Any:  # a part's trials live in (and log to) its folder
+            part_setup = dataclasses.replace(setup, experiment_dir=str(part_folder))
+            return tune.with_resources(tune.with_parameters(function, setup=part_setup), resources=resources)
+
         filesystem = atomic_local_filesystem()
+        current = parts[-1]
         with ray_log_guard(on_storage_error):
-            if resume:
-                echo(f"resuming {folder}")
+            results = None
+            if resume and (grow_to is None or unfinished(current)):
+                echo(f"resuming {current.folder}")
                 tuner = tune.Tuner.restore(
-                    str(folder), runnable, resume_unfinished=True, restart_errored=True,
-                    storage_filesystem=filesystem,
+                    str(current.folder), runnable_in(current.folder), resume_unfinished=True,
+                    restart_errored=True, storage_filesystem=filesystem,
                 )
-            else:
-                tuner = _new_tuner(spec, runnable, callbacks, filesystem)
-            results = _fit(tuner)
+                results = _fit(tuner)
+            elif not resume:
+                results = _fit(_new_tuner(spec, runnable_in(folder), callbacks, filesystem))
+            if grow_to is not None and not failures and (results is None or _part_done(results, current)):
+                done = sum(p.num_samples for p in parts)
+                current = Part(folder / f"{GROW_PREFIX}{len(parts)}", grow_to - done)
+                echo(f"growing the search from {grow_to - current.num_samples} to {grow_to} trials: "
+                     f"{current.num_samples} more in {current.folder}")
+                parts.append(current)
+                write_parts(folder, parts)
+                saved_spec = spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable})
+                atomic_write_text(folder / SPEC_FILE, saved_spec)  # the new total
+                tuner = _new_tuner(spec, runnable_in(current.folder), callbacks, filesystem, part=current)
+                results = _fit(tuner)
+            earlier = [] if len(parts) == 1 else [
+                (p, tune.Tuner.restore(str(p.folder), runnable_in(p.folder),
+                                       storage_filesystem=filesystem).get_results())
+                for p in parts if p is not current]
         if not failures:  # Tune's final state is saved: older checkpoints it no longer names can go
-            flush_deferred_deletions(folder)
-        interrupted = bool(failures) or results.num_terminated + results.num_errors < spec.num_samples
+            flush_deferred_deletions(folder)  # every part's (they are inside)
+        interrupted = bool(failures) or not _part_done(results, current)
     except RestoreFailedError as err:
         raise TornStateError(
             f"cannot resume {str(folder)!r}: {err}; refusing to continue, since Ray would start a new search "
@@ -317,10 +391,18 @@ def run_search(
             shutdown_ray()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    rows = summarize(results, spec)
+    rows = summarize(results, spec, folder=current.folder)
+    for part, part_results in earlier:
+        rows += summarize(part_results, spec, folder=part.folder)
+    rows.sort(key=_rank_key)
+    bounds = read_bounds(spec.experiment_dir) if spec.constraints else None
+    baseline_failed = (spec.constraints and bounds is None and not failures
+                       and not any(r["status"] == "unfinished" for r in rows))
     outcome = SearchOutcome(
-        experiment_dir=spec.experiment_dir, rows=rows, best=_best(rows), interrupted=interrupted,
+        experiment_dir=spec.experiment_dir, rows=rows, best=_best(rows),
+        interrupted=interrupted and not baseline_failed,
         seconds=time.perf_counter() - started, pareto=_pareto(rows) if spec.multi_objective else [],
+        bounds=bounds,
     )
     summary_error: StorageError | None = None
     try:
@@ -349,6 +431,11 @@ class SearchStorageError(StorageError):
     def __init__(self, message: str, error_number: int | None, outcome: SearchOutcome) -> None:
         super().__init__(message, error_number)
         self.outcome = outcome
+
+
+def _part_done(results: Any, part: Part) -> bool:
+    """Whether every trial of ``part`` ended (finished, stopped or errored) in ``results``."""
+    return results.num_terminated + results.num_errors >= part.num_samples
 
 
 def _sigterm_as_sigint(number: int, frame: Any) -> None:
@@ -468,7 +555,28 @@ def grid_param_space(spec: SearchSpec) -> dict[str, Any]:
     return tune.grid_search([{**point, TRIAL_INDEX: i} for i, point in enumerate(spec.grid_points())])
 
 
-def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), filesystem: Any = None):
+def pb2_param_space(spec: SearchSpec) -> dict[str, Any]:
+    """The Tuner's param space of a PB2 search: each searched key drawn from its range (``tune.uniform``
+    or ``tune.loguniform``), fixed keys as they are. PB2 then changes the searched keys within the same
+    bounds (linearly: its Gaussian process sees the raw values)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, p in spec.params().items():
+        if p.kind == "fixed":
+            space[name] = p.value
+        elif p.kind == "loguniform":
+            space[name] = tune.loguniform(float(p.low), float(p.high))
+        else:
+            space[name] = tune.uniform(float(p.low), float(p.high))
+    return space
+
+
+def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), filesystem: Any = None,
+               part: Part | None = None):
+    """The Tuner of a new search, or (``part``) of a growth of one: a Ray experiment in ``part.folder``
+    asking ``part.num_samples`` more trials of the search's existing Optuna study (no points to
+    evaluate: they ran; constraint bounds as fixed before)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -478,13 +586,18 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
     from hiercls.tune.study import open_storage
 
     params = spec.params()
-    points = [dict(p) for p in spec.points_to_evaluate] or None
+    points = None if part is not None else [dict(p) for p in spec.points_to_evaluate] or None
+    constraints = spec.parsed_constraints()
+    pb2 = spec.scheduler_in_use() == "pb2"
     # the study lives in storage (the experiment's journal file, or --optuna-storage), named after it
-    study = {} if spec.is_grid() else {
+    study = {} if spec.is_grid() or pb2 else {
         "storage": open_storage(spec.experiment_dir, spec.optuna_storage), "study_name": spec.name,
-        "experiment_dir": str(spec.experiment_dir),
+        "experiment_dir": str(part.folder if part is not None else spec.experiment_dir),
     }
-    if study and spec.optuna_storage and spec.name in optuna.get_all_study_names(study["storage"]):
+    if constraints and part is not None:
+        study["bounds"] = (read_bounds(spec.experiment_dir) or {}).get("bounds")
+    if (study and part is None and spec.optuna_storage
+            and spec.name in optuna.get_all_study_names(study["storage"])):
         raise SpecError([f"--optuna-storage {spec.optuna_storage!r} already holds a study named "
                          f"{spec.name!r}: a new search needs its own (choose another --name, or --resume "
                          "that search)"])
@@ -495,33 +608,50 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
         # each point once: one grid over the points, one sample of it
         search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0)
         param_space, num_samples = grid_param_space(spec), 1
+    elif pb2:  # Ray's PBT/PB2 take no search algorithm: the first values are drawn by Ray's generator
+        search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0, points_to_evaluate=points)
+        param_space = pb2_param_space(spec)
     elif spec.multi_objective:
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric=list(MULTI_METRICS), mode=["min", "min"],
             points_to_evaluate=points, sampler=optuna.samplers.NSGAIISampler(seed=spec.seed),
-            **study,
+            constraints=constraints, full_epochs=spec.epochs, **study,
         )
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     else:
         sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric="objective", mode="min", points_to_evaluate=points,
-            sampler=sampler, max_epochs=spec.epochs if spec.scheduler_in_use() == "asha" else None, **study,
+            sampler=sampler, max_epochs=spec.epochs if spec.scheduler_in_use() == "asha" else None,
+            constraints=constraints, full_epochs=spec.epochs, **study,
         )
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     scheduler = None
+    if pb2:
+        from ray.tune.schedulers.pb2 import PB2
+
+        # synchronous: at each perturbation epoch the whole population is compared (the lowest quarter
+        # continues from the best quarter's checkpoints), not whichever trials happen to have reported
+        scheduler = PB2(  # metric and mode come from the TuneConfig
+            time_attr="epoch", perturbation_interval=spec.perturbation_interval,
+            hyperparam_bounds={k: list(v) for k, v in spec.pb2_bounds().items()}, synch=True,
+        )
     if spec.scheduler_in_use() == "asha":
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=spec.epochs, grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor,
         )
+    if part is not None:
+        num_samples = part.num_samples
     tune_config = tune.TuneConfig(
         metric=metric, mode=mode, search_alg=search_alg,
         scheduler=scheduler, num_samples=num_samples, trial_dirname_creator=trial_dirname,
     )
+    name, storage = (spec.name, spec.storage_path) if part is None else (part.name, str(part.folder.parent))
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=spec.storage_path, storage_filesystem=filesystem,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        name=name, storage_path=storage, storage_filesystem=filesystem,
+        # PB2: a donor's checkpoint must outlive the donor's next save until its recipient has restored it
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3 if pb2 else 1),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=1, callbacks=list(callbacks) or None,
     )
@@ -529,6 +659,28 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
 
 
 # ---------------------------------------------------------------------------------------------- the table
+def _constraint_lines(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
+    """The bounds in force and the feasible count, or why there are no bounds."""
+    if not spec.constraints:
+        return []
+    if outcome.bounds is None:
+        return [f"constraints {'; '.join(spec.constraints)}: no bounds yet: the baseline trial (the first "
+                "points_to_evaluate point) did not finish in full, so no trial was judged"]
+    baseline = outcome.bounds.get("baseline") or {}
+    shown = "; ".join(f"{m} <= {b:.6g}" for m, b in outcome.bounds["bounds"].items())
+    source = ""
+    if baseline:
+        values = ", ".join(f"{m} {v:.6g}" for m, v in baseline.get("values", {}).items())
+        source = f" (baseline trial {baseline.get('trial_id')}: {values})"
+    feasible, judged = outcome.feasible_count()
+    share = f" ({feasible / judged:.0%})" if judged else ""
+    lines = [f"constraints: {shown}{source}; {feasible} of {judged} trials that ran in full are "
+             f"feasible{share}"]
+    if judged and not feasible:
+        lines.append("no trial meets the constraints: no best trial (loosen the bound or search longer)")
+    return lines
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -548,10 +700,11 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
     shown = outcome.pareto if spec.multi_objective else outcome.rows[: spec.top]
     title = "Pareto front (val_top1_error vs val_mistake_severity)" if spec.multi_objective else (
         f"best {len(shown)} of {outcome.num_trials} trials by {spec.objective} (lower is better; trials "
-        "that ran their full length first)"
+        "that ran their full length first" + (", feasible ones first" if spec.constraints else "") + ")"
     )
+    judged = outcome.bounds is not None
     header = ["#", "trial", "loss (parameters)", "schedule (parameters)", "lr", "wd", "val_err", "severity",
-              "objective", "epochs", "status"]
+              "objective", "epochs", "status", *(["feasible"] if judged else [])]
     body = []
     for i, row in enumerate(shown, start=1):
         loss_text = row["loss"] + (f" ({p})" if (p := _param_text(row, loss_keys)) else "")
@@ -562,6 +715,7 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
             _short(row["params"].get("weight_decay", "")), f"{row['val_top1_error']:.4f}",
             f"{row['val_mistake_severity']:.4f}", f"{row['objective']:.4f}",
             f"{row['epochs']}/{spec.epochs}", status,
+            *([{True: "yes", False: "NO", None: "-"}[row.get("feasible")]] if judged else []),
         ])
     widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
     lines = ["", title]
@@ -574,6 +728,7 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
         f"{outcome.num_trials} trials: {outcome.num_stopped_early} stopped early by ASHA, {n_nan} went NaN, "
         f"{n_err} errored" + (f", {n_open} unfinished" if n_open else "") + f"; {outcome.seconds:.0f} s"
     )
+    lines += _constraint_lines(outcome, spec)
     lines.append(f"results: {outcome.experiment_dir} (all trials: {outcome.experiment_dir / SUMMARY_FILE})")
     if outcome.best is not None:
         has_config = (Path(outcome.best["path"]) / "config.yaml").is_file()

@@ -71,6 +71,7 @@ from hiercls.tune.checks import (
     grid_problems,
     point_problems,
 )
+from hiercls.tune.constraints import Constraint, parse_constraint
 from hiercls.tune.objective import MISTAKE_SEVERITY_WARNING, Objective, parse_objective
 from hiercls.tune.parameters import (
     TRIAL_KEYS,
@@ -82,11 +83,13 @@ from hiercls.tune.parameters import (
     iter_params,
     parse_params,
 )
+from hiercls.value_schedule import all_variable_keys
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",
     "DEFAULT_SPACE",
     "SCHEDULERS",
+    "pb2_keys",
     "resolve_space",
     "shipped_spaces",
     "MAX_SAMPLES",
@@ -143,8 +146,17 @@ MAX_SAMPLES = 10_000
 """``num_samples`` above this is refused unless ``allow_large_search`` (``--allow-large-search``)."""
 DEFAULT_NUM_SAMPLES = 20
 """The trials of a TPE search when ``num_samples`` is not given (a grid search: its number of points)."""
-SCHEDULERS = ("asha", "none")
-"""The ``scheduler`` values: ASHA stops weak trials at its rungs; ``none`` runs every trial in full."""
+SCHEDULERS = ("asha", "none", "pb2")
+"""The ``scheduler`` values: ASHA stops weak trials at its rungs; ``none`` runs every trial in full;
+``pb2`` is population-based training with a Gaussian-process bandit (Ray Tune's PB2): every
+``perturbation_interval`` epochs a weak trial continues from a strong one's checkpoint with new values."""
+
+
+def pb2_keys() -> tuple[str, ...]:
+    """What PB2 changes during training: ``lr`` and the losses' parameters declared ``variable`` (the
+    engine's ``value_schedule`` keys: ``alpha``, ``beta``, ``lambda_fine``, ``lambda_coarse``). A function:
+    reading the loss registry imports the losses (and torch), which this module otherwise does not."""
+    return tuple(all_variable_keys())
 
 
 class SpecError(ValueError):
@@ -185,8 +197,10 @@ class SearchSpec:
     ``train.data_dir``), ``max_failures`` (retries of a crashed trial from its last checkpoint),
     ``top`` (rows in the final table), ``allow_large_search`` (permit ``num_samples`` above
     :data:`MAX_SAMPLES`), ``optuna_storage`` (a database URL for the Optuna study; None: the journal file
-    in the experiment folder, :mod:`hiercls.tune.study`). Space: ``train``, ``search``,
-    ``points_to_evaluate``.
+    in the experiment folder, :mod:`hiercls.tune.study`), ``constraints`` (``METRIC <= BOUND`` lines,
+    :mod:`hiercls.tune.constraints`: a bound relative to ``baseline`` is the first
+    ``points_to_evaluate`` trial's value), ``perturbation_interval`` (PB2: epochs between
+    perturbations). Space: ``train``, ``search``, ``points_to_evaluate``.
     """
 
     name: str | None = None
@@ -209,6 +223,8 @@ class SearchSpec:
     top: int = 5
     allow_large_search: bool = False
     optuna_storage: str | None = None
+    constraints: list[str] = dataclasses.field(default_factory=list)
+    perturbation_interval: int = 4
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     search: dict[str, Any] = dataclasses.field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -264,6 +280,8 @@ class SearchSpec:
         for key, value in values.items():
             if key not in valid:
                 continue
+            if key == "constraints" and isinstance(value, str):  # one constraint written as a string
+                value = [value]
             try:
                 kwargs[key] = _coerce_setting(key, valid[key].type, value)
             except (TypeError, ValueError) as err:
@@ -290,6 +308,63 @@ class SearchSpec:
     def parsed_objective(self) -> Objective:
         return parse_objective(self.objective)
 
+    def pb2_bounds(self) -> dict[str, tuple[float, float]]:
+        """PB2's ``hyperparam_bounds``: each searched key's ``(low, high)`` (a ``pb2`` search's ``search:``
+        holds only :func:`pb2_keys` with uniform or loguniform ranges)."""
+        return {name: (float(p.low), float(p.high)) for name, p in self.params().items()
+                if p.kind in ("uniform", "loguniform")}
+
+    def _pb2_problems(self, params: Mapping[str, Param], grid: bool) -> list[str]:
+        """What a PB2 search refuses: no Optuna (constraints, NSGA-II, grids), one loss family (no
+        choices), only time-varying float values, and a perturbation interval the checkpoints divide."""
+        out: list[str] = []
+        why = "PB2 runs without Optuna (Ray's PBT and PB2 take no search algorithm): no study, "
+        if self.constraints:
+            out.append(why + "so no constraints; drop --constraint or use scheduler: asha|none")
+        if self.multi_objective:
+            out.append(why + "so no NSGA-II; drop --multi-objective")
+        if grid:
+            out.append("scheduler='pb2' with a grid search: a grid runs fixed points; use ranges")
+        searched = 0
+        for name, p in params.items():
+            if p.kind == "fixed":
+                continue
+            if p.kind in ("choice", "grid"):
+                out.append(f"search.{name}: scheduler pb2 searches one loss family with continuous values; "
+                           f"fix {name} under train: (one PB2 search per loss)")
+            elif name not in pb2_keys():
+                out.append(f"search.{name}: PB2 changes only values that may vary during training "
+                           f"({', '.join(pb2_keys())}); fix {name} under train:")
+            elif p.kind not in ("uniform", "loguniform"):
+                out.append(f"search.{name}: PB2 needs a uniform or loguniform range")
+            else:
+                searched += 1
+        if not searched and not out:
+            out.append(f"scheduler pb2 needs at least one searched range among {', '.join(pb2_keys())}")
+        interval = self.perturbation_interval
+        if not isinstance(interval, int) or not 1 <= interval < max(int(self.epochs or 1), 2):
+            out.append(f"perturbation_interval={interval!r} is out of range; valid: 1..epochs-1 (epochs)")
+        else:
+            every = self.train.get("checkpoint_every", TrainConfig().checkpoint_every)
+            if isinstance(every, int) and every >= 1 and interval % every:
+                out.append(f"perturbation_interval={interval} is not a multiple of train.checkpoint_every="
+                           f"{every}: a trial continues from the checkpoint of a perturbation epoch")
+        return out
+
+    def parsed_constraints(self, problems: list[str] | None = None) -> list[Constraint]:
+        """The ``constraints`` lines parsed (:func:`~hiercls.tune.constraints.parse_constraint`); a bad one
+        is added to ``problems`` (raised as :class:`SpecError` when ``problems`` is None)."""
+        sink: list[str] = [] if problems is None else problems
+        out: list[Constraint] = []
+        for text in self.constraints or []:
+            try:
+                out.append(parse_constraint(str(text)))
+            except ValueError as err:
+                sink.append(str(err))
+        if problems is None and sink:
+            raise SpecError(sink)
+        return out
+
     def is_grid(self) -> bool:
         """Whether this is a grid search (a ``grid`` entry anywhere in ``search:``)."""
         return is_grid(self.params())
@@ -301,7 +376,7 @@ class SearchSpec:
         return grid_points(params) if is_grid(params) else []
 
     def scheduler_in_use(self) -> str:
-        """``asha`` or ``none``: the ``scheduler`` setting, else ``none`` for a grid search or a
+        """``asha``, ``none`` or ``pb2``: the ``scheduler`` setting, else ``none`` for a grid search or a
         multi-objective one (ASHA ranks trials on one number), ``asha`` otherwise."""
         return self._scheduler(self.is_grid())
 
@@ -396,8 +471,11 @@ class SearchSpec:
                 problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler={self.scheduler!r} is unknown; valid: {', '.join(SCHEDULERS)} "
-                            "(default: asha for a TPE search, none for a grid search)")
+                            "(default: asha for a TPE search, none for a grid search; pb2: population-based "
+                            "training)")
             asha = False
+        if self._scheduler(grid) == "pb2":
+            problems += self._pb2_problems(params, grid)
         if self.multi_objective and grid:
             problems.append("--multi-objective with a grid search: a grid runs its fixed points once each, "
                             "NSGA-II has nothing to choose; rank the grid's (error, severity) front with "
@@ -441,12 +519,21 @@ class SearchSpec:
                     f"--multi-objective searches (val_top1_error, val_mistake_severity); objective "
                     f"{self.objective!r} is only used to sort the table"
                 )
+        constraints = self.parsed_constraints(problems)
         try:
             objective = self.parsed_objective()
-            if objective.metric == "val_mistake_severity" and not self.multi_objective:
+            # under a constraint on the error, severity alone is the question the constraint makes sensible
+            if objective.metric == "val_mistake_severity" and not self.multi_objective and not constraints:
                 notes.append(MISTAKE_SEVERITY_WARNING)
         except ValueError as err:
             problems.append(str(err))
+        if constraints and grid:
+            problems.append("constraints with a grid search: a grid runs its fixed points without Optuna; "
+                            "judge them afterwards with analysis.rank --constraint")
+        if any(c.relative for c in constraints) and not self.points_to_evaluate and not grid:
+            problems.append("a constraint relative to 'baseline' needs points_to_evaluate: its first point "
+                            "(e.g. {loss: cross-entropy}) is the baseline trial, run in full before any "
+                            "other")
 
         # the fixed training keys
         valid_keys = set(TrainConfig.valid_keys())
@@ -499,8 +586,9 @@ def spec_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
     """The keys (dotted paths) where two resolved spec dicts differ, runtime-only keys ignored. A setting
     absent from one of them (a spec saved before the setting existed) counts as its default."""
     ignore = set(SearchSpec.RUNTIME_KEYS)
-    defaults = {f.name: f.default for f in dataclasses.fields(SearchSpec)
-                if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(SearchSpec)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     out: list[str] = []
 
     def walk(a: Any, b: Any, path: str) -> None:

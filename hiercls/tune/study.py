@@ -47,16 +47,23 @@ def open_storage(experiment_dir: str | Path, url: str | None = None) -> Any:
 
 
 def load_study(experiment_dir: str | Path, url: str | None = None):
-    """The Optuna study of the search in ``experiment_dir`` (named after the folder), read from its
-    journal file or from ``url``.
+    """The Optuna study of the search in ``experiment_dir``, read from its journal file or from ``url``:
+    the study named after the folder, else the journal's only study (a renamed experiment folder keeps
+    its study's original name).
 
     Raises:
         FileNotFoundError: no journal file and no ``url``.
-        KeyError: the storage holds no study of that name (Optuna's own error).
+        KeyError: the storage holds no study of that name and not exactly one study (the names listed).
     """
     import optuna
 
     folder = Path(experiment_dir)
     if not url and not (folder / STUDY_FILE).is_file():
         raise FileNotFoundError(f"{str(folder / STUDY_FILE)!r} does not exist (a grid search has no study)")
-    return optuna.load_study(study_name=folder.name, storage=open_storage(folder, url))
+    storage = open_storage(folder, url)
+    names = optuna.get_all_study_names(storage)
+    name = folder.name if folder.name in names or len(names) != 1 else names[0]
+    if name not in names:
+        raise KeyError(f"no study named {name!r} in {storage_text(folder, url)!r}; studies: "
+                       f"{', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,10 +1,14 @@
 """A cheap stand-in for :func:`hiercls.tune.trainable.train_trial`: no data, no training.
 
 ``toy_value(config)`` is a known function of the searched values; a toy trial reports
-``toy_value + 1 / epoch`` as ``val_top1_error`` every epoch (so ASHA has something to compare),
+``toy_value + TRADE_ERROR * alpha + 1 / epoch`` as ``val_top1_error`` every epoch (so ASHA has something
+to compare) and ``2 + toy_value - TRADE_SEVERITY * alpha`` as ``val_mistake_severity``: ``alpha`` (HXE's,
+0 when the trial has none) trades top-1 error for mistake severity, as it does in training (Bertinetto
+et al. 2020, Fig. 3), so constrained searches have a known feasible optimum;
 checkpoints its epoch with ``tune.Checkpoint``, resumes from ``tune.get_checkpoint()``, and goes NaN
 when ``lr >= 1e5`` (like a diverging real run). Every start is appended to
-``experiment_dir/toy_starts.log`` (``trial_id first_epoch``) and every end to ``toy_ends.log``
+``experiment_dir/toy_starts.log`` (``trial_id first_epoch``; its time in ``toy_start_times.log``:
+``trial_id unix_time``) and every end to ``toy_ends.log``
 (``trial_id epochs unix_time``) so tests can check that no finished trial ran twice. Used by
 ``tune_main.py --trainable toy`` (checking a cluster or a space without training),
 the tests and the overhead benchmark.
@@ -20,19 +24,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hiercls.tune.layout import TRIAL_INDEX
 from hiercls.tune.trainable import TrialSetup
 
-__all__ = ["toy_trial", "toy_value"]
+__all__ = ["TRADE_ERROR", "TRADE_SEVERITY", "toy_metrics", "toy_trial", "toy_value"]
 
 _LOSS_OFFSET = {"cross-entropy": 0.3, "hierarchical-cross-entropy": 0.1, "soft-labels": 0.2,
                 "simple-hierarchy": 0.25, "cosine-distance": 0.15}
 
 
+TRADE_ERROR = 0.1
+"""Toy top-1 error added per unit of ``alpha``."""
+TRADE_SEVERITY = 1.0
+"""Toy mistake severity removed per unit of ``alpha``."""
+
+
+def toy_metrics(config: dict[str, Any], epoch: int) -> tuple[float, float]:
+    """The toy ``(val_top1_error, val_mistake_severity)`` of ``config`` after ``epoch`` (1-based) epochs."""
+    base = toy_value(config)
+    alpha = float(config.get("alpha", 0.0) or 0.0)
+    return min(1.0, base + TRADE_ERROR * alpha + 1.0 / epoch), 2.0 + base - TRADE_SEVERITY * alpha
+
+
 def toy_value(config: dict[str, Any]) -> float:
-    """A smooth function of the searched values with its minimum inside typical ranges."""
+    """A smooth function of the searched values with its minimum inside typical ranges (the trial's
+    index, which Ray's config also holds, is not one of them)."""
     value = _LOSS_OFFSET.get(config.get("loss"), 0.0)
     for key, v in sorted(config.items()):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if key == TRIAL_INDEX or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if key in ("lr", "weight_decay", "eta_min", "min_lr", "beta") and v > 0:
             value += 0.01 * (math.log10(v) - math.log10({"lr": 0.05, "beta": 10}.get(key, 1e-4))) ** 2
@@ -41,32 +60,51 @@ def toy_value(config: dict[str, Any]) -> float:
     return value
 
 
+def _values(config: dict[str, Any]) -> dict[str, float]:
+    from hiercls.tune.spec import pb2_keys
+
+    return {k: float(config[k]) for k in pb2_keys() if isinstance(config.get(k), (int, float))}
+
+
 def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Report ``setup.base['epochs']`` toy epochs (sleeping ``setup.toy_sleep`` s each)."""
+    """Report ``setup.base['epochs']`` toy epochs (sleeping ``setup.toy_sleep`` s each).
+
+    The checkpoint (``state.json``) holds the epoch, the trial that wrote it and the values of every epoch
+    so far; a PB2 continuation from another trial's checkpoint is appended to
+    ``toy_continuations.log`` (one JSON line: trial, donor, epoch, the donor's and the new values), and
+    each epoch's report carries the values in effect (``lr``, ``alpha``, ...)."""
     import ray
     from ray import tune
 
-    from hiercls.tune.trainable import quiet_ray_logs
+    from hiercls.tune.trainable import quiet_ray_logs, within_bounds
 
     quiet_ray_logs()
+    config = within_bounds(config, setup)
     context = tune.get_context()
     epochs = int(setup.base.get("epochs", 1))
-    start = 0
+    start, history = 0, []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            start = json.loads((Path(folder) / "state.json").read_text())["epoch"]
+            state = json.loads((Path(folder) / "state.json").read_text())
+        start, history = state["epoch"], list(state.get("history", []))
+        owner = state.get("trial_id", context.get_trial_id())
+        if setup.continuation and owner != context.get_trial_id():  # PB2: another trial's checkpoint
+            line = {"trial_id": context.get_trial_id(), "donor": owner, "epoch": start,
+                    "donor_values": history[-1] if history else {}, "values": _values(config)}
+            with open(Path(setup.experiment_dir) / "toy_continuations.log", "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
     log = Path(setup.experiment_dir) / "toy_starts.log"
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"{context.get_trial_id()} {start + 1}\n")
+    with open(log.with_name("toy_start_times.log"), "a", encoding="utf-8") as f:
+        f.write(f"{context.get_trial_id()} {time.time():.3f}\n")
     node = ray.get_runtime_context().get_node_id()
-    base = toy_value(config)
     diverges = float(config.get("lr", 0.0)) >= 1e5
     for epoch in range(start + 1, epochs + 1):
         if setup.toy_sleep:
             time.sleep(setup.toy_sleep)
-        error = math.nan if diverges else min(1.0, base + 1.0 / epoch)
-        severity = math.nan if diverges else 2.0 + base
+        error, severity = (math.nan, math.nan) if diverges else toy_metrics(config, epoch)
         metrics = {
             "epoch": epoch,
             "val_top1_error": error,
@@ -78,7 +116,9 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "lr_schedule": config.get("lr_schedule", setup.base.get("lr_schedule", "cosine")),
             "node_id": node,
             "pid": os.getpid(),
+            **_values(config),  # the values in effect this epoch (PB2 changes them)
         }
+        history.append({"epoch": epoch, **_values(config)})
         from hiercls.tune.spec import parse_objective
 
         metrics["objective"] = parse_objective(setup.objective)(metrics) if not diverges else math.nan
@@ -89,5 +129,6 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             with open(Path(setup.experiment_dir) / "toy_ends.log", "a", encoding="utf-8") as f:
                 f.write(f"{context.get_trial_id()} {epochs} {time.time():.3f}\n")
         with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            state = {"epoch": epoch, "trial_id": context.get_trial_id(), "history": history}
+            (Path(folder) / "state.json").write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -9,7 +9,10 @@ The engine knows nothing of Ray; this module adapts it:
   under the stable name ``objective``, ``status`` and the trial's loss/schedule parameters, and a
   ``tune.Checkpoint`` holding the engine's ``last.pth``;
 * a restored trial (``tune.get_checkpoint()``) copies that ``last.pth`` back and calls
-  ``fit(resume=True)``, which continues from the next epoch;
+  ``fit(resume=True)``, which continues from the next epoch; under PB2 the checkpoint may be another
+  trial's (the exploit step): ``fit(continue_from=...)`` takes its model, optimiser and history and goes
+  on with this trial's ``lr`` and loss values, which every epoch's report carries (``base_lr``,
+  ``alpha``, ...: the value trajectory);
 * CIFAR-100 is decoded once per node: the driver warms the decode cache before Ray starts, and every
   trial process reads the cache (about 0.5 s), never the JPEG files. A CPU trial keeps the decoded set
   for the next trial in its process; a GPU trial does not (its splits live on the GPU, and the host
@@ -43,7 +46,10 @@ class TrialSetup:
     ``base``: fixed TrainConfig keys; ``experiment_dir``: ``storage_path/name``; ``objective``: the
     objective text (:func:`hiercls.tune.spec.parse_objective`); ``search_seed``; ``cache_dir``: the
     decode cache; ``toy_sleep``: seconds per epoch of the toy trainable; ``gpu_fraction``: the GPUs
-    per trial (a fraction below 1 caps the trial's CUDA memory to it).
+    per trial (a fraction below 1 caps the trial's CUDA memory to it); ``continuation``: a restored
+    checkpoint may be another trial's, to continue with this trial's values (PB2's exploit step);
+    ``value_bounds``: PB2's ranges, which the trial's values are clipped to (PB2 proposes them through a
+    float32 Gaussian process: ``0.2`` may come back as ``0.20000000298``).
     """
 
     base: dict[str, Any]
@@ -53,6 +59,10 @@ class TrialSetup:
     cache_dir: str | None = None
     toy_sleep: float = 0.0
     gpu_fraction: float = 0.0
+    continuation: bool = False
+    # None rather than a factory default: a TrialSetup pickled by an earlier version (a resumed
+    # experiment's) reads the class attribute
+    value_bounds: dict[str, tuple[float, float]] | None = None
 
 
 def quiet_ray_logs() -> None:
@@ -97,12 +107,29 @@ def cap_gpu_memory(fraction: float, device: str) -> bool:
     return True
 
 
+def within_bounds(config: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
+    """``config`` with each value of ``setup.value_bounds`` clipped into its ``(low, high)``."""
+    out = dict(config)
+    for key, (low, high) in (setup.value_bounds or {}).items():
+        if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool):
+            out[key] = min(max(float(out[key]), low), high)
+    return out
+
+
 def report_params(config) -> dict[str, Any]:
     """The loss and schedule parameters in effect (resolved), plus lr and weight decay, for the table."""
     out: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     out.update(config.loss_kwargs())
     out.update(config.schedule_kwargs())
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def _finished(checkpoint: Path, epochs: int) -> bool:
+    """Whether the engine checkpoint ``checkpoint`` has trained all ``epochs`` (read with the engine's own
+    safe loader)."""
+    from hiercls.engine import load_checkpoint
+
+    return int(load_checkpoint(checkpoint, require=("epoch",)).get("epoch", 0)) >= epochs
 
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -113,6 +140,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from hiercls.tune.spec import parse_objective
 
     quiet_ray_logs()
+    config = within_bounds(config, setup)
     objective = parse_objective(setup.objective)
     context = tune.get_context()
     out = trial_folder(setup)
@@ -126,12 +154,16 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     ckpt_dir = scratch / "engine"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     report_dir = scratch / "report"
-    resume = False
+    resume, donor = False, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as restored:
             source = Path(restored) / "last.pth"
-            if source.is_file():
+            if source.is_file() and setup.continuation:
+                # PB2: maybe another trial's checkpoint; its model goes on with this trial's values
+                donor = scratch / "donor.pth"
+                shutil.copy2(source, donor)
+            elif source.is_file():
                 shutil.copy2(source, ckpt_dir / "last.pth")
                 resume = True
 
@@ -159,6 +191,10 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             shutil.copy2(folder / "last.pth", report_dir / "last.pth")
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
 
+    if donor is not None and _finished(donor, train_config.epochs):
+        # synchronous PB2 also perturbs at the last epoch: a finished model has nothing left to train
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
     on_gpu = train_config.device.startswith("cuda")
     cap_gpu_memory(setup.gpu_fraction, train_config.device if ":" in train_config.device else "cuda:0")
     try:
@@ -167,6 +203,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             reporter,
             resume=resume,
             overwrite=not resume,
+            continue_from=donor,
             checkpoint_dir=ckpt_dir,
             data=_load_data(setup, keep=not on_gpu),
             progress=False,
