@@ -494,10 +494,10 @@ def _rank(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
     print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
     if "feasible" in table.columns:
-        judged = table["feasible"].dropna()
+        judged = table.loc[table["compared"], "feasible"].dropna()  # the ranked trials, as the search counts
         limits = "; ".join(f"{m} <= {b:.6g}" for m, b in table.attrs["constraint_bounds"].items())
-        print(f"constraints: {limits}; {int(judged.sum())} of {len(judged)} trials feasible at the scope's "
-              "epoch")
+        print(f"constraints: {limits}; {int(judged.sum())} of {len(judged)} compared trials feasible at the "
+              "scope's epoch")
     for line in text_table(header, body):
         print(line)
     for note in notes:
