@@ -77,6 +77,7 @@ def choose(experiment: Experiment, table: pd.DataFrame, rank_by: str = "objectiv
            trial_id: str | None = None) -> tuple[pd.Series, str, Any]:
     """The row to export and the ``source`` block's ``metric`` and ``value``.
 
+    In a constrained search (a ``feasible`` column), only the trials that meet every bound are candidates.
     ``rank_by``: a column of :data:`RANK_BY` (the lowest value among complete trials; ties go to the
     lower top-1 error, then severity, then trial id; ``objective``, the default, is the search's own
     objective, so the exported trial is the one the search ranked first), or ``pareto:INDEX`` (the
@@ -101,6 +102,13 @@ def choose(experiment: Experiment, table: pd.DataFrame, rank_by: str = "objectiv
             f"no trial of {str(experiment.path)!r} ran its full length ({counts}); NaN, errored and "
             "stopped-early trials are exported only when named with --trial ID"
         )
+    if "feasible" in complete.columns:  # a constrained search: a trial that breaks a bound is never chosen
+        feasible = complete[complete["feasible"].fillna(True).astype(bool)]
+        if feasible.empty:
+            limits = ", ".join(f"{m} <= {b:.6g}" for m, b in table.attrs.get("constraint_bounds", {}).items())
+            raise AnalysisError(f"no complete trial of {str(experiment.path)!r} meets the constraints "
+                                f"({limits}); export one anyway with --trial ID")
+        complete = feasible
     if index is not None:
         front = pareto_front(complete.assign(compared=True), "pareto_error_severity")
         if not 0 <= index < len(front):

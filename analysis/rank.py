@@ -81,10 +81,12 @@ DAMAGED = " (!)"  # after the status of a trial with problems, in the readable t
 
 # ---------------------------------------------------------------------------------------------- selection
 def select_record(
-    trial: Trial, objective: Callable[[Mapping[str, Any]], float], scope: str
+    trial: Trial, objective: Callable[[Mapping[str, Any]], float], scope: str,
+    bounds: Mapping[str, float] | None = None,
 ) -> dict[str, Any] | None:
     """The record the scope selects: ``best`` = the epoch with the lowest objective (the earliest among
-    equals; NaN epochs never chosen), ``last`` = the last epoch reported. None when there is none.
+    equals; NaN epochs never chosen; with ``bounds``, among the epochs that meet them when there are
+    any), ``last`` = the last epoch reported. None when there is none.
 
     Raises:
         AnalysisError: an unknown scope.
@@ -95,8 +97,12 @@ def select_record(
         return None
     if scope == "last":
         return trial.records[-1]
+    records = trial.records
+    if bounds:
+        feasible = [r for r in records if is_feasible(constraint_values(r, bounds))]
+        records = feasible or records
     best, best_value = None, math.inf
-    for r in trial.records:
+    for r in records:
         value = trial_objective(objective, r)
         if math.isfinite(value) and value < best_value:
             best, best_value = r, value
@@ -145,7 +151,8 @@ def build_table(
     top-1 error, mistake severity, hdist@1/5/20, coarse error as fractions or LCA heights, and their
     ``val_crm/`` variants); ``compared`` (whether the row takes part in ranks and fronts: complete
     trials, plus stopped-early and unfinished ones with ``include_stopped``); ``rank_top1_error`` and
-    ``rank_mistake_severity`` (1 = best, ties share a rank; empty outside the compared rows);
+    ``rank_mistake_severity`` (1 = best, ties share a rank; empty outside the compared rows, which in a
+    constrained search exclude the infeasible ones);
     ``pareto_error_severity`` and ``pareto_error_hdist5`` (on the front of the compared rows on
     (top-1 error, severity) / (top-1 error, hdist@5)); ``pareto_index`` (position on the first front
     sorted by top-1 error, from 0: what ``analysis.export --rank-by pareto:INDEX`` takes);
@@ -153,8 +160,9 @@ def build_table(
     and unknown values, ``FILE: WHAT; CONSEQUENCE`` joined by `` | ``, empty when none: see
     :mod:`analysis.experiment`; a searched value no file could give is an empty cell, never a
     default); ``path``. With ``bounds`` (``{metric: bound}``; default: a constrained search's own, from
-    its ``constraints.json``): ``feasible`` (every bounded metric at the selected epoch ``<=`` its bound;
-    empty without a record or with a non-finite value) and ``constraint/<metric>`` (value - bound;
+    its ``constraints.json``): ``feasible`` (every bounded metric at the selected epoch ``<=`` its bound,
+    the ``best`` scope choosing among the epochs that meet them; judged for the trials that ran in full,
+    or every compared one; empty otherwise) and ``constraint/<metric>`` (value - bound;
     ``<= 0`` is feasible), and ``table.attrs["constraint_bounds"]`` (for the plots).
 
     Raises:
@@ -190,7 +198,7 @@ def build_table(
         row["epochs_run"] = trial.epochs_run
         row["epochs"] = trial.epochs
         row["scope"] = scope
-        record = select_record(trial, experiment.objective, scope)
+        record = select_record(trial, experiment.objective, scope, bounds)
         row["epoch"] = int(record["epoch"]) if record is not None else None
         row["objective"] = trial_objective(experiment.objective, record) if record is not None else math.nan
         for m in METRIC_COLUMNS:
@@ -199,12 +207,15 @@ def build_table(
             row[m] = float(value) if number else math.nan
         partial = trial.status in ("stopped early", "unfinished")
         compared = trial.status == "complete" or (include_stopped and partial)
-        row["compared"] = compared
         if bounds:
-            values = constraint_values(record, bounds) if record is not None else None
+            # judged where the search judges: trials that ran in full (and partial ones if compared);
+            # a trial that breaks a bound takes no part in the ranks and fronts
+            values = constraint_values(record, bounds) if record is not None and compared else None
             row["feasible"] = is_feasible(values)
+            compared = compared and row["feasible"] is not False
             for metric in bounds:
                 row[f"constraint/{metric}"] = (values or {}).get(metric, math.nan)
+        row["compared"] = compared
         row["duplicates"] = trial.duplicates
         row["error"] = trial.error
         row["problems"] = PROBLEM_SEPARATOR.join(trial.problems) if trial.problems else None
@@ -288,7 +299,9 @@ def resolve_bounds(experiment: Experiment, texts: Sequence[str], baseline: str |
     try:
         return merge_bounds(constraints, values)
     except ValueError as err:
-        raise AnalysisError(f"{err}; name the baseline with --baseline TRIAL_ID") from err
+        where = ("the search's recorded baseline values cover only its own constrained metrics"
+                 if baseline is None and values else "no baseline is known")
+        raise AnalysisError(f"{err} ({where}); name the baseline trial with --baseline TRIAL_ID") from err
 
 
 # ---------------------------------------------------------------------------------------------- text output
@@ -494,10 +507,10 @@ def _rank(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
     print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
     if "feasible" in table.columns:
-        judged = table.loc[table["compared"], "feasible"].dropna()  # the ranked trials, as the search counts
+        judged = table["feasible"].dropna()  # the trials that ran in full, as the search counts them
         limits = "; ".join(f"{m} <= {b:.6g}" for m, b in table.attrs["constraint_bounds"].items())
-        print(f"constraints: {limits}; {int(judged.sum())} of {len(judged)} compared trials feasible at the "
-              "scope's epoch")
+        print(f"constraints: {limits}; {int(judged.sum())} of {len(judged)} judged trials feasible at the "
+              "scope's epoch (infeasible ones are not ranked)")
     for line in text_table(header, body):
         print(line)
     for note in notes:

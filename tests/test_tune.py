@@ -303,6 +303,16 @@ def test_a_constrained_search_reports_the_best_feasible_trial(ray_session, tmp_p
     judged = dict(zip(ranked["trial_id"].astype(str), ranked["feasible"]))
     assert judged == {r["trial_id"]: r["feasible"] for r in outcome.rows}
     assert (out / "tradeoff_severity.png").is_file()
+    # the default scope (each trial's best epoch) chooses among the epochs that meet the bounds
+    assert rank.main([str(folder), "--out", str(tmp_path / "best"), "--no-plots"]) == 0
+    best_scope = pd.read_csv(tmp_path / "best" / "trials.csv")
+    assert dict(zip(best_scope["trial_id"].astype(str), best_scope["feasible"])) == judged
+    # infeasible trials take no part in the ranks; analysis.export never picks one
+    assert best_scope.loc[~best_scope["feasible"].astype(bool), "rank_mistake_severity"].isna().all()
+    from analysis.export import export
+
+    _, source, _ = export(folder, tmp_path / "best.yaml", rank_by="val_mistake_severity", scope="last")
+    assert source["trial_id"] == outcome.best["trial_id"]
     # another bound, relative to another baseline trial, replaces the search's own
     other = max(feasible, key=lambda r: r["params"]["alpha"])["trial_id"]
     assert rank.main([str(folder), "--scope", "last", "--out", str(tmp_path / "again"), "--no-plots",
@@ -327,7 +337,7 @@ def test_growing_a_search(ray_session, tmp_path):
 
     values = {
         "name": "grow", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 2, "scheduler": "none",
-        "max_concurrent": 2, "cpus_per_trial": 0.5, "startup_trials": 2,
+        "max_concurrent": 2, "cpus_per_trial": 0.5, "startup_trials": 10,  # all 6 from TPE's random start
         "train": {"architecture": "plainnet"},
         "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
         "points_to_evaluate": [{"lr": 0.05}],
@@ -368,6 +378,8 @@ def test_growing_a_search(ray_session, tmp_path):
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     assert {by_ray_id[r["trial_id"]].number for r in new_rows} == {4, 5}
     assert sum(1 for t in study.trials if t.params["lr"] == 0.05) == 1
+    # the growth's sampler is seeded anew: its random draws are not the first part's again
+    assert len({t.params["lr"] for t in study.trials}) == 6, [t.params["lr"] for t in study.trials]
     for row in new_rows:
         assert Path(by_ray_id[row["trial_id"]].user_attrs["trial_folder"]) == Path(row["path"])
 
@@ -410,16 +422,15 @@ def test_pb2_continues_trials_from_others_checkpoints_with_new_values(ray_sessio
     by_id = {r["trial_id"]: r for r in outcome.rows}
     for c in continuations:
         assert c["donor"] != c["trial_id"] and c["donor"] in by_id
-        assert c["epoch"] % 2 == 0 and 2 <= c["epoch"] <= 8  # synchronous PB2 also perturbs at the end
+        assert c["epoch"] % 2 == 0 and 2 <= c["epoch"] < 8  # never after the last epoch
         assert c["values"] != c["donor_values"]  # new values
         assert 0.0 <= c["values"]["alpha"] <= 0.9 and 0.01 <= c["values"]["lr"] <= 0.2
-    # synchronous: the lowest quarter (1 of 4) continues at each of epochs 2, 4, 6, 8
-    assert [c["epoch"] for c in continuations] == [2, 4, 6, 8]
+    # synchronous: the lowest quarter (1 of 4) continues at each of epochs 2, 4, 6
+    assert [c["epoch"] for c in continuations] == [2, 4, 6]
     # the trajectory: a continued trial's reports after the continuation carry the new values
     last = {}
     for c in continuations:
-        if c["epoch"] < 8:
-            last[c["trial_id"]] = c
+        last[c["trial_id"]] = c
     for trial_id, c in last.items():
         reports = [json.loads(line) for line in (Path(by_id[trial_id]["path"]) / "result.json").read_text()
                    .splitlines()]

@@ -332,6 +332,9 @@ def run_search(
             if constraints and not any(c.relative for c in constraints):  # fixed now; else by the baseline
                 write_bounds(folder, constraints, merge_bounds(constraints, None), None)
         else:
+            if grow_to is not None:  # the new total first: an interrupted growth resumes as a growth
+                saved_spec = spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable})
+                atomic_write_text(folder / SPEC_FILE, saved_spec)
             for part in parts:
                 remove_stale_temporaries(part.folder)
             # a failed search earlier in this process may have left deletions waiting; the state this
@@ -582,13 +585,16 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from hiercls.tune.space import DefineByRun, SearchAlgorithm
+    from hiercls.tune.space import DefineByRun, PicklableNSGAIISampler, SearchAlgorithm
     from hiercls.tune.study import open_storage
 
     params = spec.params()
     points = None if part is not None else [dict(p) for p in spec.points_to_evaluate] or None
     constraints = spec.parsed_constraints()
     pb2 = spec.scheduler_in_use() == "pb2"
+    # a growth's sampler gets its own seed: the search seed again would draw the same random startup
+    # values (TPE's first trials, NSGA-II's first generation) as the first part did
+    grow_seed = spec.seed if part is None else spec.seed + 7919 * int(part.name.removeprefix(GROW_PREFIX))
     # the study lives in storage (the experiment's journal file, or --optuna-storage), named after it
     study = {} if spec.is_grid() or pb2 else {
         "storage": open_storage(spec.experiment_dir, spec.optuna_storage), "study_name": spec.name,
@@ -614,12 +620,12 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
     elif spec.multi_objective:
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric=list(MULTI_METRICS), mode=["min", "min"],
-            points_to_evaluate=points, sampler=optuna.samplers.NSGAIISampler(seed=spec.seed),
+            points_to_evaluate=points, sampler=PicklableNSGAIISampler(seed=grow_seed),
             constraints=constraints, full_epochs=spec.epochs, **study,
         )
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
+        sampler = optuna.samplers.TPESampler(seed=grow_seed, n_startup_trials=spec.startup_trials)
         searcher = SearchAlgorithm(
             space=DefineByRun(params), metric="objective", mode="min", points_to_evaluate=points,
             sampler=sampler, max_epochs=spec.epochs if spec.scheduler_in_use() == "asha" else None,
@@ -628,13 +634,14 @@ def _new_tuner(spec: SearchSpec, runnable: Any, callbacks: Sequence[Any] = (), f
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     scheduler = None
     if pb2:
-        from ray.tune.schedulers.pb2 import PB2
+        from hiercls.tune.space import PB2UntilLastEpoch
 
         # synchronous: at each perturbation epoch the whole population is compared (the lowest quarter
         # continues from the best quarter's checkpoints), not whichever trials happen to have reported
-        scheduler = PB2(  # metric and mode come from the TuneConfig
+        scheduler = PB2UntilLastEpoch(  # metric and mode come from the TuneConfig
             time_attr="epoch", perturbation_interval=spec.perturbation_interval,
             hyperparam_bounds={k: list(v) for k, v in spec.pb2_bounds().items()}, synch=True,
+            last_epoch=spec.epochs,
         )
     if spec.scheduler_in_use() == "asha":
         scheduler = ASHAScheduler(

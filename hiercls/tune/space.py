@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search.optuna import OptunaSearch
 
 from hiercls.tune.constraints import Constraint, constraint_values, merge_bounds
 from hiercls.tune.layout import TRIAL_INDEX
 from hiercls.tune.spec import Param
 
-__all__ = ["TRIAL_INDEX", "DefineByRun", "SearchAlgorithm", "draw"]
+__all__ = ["TRIAL_INDEX", "DefineByRun", "PB2UntilLastEpoch", "PicklableNSGAIISampler", "SearchAlgorithm",
+           "draw"]
 
 
 log = logging.getLogger("hiercls.tune")
@@ -80,6 +85,36 @@ def _is_nan(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_is_nan(v) for v in value)
     return isinstance(value, float) and math.isnan(value)
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler that survives pickling: Ray pickles the search algorithm with the Tuner
+    and in its searcher state, and Optuna 5's genetic-algorithm samplers hold a ``threading.Lock``
+    (``_thread_lock``) that cannot be pickled; it is left out and made anew on unpickling."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
+class PB2UntilLastEpoch(PB2):
+    """Ray Tune's PB2 that does not perturb after a trial's last epoch (``last_epoch``): synchronous PB2
+    would otherwise hand the lowest quarter a donor's finished model with new values that never train,
+    and those trials would end with another trial's results under their own values."""
+
+    def __init__(self, *args: Any, last_epoch: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_epoch = int(last_epoch)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self._last_epoch:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 class SearchAlgorithm(OptunaSearch):

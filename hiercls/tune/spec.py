@@ -332,6 +332,9 @@ class SearchSpec:
             if p.kind in ("choice", "grid"):
                 out.append(f"search.{name}: scheduler pb2 searches one loss family with continuous values; "
                            f"fix {name} under train: (one PB2 search per loss)")
+            elif name in pb2_keys() and p.kind not in ("uniform", "loguniform"):
+                out.append(f"search.{name}: PB2 needs a range: {{type: uniform, low: ..., high: ...}} or "
+                           "loguniform (it moves values within the bounds)")
             elif name not in pb2_keys():
                 out.append(f"search.{name}: PB2 changes only values that may vary during training "
                            f"({', '.join(pb2_keys())}); fix {name} under train:")
