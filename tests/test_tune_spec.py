@@ -660,3 +660,14 @@ def test_pb2_refusals(values, needle):
             "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9}}}
     problems = problems_of(make(**{**base, **values}))
     assert any(needle in p for p in problems), problems
+
+
+def test_yaml_exponents_without_a_dot_are_numbers():
+    """PyYAML (YAML 1.1) reads ``1e-2`` as text; a range written so is still a range."""
+    search = yaml.safe_load("lr: {type: loguniform, low: 1e-2, high: 2e-1}")
+    assert search["lr"]["low"] == "1e-2"  # what PyYAML gives
+    spec = make(search=search)
+    assert spec.validate() == []
+    assert (spec.params()["lr"].low, spec.params()["lr"].high) == (0.01, 0.2)
+    assert any("low must be a finite number, got 'abc'" in p for p in problems_of(
+        make(search={"lr": {"type": "uniform", "low": "abc", "high": 1.0}})))

@@ -125,6 +125,17 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _numeric(v: Any) -> Any:
+    """``v``, or the float a text such as ``"1e-2"`` spells (YAML 1.1 reads exponents without a dot as
+    text); anything else unchanged."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
@@ -175,7 +186,8 @@ def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs
         )
     if kind in ("choice", GRID):
         return _parse_choice(name, body.get("values"), path, problems, epochs=epochs, kind=kind)
-    low, high = body.get("low"), body.get("high")
+    # YAML 1.1 (PyYAML) reads 1e-2 (no dot) as text: a bound written as a number is taken as one
+    low, high = _numeric(body.get("low")), _numeric(body.get("high"))
     ok = True
     for key, v in (("low", low), ("high", high)):
         if not _is_number(v) or not math.isfinite(v):
