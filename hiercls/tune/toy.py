@@ -72,7 +72,8 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     The checkpoint (``state.json``) holds the epoch, the trial that wrote it and the values of every epoch
     so far; a PB2 continuation from another trial's checkpoint is appended to
     ``toy_continuations.log`` (one JSON line: trial, donor, epoch, the donor's and the new values), and
-    each epoch's report carries the values in effect (``lr``, ``alpha``, ...)."""
+    each epoch's report carries the values in effect (``lr``, ``alpha``, ...), also appended to
+    ``toy_epochs.log`` (one JSON line per trial and epoch, in the order run)."""
     import ray
     from ray import tune
 
@@ -119,6 +120,9 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             **_values(config),  # the values in effect this epoch (PB2 changes them)
         }
         history.append({"epoch": epoch, **_values(config)})
+        line = {"trial_id": context.get_trial_id(), "epoch": epoch, **_values(config)}
+        with open(Path(setup.experiment_dir) / "toy_epochs.log", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
         from hiercls.tune.spec import parse_objective
 
         metrics["objective"] = parse_objective(setup.objective)(metrics) if not diverges else math.nan
