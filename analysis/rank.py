@@ -262,11 +262,20 @@ def search_bounds(experiment: Experiment) -> dict[str, float] | None:
     Raises:
         AnalysisError: the file is unreadable (the message names it).
     """
+    saved = _saved_constraints(experiment)
+    return saved["bounds"] if saved else None
+
+
+def _saved_constraints(experiment: Experiment) -> dict[str, Any] | None:
+    """The experiment's ``constraints.json`` (:func:`hiercls.tune.constraints.read_bounds`).
+
+    Raises:
+        AnalysisError: the file is unreadable (the message names it).
+    """
     try:
-        saved = read_bounds(experiment.path)
+        return read_bounds(experiment.path)
     except ValueError as err:
         raise AnalysisError(str(err)) from err
-    return saved["bounds"] if saved else None
 
 
 def resolve_bounds(experiment: Experiment, texts: Sequence[str], baseline: str | None,
@@ -291,11 +300,7 @@ def resolve_bounds(experiment: Experiment, texts: Sequence[str], baseline: str |
         values = {k: float(v) for k, v in (record or {}).items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
     else:
-        try:
-            saved = read_bounds(experiment.path)
-        except ValueError as err:
-            raise AnalysisError(str(err)) from err
-        values = ((saved or {}).get("baseline") or {}).get("values")
+        values = ((_saved_constraints(experiment) or {}).get("baseline") or {}).get("values")
     try:
         return merge_bounds(constraints, values)
     except ValueError as err:

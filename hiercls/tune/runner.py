@@ -308,6 +308,9 @@ def run_search(
 
     failures: list[OSError] = []
 
+    def save_spec() -> None:  # the experiment's spec, with its trainable (what a resume reads)
+        atomic_write_text(folder / SPEC_FILE, spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}))
+
     def on_storage_error(err: OSError) -> None:
         if failures:
             return
@@ -327,14 +330,13 @@ def run_search(
             echo(f"grid search: {spec.num_samples} points, each run once "
                  f"(scheduler: {spec.scheduler_in_use()})")
         if not resume:
-            atomic_write_text(folder / SPEC_FILE, spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable}))
+            save_spec()
             constraints = spec.parsed_constraints()
             if constraints and not any(c.relative for c in constraints):  # fixed now; else by the baseline
                 write_bounds(folder, constraints, merge_bounds(constraints, None), None)
         else:
             if grow_to is not None:  # the new total first: an interrupted growth resumes as a growth
-                saved_spec = spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable})
-                atomic_write_text(folder / SPEC_FILE, saved_spec)
+                save_spec()
             for part in parts:
                 remove_stale_temporaries(part.folder)
             # a failed search earlier in this process may have left deletions waiting; the state this
@@ -372,9 +374,7 @@ def run_search(
                 echo(f"growing the search from {grow_to - current.num_samples} to {grow_to} trials: "
                      f"{current.num_samples} more in {current.folder}")
                 parts.append(current)
-                write_parts(folder, parts)
-                saved_spec = spec.to_yaml() + yaml.safe_dump({TRAINABLE_KEY: trainable})
-                atomic_write_text(folder / SPEC_FILE, saved_spec)  # the new total
+                write_parts(folder, parts)  # search_spec.yaml holds the new total already
                 tuner = _new_tuner(spec, runnable_in(current.folder), callbacks, filesystem, part=current)
                 results = _fit(tuner)
             earlier = [] if len(parts) == 1 else [

@@ -325,25 +325,23 @@ class SearchSpec:
             out.append(why + "so no NSGA-II; drop --multi-objective")
         if grid:
             out.append("scheduler='pb2' with a grid search: a grid runs fixed points; use ranges")
-        searched = 0
+        searched, keys = 0, pb2_keys()
         for name, p in params.items():
             if p.kind == "fixed":
                 continue
             if p.kind in ("choice", "grid"):
                 out.append(f"search.{name}: scheduler pb2 searches one loss family with continuous values; "
                            f"fix {name} under train: (one PB2 search per loss)")
-            elif name in pb2_keys() and p.kind not in ("uniform", "loguniform"):
+            elif name in keys and p.kind not in ("uniform", "loguniform"):
                 out.append(f"search.{name}: PB2 needs a range: {{type: uniform, low: ..., high: ...}} or "
                            "loguniform (it moves values within the bounds)")
-            elif name not in pb2_keys():
+            elif name not in keys:
                 out.append(f"search.{name}: PB2 changes only values that may vary during training "
-                           f"({', '.join(pb2_keys())}); fix {name} under train:")
-            elif p.kind not in ("uniform", "loguniform"):
-                out.append(f"search.{name}: PB2 needs a uniform or loguniform range")
+                           f"({', '.join(keys)}); fix {name} under train:")
             else:
                 searched += 1
         if not searched and not out:
-            out.append(f"scheduler pb2 needs at least one searched range among {', '.join(pb2_keys())}")
+            out.append(f"scheduler pb2 needs at least one searched range among {', '.join(keys)}")
         interval = self.perturbation_interval
         if not isinstance(interval, int) or not 1 <= interval < max(int(self.epochs or 1), 2):
             out.append(f"perturbation_interval={interval!r} is out of range; valid: 1..epochs-1 (epochs)")

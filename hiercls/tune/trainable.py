@@ -192,7 +192,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
 
     if donor is not None and _finished(donor, train_config.epochs):
-        # synchronous PB2 also perturbs at the last epoch: a finished model has nothing left to train
+        # a checkpoint of the last epoch (a trial retried after it crashed there): nothing left to train
         shutil.rmtree(scratch, ignore_errors=True)
         return
     on_gpu = train_config.device.startswith("cuda")
