@@ -11,7 +11,9 @@ unpickled, and no Ray cluster is needed:
   searched values + the seed derived from the search seed and the trial's index);
 * ``trial_<id>/all_epoch_results.json``: the engine's per-epoch records (preferred), else Ray's
   ``result.json`` (JSON lines); records are de-duplicated by epoch, the latest record winning (a trial
-  resumed from an earlier checkpoint reports some epochs again);
+  resumed from an earlier checkpoint reports some epochs again), and read in today's spelling (``lr`` the
+  value in effect, ``scheduled_lr`` the rate of the epoch's first step; records of an earlier hiercls,
+  with ``base_lr``, are upgraded by :func:`hiercls.value_schedule.upgrade_record`);
 * ``trial_<id>/params.json``: the searched values; ``error.txt``: Ray's error log of a failed trial;
 * ``experiment_state-*.json`` (the newest, as Ray picks it): read as JSON only, for each trial's final
   Ray status (``TERMINATED``, ``ERROR``, ``RUNNING``, ``PENDING``, ``PAUSED``) and for trials that never
@@ -61,9 +63,12 @@ from typing import Any
 
 import yaml
 
-from hiercls.tune.layout import SPEC_FILE, TRIAL_INDEX
-from hiercls.tune.parts import part_folders
-from hiercls.tune.state import UNFINISHED, newest_state_file, read_trial_states
+from hiercls.config import ConfigError, TrainConfig, fill_added_keys, upgrade_saved_values
+from hiercls.experiment.layout import SPEC_FILE, TRIAL_INDEX, trial_config
+from hiercls.experiment.parts import part_folders
+from hiercls.experiment.state import UNFINISHED, newest_state_file, read_trial_states
+from hiercls.tune.spec import SearchSpec, SpecError, iter_params, parse_objective, parse_params
+from hiercls.value_schedule import upgrade_record
 
 __all__ = [
     "AnalysisError",
@@ -103,7 +108,8 @@ class Trial:
             None when it could be neither read nor rebuilt (never rebuilt from defaults standing in for
             unknown searched values).
         config_source: ``config.yaml``, ``rebuilt`` (from the spec and params) or None.
-        records: the per-epoch records, one per epoch (ascending), de-duplicated.
+        records: the per-epoch records, one per epoch (ascending), de-duplicated, in today's spelling
+            (:func:`~hiercls.value_schedule.upgrade_record`).
         duplicates: how many repeated epoch records were dropped.
         epochs: the configured number of epochs.
         status: one of :data:`STATUSES`.
@@ -218,7 +224,7 @@ def loss_family(loss: str | None, config: Mapping[str, Any]) -> str | None:
     vectors, ``devise`` set), ``yolo-v2`` as ``YOLO-v2``, every other loss by its name; None when unknown."""
     if loss is None:
         return None
-    from hiercls.losses import LOSSES, is_embedding_loss
+    from hiercls.losses import LOSSES, is_embedding_loss  # torch stays out of the analysis until needed
 
     if loss in LOSSES and is_embedding_loss(loss):
         return f"{'DeViSE' if config.get('devise') else 'B&D'} {LOSSES.canonical(loss)}"
@@ -270,7 +276,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise AnalysisError(f"{spec_path}: {problem}; the experiment cannot be analysed without its spec")
     objective_text, objective = _objective(spec, spec_path)
     tree = _search_tree(spec)
-    # a grown search (hiercls.tune.parts) is several Ray experiments: the folder and its grow-<k> folders
+    # a grown search (hiercls.experiment.parts) is several Ray experiments: the folder and its grow-<k> ones
     state: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     folders: dict[str, Path] = {}
@@ -305,8 +311,6 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def _objective(spec: Mapping[str, Any], where: Path) -> tuple[str, Callable[[Mapping[str, Any]], float]]:
-    from hiercls.tune.spec import parse_objective
-
     text = "val_top1_error" if spec.get("multi_objective") else str(spec.get("objective", "val_top1_error"))
     try:
         return text, parse_objective(text)
@@ -463,8 +467,6 @@ def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A trial's ``config.yaml``: (config, None), (None, None) when missing, or (None, problem) when it is
     empty, torn, incomplete (the engine writes every :class:`~hiercls.config.TrainConfig` key) or
     invalid."""
-    from hiercls.config import ConfigError, TrainConfig, fill_added_keys, upgrade_saved_values
-
     value, problem = _read_yaml(path)
     if problem is not None or value is None:
         return None, problem
@@ -506,7 +508,8 @@ def _state_problems(folder: Path) -> list[str]:
 
 
 def dedupe_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """One record per epoch (the latest in file order wins), ascending; also the number dropped.
+    """One record per epoch (the latest in file order wins), ascending, in today's spelling
+    (:func:`~hiercls.value_schedule.upgrade_record`); also the number dropped.
 
     The epoch is the record's ``epoch`` key (Ray's ``training_iteration`` when absent); records with
     neither (or an epoch that is not a whole number) are skipped.
@@ -519,7 +522,7 @@ def dedupe_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str,
         except (TypeError, ValueError):
             continue
         kept += 1
-        r = dict(r)
+        r = upgrade_record(r)
         r["epoch"] = epoch
         by_epoch[epoch] = r
     return [by_epoch[e] for e in sorted(by_epoch)], kept - len(by_epoch)
@@ -534,8 +537,6 @@ def _last_epoch(records: Sequence[Mapping[str, Any]]) -> int:
 def _search_tree(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The spec's ``search:`` mapping parsed into :class:`hiercls.tune.spec.Param` trees (empty when it
     cannot be parsed)."""
-    from hiercls.tune.spec import parse_params
-
     problems: list[str] = []  # the spec was validated before the search ran
     epochs = spec.get("epochs") if isinstance(spec.get("epochs"), int) else None
     try:
@@ -721,8 +722,6 @@ def searched_params(spec: Mapping[str, Any]) -> list[Any]:
     """The searched parameters of a saved spec (:class:`hiercls.tune.spec.Param`, branch parameters
     included, fixed values excluded), in the order the spec lists them; a name searched in several
     branches appears once per branch."""
-    from hiercls.tune.spec import iter_params
-
     return [p for p, _ in iter_params(_search_tree(spec)) if p.kind != "fixed"]
 
 
@@ -733,10 +732,6 @@ def rebuild_config(
     builds it (spec's fixed keys + searched values + derived seed); None when that fails. ``out_folder``
     is left unset (the trial's folder is not known here). The caller must pass every searched value:
     a missing one would silently take the training default."""
-    from hiercls.config import ConfigError
-    from hiercls.tune.layout import trial_config
-    from hiercls.tune.spec import SearchSpec, SpecError
-
     try:
         known = {k: v for k, v in spec.items() if k in SearchSpec.settings()}
         search_spec = SearchSpec.from_dict(known)

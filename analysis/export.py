@@ -17,7 +17,7 @@ report). A ``source:`` block records where it came from (``experiment``, ``trial
 ``scope``, ``epoch``: the epoch whose value was selected, ``value``: the metric's value there; for
 ``pareto:INDEX`` a mapping of the two front coordinates; plus ``trial_seed``); ``hiercls.train``
 ignores it. The same seed, code and thread count reproduce the trial's val metrics at ``source.epoch``
-on the CPU, and on CUDA when the trial ran with ``deterministic: true`` (the README's "Reproducibility").
+on the CPU, and on CUDA when the trial ran with ``deterministic: true`` (docs/training.md, "Reproducibility").
 
 Candidates are the trials that ran their full length (status ``complete``); NaN, errored, stopped-early
 and unfinished trials are exported only when named with ``--trial``. A trial whose searched values no
@@ -43,6 +43,8 @@ import yaml
 from analysis.experiment import AnalysisError, Experiment, load_experiment, run_cli
 from analysis.pareto import pareto_front
 from analysis.rank import METRIC_COLUMNS, SCOPES, build_table
+from hiercls.config import ConfigError, TrainConfig
+from hiercls.value_schedule import value_schedule_from_history
 
 __all__ = ["RANK_BY", "choose", "export", "exported_config", "main", "pareto_index"]
 
@@ -149,8 +151,6 @@ def exported_config(
             source: the message names the damaged files), the trial has no config (no valid
             ``config.yaml`` and none could be rebuilt), or an invalid one.
     """
-    from hiercls.config import ConfigError, TrainConfig
-
     trial = experiment.trial(trial_id)
     notes = []
     damage = ", ".join(p.split("; ")[0] for p in trial.problems  # the damaged files, what is wrong
@@ -190,8 +190,6 @@ def exported_config(
     changes["out_folder"] = str(Path("runs") / name)
     if experiment.spec.get("scheduler") == "pb2":
         # the values PB2 gave this model epoch by epoch (its history includes its donors'), replayed
-        from hiercls.value_schedule import value_schedule_from_history
-
         try:
             changes["value_schedule"] = value_schedule_from_history(trial.records, config.loss)
         except (KeyError, ValueError) as err:

@@ -1,6 +1,6 @@
 """Pareto fronts of a ranked trial table: the pairs of metrics traded off, and the rows on each front.
 
-The mask itself is :func:`hiercls.tune.layout.pareto_mask` (shared with the search's summary); this
+The mask itself is :func:`hiercls.experiment.layout.pareto_mask` (shared with the search's summary); this
 module holds what the table, the plots and the export read, so none of them imports another.
 """
 

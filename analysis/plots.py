@@ -29,8 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.experiment import Experiment, searched_params  # noqa: E402
+from analysis.experiment import Experiment, loss_family, searched_params  # noqa: E402
 from analysis.pareto import PARETO_PAIRS, pareto_front  # noqa: E402
+from hiercls.registry import LOSSES  # noqa: E402
 
 __all__ = [
     "MIN_IMPORTANCE_TRIALS",
@@ -68,9 +69,6 @@ _FAMILY = "family"
 def _colours(families: Sequence[str]) -> dict[str, Any]:
     """One fixed colour per loss family: the losses named by themselves in the registry's order, YOLO-v2,
     then the other families (B&D, DeViSE) by name."""
-    from analysis.experiment import loss_family
-    from hiercls.losses import LOSSES
-
     own = [n for n in LOSSES.names() if loss_family(n, {}) == n]
     names = list(dict.fromkeys([*own, "YOLO-v2", *sorted(set(families))]))
     cmap = plt.get_cmap("tab10")

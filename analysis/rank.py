@@ -41,7 +41,8 @@ from analysis.experiment import (
     trial_objective,
 )
 from analysis.pareto import PARETO_PAIRS, pareto_front
-from hiercls.registry import param_registries
+from hiercls.experiment.layout import pareto_mask
+from hiercls.registry import TRAINING_PARAMS, param_registries
 from hiercls.tune.constraints import (
     constraint_values,
     is_feasible,
@@ -49,7 +50,6 @@ from hiercls.tune.constraints import (
     parse_constraint,
     read_bounds,
 )
-from hiercls.tune.layout import pareto_mask
 
 __all__ = [
     "METRICS",
@@ -191,7 +191,7 @@ def build_table(
         row["lr_schedule"] = trial.lr_schedule
         for k in sched_keys:
             row[k] = _plain(config.get(k, trial.params.get(k)))
-        for k in ("lr", "weight_decay", *searched):
+        for k in (*TRAINING_PARAMS, "weight_decay", *searched):
             if k not in row and k not in ("loss", "lr_schedule"):
                 row[k] = _plain(trial.params.get(k, config.get(k)))
         row["seed"] = trial.seed
@@ -225,7 +225,7 @@ def build_table(
     df = pd.DataFrame(rows)
     others = [c for c in df.columns if c not in ("trial_id", "status", "loss", "family", "lr_schedule",
                                                  *loss_cols, *sched_cols)]
-    param_cols = [c for c in others if c in ("lr", "weight_decay", *searched)]
+    param_cols = [c for c in others if c in (*TRAINING_PARAMS, "weight_decay", *searched)]
     rest = [c for c in others if c not in param_cols]
     df = df[["trial_id", "status", "loss", "family", *loss_cols, "lr_schedule", *sched_cols, *param_cols,
              *rest]]
@@ -504,7 +504,7 @@ def _rank(args: argparse.Namespace) -> int:
     written = write_outputs(experiment, table, out, args.scope, args.include_stopped)
     notes: list[str] = []
     if not args.no_plots:
-        from analysis.plots import make_plots
+        from analysis.plots import make_plots  # matplotlib only when plots are drawn
 
         plots, notes = make_plots(experiment, table, out)
         written += plots

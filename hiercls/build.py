@@ -2,7 +2,8 @@
 
 :meth:`hiercls.config.TrainConfig.validate` checks names, types and declared ranges without loading
 anything; :func:`check_config` goes one step further (the hierarchy file, ``coarse_level`` within its
-height, ``min_lr`` at most ``lr`` and at most every ``lr`` of the ``value_schedule``, ...) by building the
+height, ``min_lr`` at most ``lr`` and at most every ``lr`` of the ``value_schedule``: every value of a
+run-level parameter with role ``rate``, :data:`~hiercls.registry.TRAINING_PARAMS`, ...) by building the
 loss on the hierarchy and evaluating the schedule.
 """
 
@@ -16,7 +17,9 @@ from torch import nn
 from hiercls.config import TrainConfig, invalid_config
 from hiercls.hierarchy import Hierarchy, load_cifar100_hierarchy
 from hiercls.losses import build_loss
+from hiercls.registry import TRAINING_PARAMS
 from hiercls.schedules import learning_rate
+from hiercls.wordvectors import class_word_vectors
 
 __all__ = ["Checked", "check_config", "class_embeddings"]
 
@@ -39,8 +42,6 @@ def class_embeddings(config: TrainConfig, hierarchy: Hierarchy) -> dict:
     """
     if not config.devise or config.word_vectors is None:
         return {}
-    from hiercls.wordvectors import class_word_vectors
-
     return {"class_embeddings": class_word_vectors(hierarchy.classes, config.word_vectors)}
 
 
@@ -88,15 +89,15 @@ def check_config(config: TrainConfig) -> Checked:
                       **config.schedule_kwargs())
     except ValueError as err:
         problems.append(f"lr_schedule {config.lr_schedule!r}: {err}")
+    rates = [k for k, p in TRAINING_PARAMS.items() if p.role == "rate"]
     for epoch, entry in (config.value_schedule or {}).items():  # each scheduled base rate, likewise
-        if "lr" not in entry:
-            continue
-        try:
-            learning_rate(config.lr_schedule, 0.0, base_lr=entry["lr"], epochs=config.epochs,
-                          **config.schedule_kwargs())
-        except ValueError as err:
-            problems.append(f"value_schedule epoch {epoch}: lr={entry['lr']!r} with lr_schedule "
-                            f"{config.lr_schedule!r}: {err}")
+        for key in (k for k in rates if k in entry):
+            try:
+                learning_rate(config.lr_schedule, 0.0, base_lr=entry[key], epochs=config.epochs,
+                              **config.schedule_kwargs())
+            except ValueError as err:
+                problems.append(f"value_schedule epoch {epoch}: {key}={entry[key]!r} with lr_schedule "
+                                f"{config.lr_schedule!r}: {err}")
     if problems:
         raise invalid_config(problems)
     return Checked(hierarchy, criterion, digest)

@@ -26,11 +26,18 @@ from typing import Any
 
 import yaml
 
-from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, Param, param_registries
+from hiercls.registry import (
+    HIERARCHIES,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAINING_PARAMS,
+    Param,
+    param_registries,
+)
 from hiercls.value_schedule import (
-    LR_VALID,
     ValueSchedule,
-    lr_in_range,
     parse_value_schedule,
     value_schedule_problems,
     values_in_effect,
@@ -39,7 +46,7 @@ from hiercls.value_schedule import (
 
 __all__ = [
     "ConfigError", "RESUME_FREE_KEYS", "SWITCH_VALUES", "TrainConfig", "invalid_config", "load_config",
-    "param_keys",
+    "param_keys", "coerce_field",
     "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
 ]
 
@@ -114,9 +121,10 @@ class TrainConfig:
     ``train_backbone_after`` (epochs during which only the head trains: the backbone's parameters are
     frozen, its BatchNorm statistics still update; the reference code counted optimiser steps).
 
-    Optimisation: ``optimizer`` (``sgd`` = Nesterov SGD, ``adamw``), ``lr`` (base learning rate; the
-    default 0.05 is the linear scaling rule 0.1 x batch_size / 256 of Goyal et al. (2017) at batch 128;
-    the original project hard-coded 0.1, which leaves Plain-11 near chance for its first epochs),
+    Optimisation: ``optimizer`` (``sgd`` = Nesterov SGD, ``adamw``), ``lr`` (base learning rate, declared
+    in :data:`hiercls.registry.TRAINING_PARAMS` with its range and default; the default 0.05 is the linear
+    scaling rule 0.1 x batch_size / 256 of Goyal et al. (2017) at batch 128; the original project
+    hard-coded 0.1, which leaves Plain-11 near chance for its first epochs),
     ``momentum``, ``weight_decay``, ``lr_fc`` and ``weight_decay_fc`` (the head's learning rate (scaled by
     the schedule like ``lr``) and weight decay, a second parameter group; None: as the backbone's),
     ``amsgrad`` (adamw only), ``lr_schedule`` and ``schedule_params``
@@ -166,7 +174,7 @@ class TrainConfig:
     train_backbone_after: int = 0
     # optimisation
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = TRAINING_PARAMS["lr"].default
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_fc: float | None = None
@@ -233,7 +241,7 @@ class TrainConfig:
                 problems += bad
                 continue
             try:
-                coerced[name] = _coerce(name, _FIELD_TYPES[name], value)
+                coerced[name] = coerce_field(name, _FIELD_TYPES[name], value)
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
         for kind, field in PARAM_FIELDS.items():
@@ -297,16 +305,18 @@ class TrainConfig:
         return _switch(self.channels_last, device_type)
 
     def values_at(self, epoch: int) -> dict[str, float]:
-        """The values in effect in ``epoch`` (1-based: 1 is the first epoch): ``lr`` (the base learning
-        rate) and the loss's variable parameters (:func:`hiercls.value_schedule.variable_keys`), each the
-        value of the latest ``value_schedule`` entry at or before ``epoch`` that sets it, else this config's
-        own value (a loss parameter not set: its default).
+        """The values in effect in ``epoch`` (1-based: 1 is the first epoch): the variable run-level
+        parameters (``lr``, the base learning rate) and the loss's variable parameters
+        (:func:`hiercls.value_schedule.variable_keys`), each the value of the latest ``value_schedule``
+        entry at or before ``epoch`` that sets it, else this config's own value (a loss parameter not set:
+        its default).
 
         Raises:
             ValueError: unknown loss, or ``epoch`` not a whole number >= 1.
         """
-        params = {**LOSSES.defaults(self.loss), **self.loss_params}
-        initial = {k: (self.lr if k == "lr" else float(params[k])) for k in variable_keys(self.loss)}
+        own = {**{k: getattr(self, k) for k in TRAINING_PARAMS}, **LOSSES.defaults(self.loss),
+               **self.loss_params}
+        initial = {k: float(own[k]) for k in variable_keys(self.loss)}
         return values_in_effect(initial, self.value_schedule, epoch)
 
     def loss_kwargs(self) -> dict[str, Any]:
@@ -382,9 +392,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Check names, types and ranges before any work starts (no hierarchy is loaded, nothing built).
 
-        Each loss and schedule parameter is checked against its registry declaration; what needs the
-        hierarchy or two values at once (``coarse_level`` within the tree's height, ``min_lr`` at most
-        ``lr``) is checked when the run is built (:func:`hiercls.build.check_config`).
+        Each run-level parameter (``lr``, :data:`~hiercls.registry.TRAINING_PARAMS`) and each loss and
+        schedule parameter is checked against its declaration; what needs the hierarchy or two values at
+        once (``coarse_level`` within the tree's height, ``min_lr`` at most ``lr``) is checked when the
+        run is built (:func:`hiercls.build.check_config`).
 
         Raises:
             ConfigError: listing every problem: unknown registry names (with the valid ones), values
@@ -405,7 +416,6 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "a positive integer"),
             ("batch_size", self.batch_size >= 1, "a positive integer"),
             ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
-            ("lr", lr_in_range(self.lr), LR_VALID),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
             ("val_size", 0 <= self.val_size < 50_000, "in 0..49999 (0 = no validation split)"),
@@ -433,6 +443,11 @@ class TrainConfig:
         for key, ok, valid in checks:
             if not ok:
                 problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
+        for key, param in TRAINING_PARAMS.items():
+            try:
+                param.check(getattr(self, key))
+            except ValueError as err:
+                problems.append(str(err))
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
             problems.append(f"device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
         if self.hierarchy not in HIERARCHIES and not Path(self.hierarchy).is_file():
@@ -480,7 +495,7 @@ def _switch(value: str, device_type: str) -> bool:
     return device_type == "cuda" if value == "auto" else value == "true"
 
 
-def _coerce(name: str, annotation: str, value: Any) -> Any:
+def coerce_field(name: str, annotation: str, value: Any) -> Any:
     """Check/convert ``value`` for a field declared as ``annotation`` (a string under __future__)."""
     optional = "None" in annotation
     if value is None:
@@ -516,7 +531,7 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
         items = value if isinstance(value, (list, tuple)) else [value]
         item_type = "int" if "int" in base else "float"
-        return tuple(_coerce(name, item_type, v) for v in items)
+        return tuple(coerce_field(name, item_type, v) for v in items)
     raise TypeError(f"{name}: unsupported field type {annotation}")
 
 

@@ -10,9 +10,12 @@ Conventions (shared by every report and file):
   test set is scored only at the end, and only when ``config.evaluate_test`` is true.
 * The values of ``lr`` and the loss's variable parameters in effect in an epoch
   (:meth:`~hiercls.config.TrainConfig.values_at`: the config's own, or its ``value_schedule``'s) are set
-  at the start of that epoch and recorded with it (``base_lr``, ``lambda_fine``, ``alpha``, ...), so a
-  run's history is the whole value trajectory of its model, also across ``fit(continue_from=...)``
-  (:func:`value_schedule_from_history` turns it back into a schedule).
+  at the start of that epoch and recorded with it under the config's names (``lr``, ``lambda_fine``,
+  ``alpha``, ...), next to ``scheduled_lr``, the rate of the epoch's first step (the LR schedule's shape
+  applied to ``lr``), so a run's history is the whole value trajectory of its model, also across
+  ``fit(continue_from=...)`` (:func:`value_schedule_from_history` turns it back into a schedule). Records
+  written before (``base_lr`` the value, ``lr`` the scheduled rate) are read in this spelling
+  (:func:`~hiercls.value_schedule.upgrade_record`) when a run resumes or continues them.
 
 Files in the output folder: ``config.yaml`` (the resolved config), ``all_epoch_results.json`` (the
 per-epoch reports, rewritten after every epoch), ``checkpoints/last.pth`` and ``checkpoints/best.pth``
@@ -48,11 +51,13 @@ from hiercls.config import (
     upgrade_saved_values,
 )
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits, resolve_data_dir
+from hiercls.data.locate import has_dataset, project_data_dir, shared_archive
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels
 from hiercls.metrics import TEST_KS, VAL_KS, MetricAccumulator
 from hiercls.models import backbone_parameters, build_model
 from hiercls.numerics import deterministic_mode, ieee_fp32
 from hiercls.optim import OPTIMIZERS, build_optimizer
+from hiercls.registry import TRAINING_PARAMS
 from hiercls.schedules import LR_SCALE_KEY, build_schedule
 from hiercls.storage import (
     StorageError,
@@ -62,7 +67,7 @@ from hiercls.storage import (
     check_writable,
     serialize,
 )
-from hiercls.value_schedule import all_variable_keys, value_schedule_from_history
+from hiercls.value_schedule import all_variable_keys, upgrade_record, value_schedule_from_history
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -441,17 +446,26 @@ class Run:
         self.set_values(config.values_at(1))  # a new run stands at the start of epoch 1
 
     def set_values(self, values: Mapping[str, float]) -> None:
-        """Put the values of an epoch in effect (:meth:`~hiercls.config.TrainConfig.values_at`): ``lr``
-        becomes the schedule's base learning rate (the optimiser's rates follow at once, the schedule's
-        shape on top, a head group keeping its ``lr_fc / lr`` scale); the others are set on the loss in
-        place (:meth:`hiercls.losses.HierarchyLoss.set_values`).
+        """Put the values of an epoch in effect (:meth:`~hiercls.config.TrainConfig.values_at`), each as
+        its declaration's role says: a run-level parameter of role ``rate`` (``lr``,
+        :data:`~hiercls.registry.TRAINING_PARAMS`) becomes the schedule's base learning rate (the
+        optimiser's rates follow at once, the schedule's shape on top, a head group keeping its
+        ``lr_fc / lr`` scale); the loss's parameters are set on the loss in place
+        (:meth:`hiercls.losses.HierarchyLoss.set_values`).
 
         Raises:
-            ValueError: a key the loss cannot change, or a value out of range.
+            ValueError: a key the loss cannot change, a run-level parameter no run can change, or a value
+                out of range.
         """
-        loss_values = {k: v for k, v in values.items() if k != "lr"}
-        if "lr" in values:
-            self.schedule.set_base_lr(values["lr"])
+        loss_values = {}
+        for key, value in values.items():
+            param = TRAINING_PARAMS.get(key)
+            if param is None:
+                loss_values[key] = value
+            elif param.role == "rate":
+                self.schedule.set_base_lr(value)
+            else:
+                raise ValueError(f"{key} is not a value a run can change from one epoch to the next")
         if loss_values:
             self.criterion.set_values(**loss_values)
 
@@ -642,16 +656,17 @@ def build_run(config: TrainConfig, data: Cifar100 | None = None) -> Run:
     return Run(config.resolved(), data)  # Run checks the config itself when given no Checked
 
 
-def _data_dir(config: TrainConfig) -> str:
+def _data_dir(config: TrainConfig, *, fetch: bool = True) -> str:
     """The folder the run reads: ``config.data_dir``, or the one :func:`hiercls.data.find_cifar100`
-    finds when it is None (the shared archive extracted, or a download, when that is where it is).
+    finds when it is None (the shared archive extracted, or a download, when that is where it is;
+    ``fetch=False``: neither, the folder as it will be once filled).
 
     Raises:
         DataError: no CIFAR-100 anywhere (the message names every place tried) or a bad shared archive.
         StorageError: extracting the shared archive failed on an OS error (nothing is kept).
     """
     try:
-        return str(resolve_data_dir(config.data_dir, download=config.download))
+        return str(resolve_data_dir(config.data_dir, download=config.download, fetch=fetch))
     except StorageError:
         raise
     except (OSError, ValueError) as err:
@@ -682,9 +697,11 @@ def _resume_hint(ckpt_dir: Path) -> str:
 
 
 def _prepare_output(
-    config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool, from_best: bool = False
+    config: TrainConfig, out: Path, ckpt_dir: Path, *, resume: bool, overwrite: bool, from_best: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any] | None:
-    """Check the output folder before any work and read the state to continue from (nothing is written).
+    """Check the output folder before any work and read the state to continue from (nothing is written;
+    ``overwrite`` then deletes the old results, unless ``dry_run``).
 
     Returns the checkpoint to continue from (``last.pth``, or ``best.pth`` with ``from_best``), or None
     for a new run.
@@ -741,7 +758,7 @@ def _prepare_output(
             f"output folder {str(out)!r} already holds results ({', '.join(existing)}); pass --resume to "
             "continue that run, --overwrite to replace it, or choose another --out_folder"
         )
-    if overwrite:
+    if overwrite and not dry_run:
         for name in ("config.yaml", *RESULT_FILES):
             (out / name).unlink(missing_ok=True)
         for name in ("last.pth", "best.pth"):
@@ -803,7 +820,7 @@ def default_out_folder(config: TrainConfig) -> Path:
 def _log_line(record: Mapping[str, Any], epochs: int) -> str:
     parts = [
         f"epoch {record['epoch']}/{epochs}",
-        f"lr {record['lr']:.4g}",
+        f"lr {record['scheduled_lr']:.4g}",  # the rate the epoch starts with
         f"train_loss {record['train_loss']:.4f}",
     ]
     for key in ("val_loss", "val_top1_error", "val_mistake_severity", "val_hdist@1", "val_hdist@5"):
@@ -832,16 +849,20 @@ def fit(
 
     Args:
         config: the run's configuration; validated before any work (ConfigError lists every problem).
-        reporter: called after every epoch with the flat report (``epoch``, ``lr`` (the rate of the
-            epoch's first step), ``base_lr`` (the base learning rate in effect: the config's ``lr`` or its
-            ``value_schedule``'s; the LR schedule shapes ``lr`` from it), the loss's variable parameters
-            in effect under their own names (``lambda_fine`` and ``lambda_coarse``, ``alpha`` or
-            ``beta``; only those the loss takes), ``train_loss``, ``val_loss``, ``val_top1_error``,
+        reporter: called after every epoch with the flat report (``epoch``, ``scheduled_lr`` (the rate
+            of the epoch's first step: the LR schedule's shape applied to ``lr``), ``lr`` (the base
+            learning rate in effect: the config's ``lr`` or its ``value_schedule``'s), the loss's variable
+            parameters in effect under their own names (``lambda_fine`` and ``lambda_coarse``, ``alpha``
+            or ``beta``; only those the loss takes), ``train_loss``, ``val_loss``, ``val_top1_error``,
             ``val_mistake_severity``, ``val_hdist@{1,5,10,20}``, ``val_coarse_error``, all other
             ``val_*`` metric keys including ``val_crm/...``, ``epoch_seconds``, ``images_per_second``,
             ``compile_seconds`` (compiling before this epoch; 0 when eager or already compiled),
             ``status`` ``ok``/``nan``) and the checkpoint folder when this epoch wrote ``last.pth``
-            into it, else None.
+            into it, else None. The same records, in order, are ``all_epoch_results.json`` and the
+            result's ``history``; records of a resumed or continued history written by an earlier
+            hiercls (``base_lr`` the value, ``lr`` the scheduled rate; or no values at all) are read in
+            this spelling (:func:`~hiercls.value_schedule.upgrade_record`, the values missing taken
+            from the config that ran them).
         resume: continue from ``checkpoint_dir/last.pth`` if present; the folder's saved config must
             equal ``config`` in every key but ``compile``, ``num_threads`` and ``checkpoint_every``
             (``amp``/``channels_last`` compared as on/off on the run's device). Epochs after the last
@@ -914,6 +935,50 @@ def fit(
                     progress, data_box, checked, continued=donor is not None)
 
 
+def check_run(
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, resume_from_best: bool = False
+) -> tuple[TrainConfig, str]:
+    """Everything :func:`fit` checks before its work, without the work (``python -m hiercls.train
+    --check``): the config, hierarchy, loss, schedule and word vectors (:func:`~hiercls.build.check_config`);
+    where the data is (found as a run finds it, but nothing is extracted, downloaded or read: an explicit
+    folder must exist, and hold a CIFAR-100 layout unless ``download``); the output folder (existing
+    results, ``resume``'s checkpoint and unchanged config, ``overwrite``); and that the output folder can be
+    created (without writing). Nothing is written or deleted.
+
+    Returns:
+        The resolved config a run would record in ``config.yaml`` (``out_folder`` and a found
+        ``data_dir`` filled in), and one line saying where the data comes from.
+
+    Raises:
+        ConfigError, RunExistsError, CheckpointError, DataError, StorageError: as :func:`fit` before its
+            work.
+    """
+    checked = check_config(config)
+    config = config.resolved()
+    out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
+    config = dataclasses.replace(config, out_folder=str(out))
+    if config.word_vectors is not None:
+        config = dataclasses.replace(config, word_vectors=str(Path(config.word_vectors).resolve()),
+                                     word_vectors_sha256=checked.word_vectors_sha256)
+    found = Path(_data_dir(config, fetch=False))
+    if has_dataset(found):
+        data = f"CIFAR-100 from {found}"
+    elif found == project_data_dir() and shared_archive().is_file():
+        data = f"CIFAR-100 from {found}, extracted there from {shared_archive()} first"
+    elif config.download:
+        data = f"CIFAR-100 from {found}, downloaded there by torchvision first"
+    else:
+        raise DataError(f"data folder {str(found)!r} holds no CIFAR-100 layout (torchvision's "
+                        "cifar-100-python/ or ImageFolder train/ and val/) and download is off")
+    if config.data_dir is None:
+        config = dataclasses.replace(config, data_dir=str(found))
+    ckpt_dir = out / "checkpoints"
+    _prepare_output(config, out, ckpt_dir, resume=resume, overwrite=overwrite, from_best=resume_from_best,
+                    dry_run=True)
+    check_writable(out, "output folder", probe=False)
+    return config, data
+
+
 CONTINUE_FREE_KEYS = ("seed", "out_folder", "value_schedule")
 """Keys in which a run continued from another's checkpoint (:func:`fit` ``continue_from``) may differ
 from it, besides ``lr``, the losses' variable parameters
@@ -965,28 +1030,31 @@ def _continuation(
     if epoch >= config.epochs:
         raise ConfigError(f"cannot continue from {str(path)!r}: it has completed all {config.epochs} epochs")
     state = dict(state)
-    state["history"] = [_with_values(r, donor.values_at(int(r["epoch"]))) for r in state["history"]]
+    state["history"] = _upgraded_history(state["history"], donor)
     if donor.seed != config.seed:
         log.info("continuing %s with seed %d, the seed of the run it continues (its initialisation, "
                  "validation split and data order), not %d", config.out_folder, donor.seed, config.seed)
     return state, dataclasses.replace(config, seed=donor.seed)
 
 
-def _value_record(values: Mapping[str, float]) -> dict[str, float]:
-    """The record keys of the values in effect in an epoch: ``base_lr`` (the value of ``lr``) and the
-    loss's variable parameters under their own names."""
-    return {"base_lr": values["lr"], **{k: v for k, v in values.items() if k != "lr"}}
+def _upgraded_history(history: list[Mapping[str, Any]], config: TrainConfig) -> list[dict[str, Any]]:
+    """The records of a run of ``config`` in today's spelling
+    (:func:`~hiercls.value_schedule.upgrade_record`), each with the values in effect it lacks (written
+    before they were recorded) from ``config`` (:meth:`~hiercls.config.TrainConfig.values_at`)."""
+    return [_with_values(r, config.values_at(int(r["epoch"]))) for r in history]
 
 
 def _with_values(record: Mapping[str, Any], values: Mapping[str, float]) -> dict[str, Any]:
-    """``record`` with the value keys it lacks (written before they were recorded) right after ``lr``."""
-    missing = {k: v for k, v in _value_record(values).items() if k not in record}
-    if not missing or "lr" not in record:
+    """``record`` upgraded (:func:`~hiercls.value_schedule.upgrade_record`), with the values it lacks
+    right after ``scheduled_lr``, where a new record holds them."""
+    record = upgrade_record(record)
+    missing = {k: v for k, v in values.items() if k not in record}
+    if not missing or "scheduled_lr" not in record:
         return {**record, **missing}
     out: dict[str, Any] = {}
     for key, value in record.items():
         out[key] = value
-        if key == "lr":
+        if key == "scheduled_lr":
             out.update(missing)
     return out
 
@@ -1015,7 +1083,7 @@ def _fit(
     last_path = ckpt_dir / "last.pth"
     if state is not None and resume_from_best:
         run.load_best(state)
-        history, start_epoch = list(state["history"]), int(state["epoch"])
+        history, start_epoch = _upgraded_history(state["history"], config), int(state["epoch"])
         best = {"epoch": start_epoch, "val_top1_error": float(state.get("best", {}).get(
             "val_top1_error", history[-1]["val_top1_error"] if history else math.inf))}
         if last_path.exists():
@@ -1023,7 +1091,7 @@ def _fit(
         log.warning("resumed %s from the best epoch %d/%d (not exact: fresh optimiser momentum, RNG "
                     "reseeded)", out, start_epoch, config.epochs)
     elif state is not None and continued:
-        run.load(state)
+        run.load(state)  # its history already upgraded with the donor's values (_continuation)
         history, start_epoch = list(state["history"]), int(state["epoch"])
         # this run's own checkpoint of where it starts: resumable (with its own config) from the first
         # moment, so an interruption before its first checkpoint never restarts it from epoch 1
@@ -1033,6 +1101,7 @@ def _fit(
     elif state is not None:
         run.load(state)
         history, best, start_epoch = list(state["history"]), dict(state["best"]), int(state["epoch"])
+        history = _upgraded_history(history, config)  # records of an earlier hiercls in today's spelling
         log.info("resumed %s at epoch %d/%d", out, start_epoch, config.epochs)
     compile_seconds = run.warm_up() if start_epoch < config.epochs else 0.0
     if config.compile:
@@ -1081,7 +1150,7 @@ def _train(
             from tqdm import tqdm
 
             bar = tqdm(total=len(run.train_loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        lr = run.schedule.lr
+        rate = run.schedule.lr  # the rate of the epoch's first step
         t0 = time.perf_counter()
         train_loss, finite = run.train_epoch(epoch, bar.update if bar else None)
         if run.cuda:
@@ -1089,7 +1158,8 @@ def _train(
         train_seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **_value_record(values),
+        # the values in effect under the config's names (lr, lambda_fine, ...) after the scheduled rate
+        record: dict[str, Any] = {"epoch": epoch + 1, "scheduled_lr": rate, **values,
                                   "train_loss": train_loss}
         status = "ok" if finite else "nan"
         if run.val_loader is not None:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from hiercls.config import ConfigError, TrainConfig, read_saved_config
+from hiercls.engine import CheckpointError, build_run, evaluate, load_checkpoint
+from hiercls.metrics import TEST_KS, VAL_KS
 
 __all__ = ["evaluate_saved", "main"]
 
@@ -36,8 +38,6 @@ def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any], in
         CheckpointError: a weights file that is corrupt, truncated, not a hiercls checkpoint, or holds
             Python objects other than tensors and plain values.
     """
-    from hiercls.engine import CheckpointError, load_checkpoint
-
     if target.is_dir():
         config_path = target / "config.yaml"
         if not config_path.is_file():
@@ -107,9 +107,6 @@ def evaluate_saved(
             that is not the complete CIFAR-100.
         CheckpointError: an unreadable, foreign or unsafe weights file (never executed).
     """
-    from hiercls.engine import build_run, evaluate
-    from hiercls.metrics import TEST_KS, VAL_KS
-
     if split not in ("val", "test"):
         raise ValueError(f"split {split!r} is unknown; valid: val, test")
     config, state, epoch = _locate(Path(target), weights)

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hiercls.embeddings import barzdenzler_embeddings
 from hiercls.hierarchy import CIFAR100_CLASSES, cifar100_superclass_labels
 from hiercls.registry import LOSSES, Param
 
@@ -631,8 +632,6 @@ class EmbeddingLoss(HierarchyLoss):
 
     def __init__(self, hierarchy, class_embeddings: torch.Tensor | None) -> None:
         if class_embeddings is None:
-            from hiercls.embeddings import barzdenzler_embeddings
-
             class_embeddings = barzdenzler_embeddings(hierarchy)
         e = torch.as_tensor(class_embeddings).detach().to(torch.float64)
         c = hierarchy.num_classes

@@ -1,7 +1,7 @@
 """Numerics settings of a run: deterministic mode, IEEE fp32 evaluation, and a CPU check for ops that
 CUDA cannot run deterministically.
 
-Where bit-exact results hold (the README's "Reproducibility"): on the CPU always; on CUDA only with
+Where bit-exact results hold (docs/training.md, "Reproducibility"): on the CPU always; on CUDA only with
 ``deterministic: true`` (:func:`deterministic_mode`), on the same GPU model, driver, CUDA, cuDNN and torch.
 :func:`refused_ops` lets CI on a CPU-only machine check that every model, loss and metric avoids the ops
 that ``torch.use_deterministic_algorithms(True)`` refuses on CUDA; ``benchmarks/gpu_check.py`` checks

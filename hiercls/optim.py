@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from hiercls.models import backbone_parameters, head_parameters
 from hiercls.registry import OPTIMIZERS
+from hiercls.schedules import LR_SCALE_KEY
 
 if TYPE_CHECKING:
     from hiercls.config import TrainConfig
@@ -42,9 +44,6 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict] | list
     code's ``--lr_fc`` and ``--weight_decay_fc``."""
     if config.lr_fc is None and config.weight_decay_fc is None:
         return list(model.parameters())
-    from hiercls.models import backbone_parameters, head_parameters
-    from hiercls.schedules import LR_SCALE_KEY
-
     head: dict = {"params": head_parameters(model)}
     if config.lr_fc is not None:
         head["lr"] = config.lr_fc

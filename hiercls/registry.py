@@ -22,6 +22,9 @@ imports the provider on first use, so ``hiercls.config`` can check names and par
 importing torch-heavy modules, and no module imports another in a cycle. Unknown names raise with the
 sorted list of valid ones.
 
+Parameters of every run rather than of one entry (the base learning rate ``lr``) are declared the same
+way, in :data:`TRAINING_PARAMS`.
+
 This module imports only the standard library.
 """
 
@@ -35,8 +38,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 __all__ = [
-    "HIERARCHIES", "LOSSES", "MODELS", "OPTIMIZERS", "PARAM_KINDS", "SCHEDULES", "Entry", "Param", "Registry",
-    "param_registries",
+    "HIERARCHIES", "LOSSES", "MODELS", "OPTIMIZERS", "PARAM_KINDS", "PARAM_ROLES", "SCHEDULES",
+    "TRAINING_PARAMS", "Entry", "Param", "Registry", "param_registries",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -44,6 +47,9 @@ F = TypeVar("F", bound=Callable)
 PARAM_KINDS = ("float", "int", "bool", "ints", "floats")
 """Parameter types: a number, an integer, a switch, or a tuple of integers / numbers (YAML list,
 ``60,120,160`` on the command line, or one number)."""
+
+PARAM_ROLES = ("", "weight", "start", "rate")
+"""What a parameter is for, where code acts on it (:attr:`Param.role`); empty: nothing special."""
 
 
 def _bound(value: float | None, side: str) -> str:
@@ -68,7 +74,11 @@ class Param:
         nullable: None is a valid value (it means "derive it", as the default does).
         term, role: for losses made of terms that start at an epoch: the term's name and ``weight`` or
             ``start`` (the search checks that ASHA's grace period outlasts every ``start`` and that
-            not every term can be switched off at once).
+            not every term can be switched off at once). Role ``rate``: the base learning rate, which
+            the LR schedule shapes (:mod:`hiercls.schedules`); a run puts a new value in effect with
+            :meth:`hiercls.schedules.LRSchedule.set_base_lr`, not on the loss.
+        valid: the valid values in words, where they read better than the range (``a positive
+            number``): messages and ``--help`` then say ``valid: <valid>``; the bounds still decide.
         variable: the value may change from one epoch to the next during a run (a config's
             ``value_schedule``, :mod:`hiercls.value_schedule`; population-based training perturbs it): the
             entry's object then changes it in place (:meth:`hiercls.losses.HierarchyLoss.set_values`).
@@ -88,13 +98,15 @@ class Param:
     term: str = ""
     role: str = ""
     variable: bool = False
+    valid: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
             raise ValueError(f"parameter {self.name!r}: kind {self.kind!r} is unknown; valid: "
                              f"{', '.join(PARAM_KINDS)}")
-        if self.role not in ("", "weight", "start"):
-            raise ValueError(f"parameter {self.name!r}: role {self.role!r} is unknown; valid: weight, start")
+        if self.role not in PARAM_ROLES:
+            raise ValueError(f"parameter {self.name!r}: role {self.role!r} is unknown; valid: "
+                             f"{', '.join(r for r in PARAM_ROLES if r)}")
         if self.default is None and not self.nullable:
             raise ValueError(f"parameter {self.name!r}: a None default needs nullable=True")
         if self.variable and (self.kind != "float" or self.nullable):
@@ -119,7 +131,7 @@ class Param:
         """Type and range in one phrase, as error messages and ``--help`` show them."""
         if self.kind == "bool":
             return "true or false"
-        text = f"{self.type_text()} in {self.range_text()}"
+        text = self.valid or f"{self.type_text()} in {self.range_text()}"
         return text + (" or null" if self.nullable else "")
 
     # ---------------------------------------------------------------- values
@@ -155,7 +167,7 @@ class Param:
 
         Raises:
             ValueError: wrong type, not finite, or out of range (``alpha=-1 is out of range; valid range
-                [0, inf)``).
+                [0, inf)``; with ``valid`` set: ``lr=0 is out of range; valid: a positive number``).
         """
         given, value = value, self.convert(value)
         if value is None or self.kind == "bool":
@@ -163,7 +175,8 @@ class Param:
         for v in value if isinstance(value, tuple) else (value,):
             if not self.inside(v):
                 what = f"{self.name} entry {v!r}" if isinstance(value, tuple) else f"{self.name}={given!r}"
-                raise ValueError(f"{what} is out of range; valid range {self.range_text()}")
+                valid = f"valid: {self.valid}" if self.valid else f"valid range {self.range_text()}"
+                raise ValueError(f"{what} is out of range; {valid}")
         return value
 
     def inside(self, value: float) -> bool:
@@ -402,6 +415,20 @@ SCHEDULES: Registry = Registry(
 """Pure learning-rate functions ``fn(epoch, *, base_lr, epochs, **params) -> float``."""
 OPTIMIZERS: Registry = Registry("optimizer", provider="hiercls.optim", call_args=("params", "config"))
 """Optimiser factories ``fn(params, config) -> torch.optim.Optimizer`` (:mod:`hiercls.optim`)."""
+
+
+TRAINING_PARAMS: dict[str, Param] = {p.name: p for p in (
+    Param("lr", "float", 0.05, "base learning rate, which lr_schedule shapes step by step",
+          low=0.0, low_open=True, valid="a positive number", unit="absolute: not rescaled with batch_size",
+          source="linear scaling rule 0.1 x batch_size 128 / 256 (Goyal et al. 2017, arXiv:1706.02677); "
+                 "the original project hard-coded 0.1",
+          role="rate", variable=True),
+)}
+"""Parameters of every run, not of one registry entry: fixed keys of :class:`~hiercls.config.TrainConfig`
+(its field takes the declared default) declared like the entries' parameters, so the training flag, the
+config check and the value-schedule check come from the declaration. ``lr`` is the base learning rate
+(role ``rate``): the LR schedule shapes it, and a ``value_schedule`` or PB2 may change it from one epoch
+to the next (``variable``)."""
 
 
 def param_registries() -> dict[str, Registry]:

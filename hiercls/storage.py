@@ -94,12 +94,13 @@ def _first_existing(path: Path) -> Path:
     return Path("/")
 
 
-def check_writable(folder: str | os.PathLike[str], what: str = "folder") -> Path:
+def check_writable(folder: str | os.PathLike[str], what: str = "folder", *, probe: bool = True) -> Path:
     """Make sure results can be written in ``folder`` before any work starts; returns it as a Path.
 
     Creates ``folder`` (and its parents) when missing, then creates and removes a small probe file in it,
     so a read-only mount, a missing permission, a full disk or a path under a regular file is found now,
-    not after hours of training.
+    not after hours of training. ``probe=False`` writes nothing: the folder, or the nearest existing folder
+    above it, must be a folder the process may write in (a full disk is not found that way).
 
     Raises:
         StorageError: naming ``what`` (e.g. ``--out_folder``), the folder and the OS error.
@@ -111,6 +112,11 @@ def check_writable(folder: str | os.PathLike[str], what: str = "folder") -> Path
             f"{what} {str(path)!r} cannot be used: {str(existing)!r} is a regular file, not a folder",
             errno.ENOTDIR,
         )
+    if not probe:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            err = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            raise StorageError(f"{what}: {describe_os_error(err, existing)}", errno.EACCES)
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".hiercls-write-probe-")

@@ -18,6 +18,7 @@ Examples::
     python -m hiercls.train --barzdenzler --loss cosine-distance --hierarchy cifar100-wordnet
     python -m hiercls.train --devise --loss ranking-loss --word_vectors wiki.en.bin
     python -m hiercls.train --smoke-test
+    python -m hiercls.train --config best.yaml --check   # validate, print the resolved config, exit
     python -m hiercls.train --loss simple-hierarchy --epochs 10 \\
         --value_schedule '{1: {lambda_coarse: 0.0}, 3: {lambda_coarse: 1.0, lr: 0.05}}'
 
@@ -41,13 +42,25 @@ from pathlib import Path
 from typing import Any
 
 from hiercls.cli import parse_overrides
-from hiercls.config import ConfigError, TrainConfig, load_config
+from hiercls.config import ConfigError, TrainConfig, load_config, param_keys
+from hiercls.registry import (
+    HIERARCHIES,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAINING_PARAMS,
+    Param,
+    param_registries,
+)
 from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NAN, EXIT_OK, EXIT_WRITE
+from hiercls.value_schedule import all_variable_keys
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-# (config key, extra spellings, type, help). Every key also accepts its hyphenated spelling.
-_FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
+# (config key, extra spellings, type, help). Every key also accepts its hyphenated spelling. A declared
+# run-level parameter (TRAINING_PARAMS: lr) has type and help None: both come from its declaration.
+_FLAGS: list[tuple[str, tuple[str, ...], Any, str | None]] = [
     ("data_dir", ("--data_path",), str, "CIFAR-100 folder (torchvision or ImageFolder layout; default: "
      "$HIERCLS_DATA_DIR, .data/cifar-100, the shared archive, then a download into .data/)"),
     ("hierarchy", (), str, "a built-in hierarchy ({hierarchy}) or a file"),
@@ -64,7 +77,7 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("train_backbone_after", (), int, "epochs during which only the head trains (backbone frozen, "
      "BatchNorm statistics still updated); the reference code counted steps, this counts epochs"),
     ("optimizer", (), str, "one of {optimizer} (sgd: Nesterov momentum)"),
-    ("lr", (), float, "base learning rate"),
+    *((key, (), None, None) for key in TRAINING_PARAMS),
     ("weight_decay", (), float, "weight decay"),
     ("lr_fc", (), float, "the head's learning rate (a second parameter group, scaled by the schedule like "
      "--lr; default: --lr)"),
@@ -74,8 +87,8 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
     ("batch_size", (), int, "training batch size"),
     ("value_schedule", (), str, "values that change during training, a YAML mapping of 1-based epochs to "
      "values, e.g. '{{1: {{lambda_coarse: 0.0}}, 3: {{lambda_coarse: 1.0, lr: 0.05}}}}': from the start of "
-     "that epoch the key takes that value; keys: lr (the base rate: the --lr_schedule shape applies on top) "
-     "and the loss's {variable}"),
+     "that epoch the key takes that value; keys: {run_variable} (the base rate: the --lr_schedule shape "
+     "applies on top) and the loss's {variable}"),
     ("seed", (), int, "seed of the split, initialisation and augmentation"),
     ("device", (), str, "auto, cpu, cuda, cuda:N"),
     ("out_folder", (), str, "output folder (default runs/<loss>_<architecture>_seed<seed>)"),
@@ -90,9 +103,6 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str]] = [
 def _param_flags(kind: str) -> list[tuple[str, tuple[str, ...], Any, str]]:
     """The flags of every parameter the entries of ``kind`` (``loss``, ``lr_schedule``) declare, made
     from the declarations: ``--alpha`` and, for names with underscores, the hyphenated spelling."""
-    from hiercls.config import param_keys
-    from hiercls.registry import param_registries
-
     registry = param_registries()[kind]
     flags = []
     for key, param in param_keys(kind).items():
@@ -100,10 +110,15 @@ def _param_flags(kind: str) -> list[tuple[str, tuple[str, ...], Any, str]]:
         defaults = sorted({_shown(registry.defaults(o)[key]) for o in owners})
         default = defaults[0] if len(defaults) == 1 else " / ".join(
             f"{_shown(registry.defaults(o)[key])} for {o}" for o in owners)
-        unit = f", {param.unit}" if param.unit else ""
-        text = f"{', '.join(owners)}: {param.help} ({param.valid_text()}{unit}; default: {default})"
+        text = f"{', '.join(owners)}: {_declared_help(param, default)}"
         flags.append((key, (), _FLAG_TYPES[param.kind], text))
     return flags
+
+
+def _declared_help(param: Param, default: str) -> str:
+    """A declared parameter's ``--help`` text: its help, valid values, unit and default."""
+    unit = f", {param.unit}" if param.unit else ""
+    return f"{param.help} ({param.valid_text()}{unit}; default: {default})"
 
 
 def _shown(value: Any) -> str:
@@ -128,14 +143,17 @@ _FLAG_TYPES = {"float": float, "int": int, "bool": _switch_value, "ints": str, "
 
 def _flags() -> list[tuple[str, tuple[str, ...], Any, str]]:
     """The fixed flags with each loss's (schedule's) parameter flags after ``--loss`` (``--lr_schedule``)."""
-    from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
-    from hiercls.value_schedule import all_variable_keys
-
     names = {r.kind: ", ".join(r.names()) for r in (HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES)}
-    names["variable"] = ", ".join(f"{k} ({', '.join(LOSSES.owners(k))})" for k in all_variable_keys()[1:])
+    names["variable"] = ", ".join(f"{k} ({', '.join(LOSSES.owners(k))})" for k in all_variable_keys()
+                                  if k not in TRAINING_PARAMS)
+    names["run_variable"] = ", ".join(k for k in all_variable_keys() if k in TRAINING_PARAMS)
     out = []
     for key, extra, kind, text in _FLAGS:
-        flag = (key, extra, kind, text.format(**names))
+        if key in TRAINING_PARAMS:  # type and help from the declaration
+            param = TRAINING_PARAMS[key]
+            flag = (key, extra, _FLAG_TYPES[param.kind], _declared_help(param, _shown(param.default)))
+        else:
+            flag = (key, extra, kind, text.format(**names))
         out.append(flag)
         if flag[0] in ("loss", "lr_schedule"):
             out += _param_flags(flag[0])
@@ -195,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not score the official test set at the end")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out_folder from checkpoints/last.pth (exact on the CPU; "
-                             "on CUDA see the README)")
+                             "on CUDA see docs/training.md)")
     parser.add_argument("--resume-from-best", "--resume_from_best", dest="resume_from_best",
                         action="store_true",
                         help="with --resume: continue from checkpoints/best.pth (its weights and epoch) "
@@ -204,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace the results in --out_folder")
     parser.add_argument("--smoke-test", action="store_true",
                         help="1 epoch on 1,000 training and 500 val images (CPU friendly)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate everything a run would check before training (the config, hierarchy, "
+                             "loss, schedule and word vectors; where the data is, found but not extracted, "
+                             "downloaded or loaded; the output folder: existing results, --resume's "
+                             "checkpoint and config, whether it can be written), print the resolved config "
+                             "(YAML, as OUT/config.yaml would hold it), and exit without training or writing "
+                             "results: 0, 2 bad input, 3 an unwritable output folder")
     return parser
 
 
@@ -216,7 +241,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     Raises:
         ConfigError: unknown keys, wrong types, bad --set items.
     """
-    not_config = ("config", "set", "resume", "overwrite", "smoke_test", "resume_from_best")
+    not_config = ("config", "set", "resume", "overwrite", "smoke_test", "resume_from_best", "check")
     flags = {k: v for k, v in vars(args).items() if k not in not_config}
     overrides = {**flags, **parse_overrides(args.set)}
     if args.smoke_test:
@@ -239,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 interrupted; see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    # --check: stdout is the resolved config alone (YAML), so its log lines go to stderr
+    logging.basicConfig(level=logging.INFO, format="%(message)s",
+                        stream=sys.stderr if args.check else sys.stdout, force=True)
     if args.resume_from_best and not args.resume:
         parser.error("--resume-from-best continues a run: add --resume")
     try:
@@ -247,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:  # the problems alone (no usage block): they name the key and valid values
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    if args.check:
+        return _check(parser, args, config)
     # Both signals end the run the same way (also when SIGINT was ignored by a launching shell).
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _interrupt)
@@ -259,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, config: TrainConfig) -> int:
+    # the engine (torch, the data, the models) stays out of --help and of flag errors
     from hiercls.engine import CheckpointError, DataError, RunExistsError, StorageError, fit
 
     try:
@@ -281,10 +311,29 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Trai
     return EXIT_OK if result["status"] == "ok" else EXIT_NAN
 
 
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, config: TrainConfig) -> int:
+    """``--check``: :func:`hiercls.engine.check_run`, the resolved config on stdout, one line on stderr."""
+    from hiercls.engine import CheckpointError, DataError, RunExistsError, StorageError, check_run  # see _run
+
+    try:
+        resolved, data = check_run(config, resume=args.resume, overwrite=args.overwrite,
+                                   resume_from_best=args.resume_from_best)
+    except (ConfigError, RunExistsError, DataError, CheckpointError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except StorageError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_WRITE
+    print(resolved.to_yaml(), end="")
+    what = "resume" if args.resume else "run"
+    print(f"check: ok: this would {what} in {resolved.out_folder}, reading {data}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _resume_point(config: TrainConfig) -> str:
     """Where ``--resume`` will continue an interrupted run, from its epoch records (JSON, ours) and
     ``checkpoint_every``: the run checkpoints after every epoch whose number it divides."""
-    from hiercls.engine import default_out_folder
+    from hiercls.engine import default_out_folder  # see _run
 
     out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
     try:

@@ -151,6 +151,32 @@ def test_statuses_and_deduplication(synth):
     assert g.config["lr"] == 0.001 and g.config["epochs"] == 3
 
 
+def test_records_of_an_earlier_hiercls_are_read_in_todays_spelling(synth):
+    """Records written before lr had one spelling (``base_lr`` the value, ``lr`` the scheduled rate), in
+    all_epoch_results.json and in Ray's result.json, load as today's: ``lr`` the value, ``scheduled_lr``
+    the rate of the epoch's first step."""
+    from hiercls.value_schedule import value_schedule_from_history
+
+    rates = {1: 0.04, 2: 0.03, 3: 0.02}
+    engine_file = synth / "trial_aaaa0001" / "all_epoch_results.json"
+    engine_file.write_text(json.dumps([{**r, "lr": rates[r["epoch"]], "base_lr": 0.05}
+                                       for r in json.loads(engine_file.read_text())]))
+    ray_file = synth / "trial_dddd0004" / "result.json"  # this trial has no all_epoch_results.json
+    lines = [json.loads(line) for line in ray_file.read_text().splitlines()]
+    ray_file.write_text("".join(json.dumps({**r, "lr": rates[r["epoch"]], "base_lr": 0.1}) + "\n"
+                                for r in lines))
+    experiment = load_experiment(synth)
+    a, d = experiment.trial("aaaa0001"), experiment.trial("dddd0004")
+    assert [(r["lr"], r["scheduled_lr"]) for r in a.records] == [(0.05, 0.04), (0.05, 0.03), (0.05, 0.02)]
+    assert [(r["lr"], r["scheduled_lr"]) for r in d.records] == [(0.1, 0.04), (0.1, 0.03), (0.1, 0.02)]
+    assert not any("base_lr" in r for t in (a, d) for r in t.records) and not a.problems
+    assert value_schedule_from_history(a.records, "cross-entropy") == {1: {"lr": 0.05}}
+    # the synthetic engine records of the other trials have lr and no values (as written before the values
+    # in effect were recorded): that lr was the scheduled rate
+    b = experiment.trial("bbbb0002")
+    assert [(r.get("lr"), r["scheduled_lr"]) for r in b.records] == [(None, 0.01)] * 3
+
+
 def test_pareto_mask_rules():
     pts = [(0.5, 2.0), (0.4, 3.0), (0.5, 2.0), (0.6, 2.0), (NAN, 0.1), (0.3, NAN), (0.45, 2.5)]
     # equal points both stay; (0.6, 2.0) is dominated (<= on both, < on one); NaN rows never on it

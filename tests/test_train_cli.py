@@ -187,3 +187,49 @@ def test_signal_during_epoch_2_then_resume(cifar_dir, tmp_path, capsys, uninterr
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     assert without_timing(json.loads(results.read_text())) == without_timing(uninterrupted)
+
+
+def test_check_validates_and_prints_the_resolved_config_without_work(tmp_path, capsys, monkeypatch) -> None:
+    """``--check``: every check a run makes before training, the resolved config (YAML) on stdout, and
+    nothing written, extracted, downloaded or loaded; the statuses a run would exit with."""
+    import yaml
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()  # exists, no CIFAR-100 in it: a run would have torchvision download into it
+    argv = ["--loss", "hierarchical-cross-entropy", "--alpha", "0.4", "--data-dir", str(data),
+            "--out_folder", str(out), "--epochs", "3", "--check"]
+    proc = run_cli(*argv, capsys=capsys)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)
+    assert resolved == config_from_args(build_parser().parse_args(argv)).resolved().to_dict()
+    assert resolved["alpha"] == 0.4 and resolved["epochs"] == 3 and resolved["data_dir"] == str(data)
+    assert "check: ok" in proc.stderr and "downloaded there by torchvision first" in proc.stderr
+    assert not out.exists() and list(data.iterdir()) == []
+    # no --data-dir: found as a run finds it (here $HIERCLS_DATA_DIR, a folder with the layout), recorded
+    found = tmp_path / "found"
+    for split in ("train", "val"):
+        (found / split).mkdir(parents=True)
+    monkeypatch.setenv("HIERCLS_DATA_DIR", str(found))
+    proc = run_cli("--out_folder", str(out), "--check", capsys=capsys)
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout)["data_dir"] == str(found.resolve())
+    # what a run refuses, --check refuses with the run's status
+    refused = [
+        (["--data-dir", str(tmp_path / "nowhere")], 2, "does not exist"),
+        (["--data-dir", str(data), "--set", "download=false"], 2, "holds no CIFAR-100 layout"),
+        (["--loss", "focal"], 2, "loss 'focal' is unknown"),
+        (["--out_folder", str(tmp_path / "file" / "sub")], 3, "is a regular file"),
+        (["--resume", "--overwrite"], 2, "exclude each other"),
+    ]
+    (tmp_path / "file").write_text("x")
+    for extra, status, message in refused:
+        proc = run_cli("--out_folder", str(out), *extra, "--check", capsys=capsys)
+        assert proc.returncode == status and message in proc.stderr, (extra, proc.stderr)
+    # existing results: refused without --resume or --overwrite; --overwrite deletes nothing under --check
+    out.mkdir()
+    (out / "final_test_results.json").write_text("{}")
+    assert run_cli("--out_folder", str(out), "--check", capsys=capsys).returncode == 2
+    proc = run_cli("--out_folder", str(out), "--resume", "--check", capsys=capsys)
+    assert proc.returncode == 2 and "no checkpoints/last.pth" in proc.stderr
+    assert run_cli("--out_folder", str(out), "--overwrite", "--check", capsys=capsys).returncode == 0
+    assert (out / "final_test_results.json").read_text() == "{}"
+    assert "--check" in build_parser().format_help()

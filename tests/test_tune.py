@@ -222,10 +222,10 @@ def test_a_constrained_search_reports_the_best_feasible_trial(ray_session, tmp_p
     alpha; no infeasible trial (lower severity) is ever best, and Optuna's study agrees."""
     from optuna.trial import TrialState
 
+    from hiercls.experiment.study import load_study
     from hiercls.tune.constraints import CONSTRAINTS_FILE
     from hiercls.tune.runner import run_search
     from hiercls.tune.spec import SearchSpec
-    from hiercls.tune.study import load_study
     from hiercls.tune.toy import toy_metrics
 
     epochs = 2
@@ -330,10 +330,10 @@ def test_growing_a_search(ray_session, tmp_path):
     from optuna.trial import TrialState
 
     from analysis.experiment import load_experiment
-    from hiercls.tune.parts import PARTS_FILE
+    from hiercls.experiment.parts import PARTS_FILE
+    from hiercls.experiment.study import load_study
     from hiercls.tune.runner import run_search
     from hiercls.tune.spec import SearchSpec, SpecError
-    from hiercls.tune.study import load_study
 
     values = {
         "name": "grow", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 2, "scheduler": "none",
@@ -401,9 +401,9 @@ def test_growing_a_search(ray_session, tmp_path):
 def test_pb2_continues_trials_from_others_checkpoints_with_new_values(ray_session, tmp_path):
     """scheduler: pb2 on the toy: every perturbation_interval epochs a weak trial continues from a strong
     one's checkpoint with values PB2 chose; the values of every epoch are in the trial's reports."""
+    from hiercls.experiment.study import STUDY_FILE
     from hiercls.tune.runner import run_search
     from hiercls.tune.spec import SearchSpec
-    from hiercls.tune.study import STUDY_FILE
 
     spec = SearchSpec.from_dict({
         "name": "pb2", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 8, "scheduler": "pb2",
@@ -451,9 +451,9 @@ def test_a_copied_experiment_writes_its_own_study(tmp_path):
 
     from optuna.trial import TrialState
 
+    from hiercls.experiment.study import STUDY_FILE, load_study, open_storage
     from hiercls.tune.space import DefineByRun, SearchAlgorithm
     from hiercls.tune.spec import SearchSpec
-    from hiercls.tune.study import STUDY_FILE, load_study, open_storage
 
     spec = SearchSpec.from_dict({"name": "orig", "storage_path": str(tmp_path), "epochs": 2,
                                  "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}}})
@@ -507,10 +507,10 @@ def test_pb2_on_real_training_exports_a_schedule_a_plain_run_replays(ray_session
     outcome = run_search(spec, echo=lambda line: None)
     assert outcome.num_trials == 3 and all(r["status"] == "ok" for r in outcome.rows), outcome.rows
     experiment = load_experiment(outcome.experiment_dir)
-    keys = ("lr", "base_lr", "lambda_fine", "lambda_coarse")
+    keys = ("lr", "scheduled_lr", "lambda_fine", "lambda_coarse")
     changing = [t for t in experiment.trials
-                if len({(r["base_lr"], r["lambda_coarse"]) for r in t.records}) > 1]
-    assert changing, [[(r["base_lr"], r["lambda_coarse"]) for r in t.records] for t in experiment.trials]
+                if len({(r["lr"], r["lambda_coarse"]) for r in t.records}) > 1]
+    assert changing, [[(r["lr"], r["lambda_coarse"]) for r in t.records] for t in experiment.trials]
     trial = changing[0]
     assert [r["epoch"] for r in trial.records] == [1, 2, 3, 4]
     out = tmp_path / "replay.yaml"
@@ -534,9 +534,9 @@ def test_the_optuna_study_is_stored_and_a_dashboard_reads_it(ray_session, tmp_pa
     import optuna_dashboard
     from optuna.trial import TrialState
 
+    from hiercls.experiment.study import STUDY_FILE, load_study, storage_text
     from hiercls.tune.runner import run_search
     from hiercls.tune.spec import SearchSpec
-    from hiercls.tune.study import STUDY_FILE, load_study, storage_text
 
     spec = SearchSpec.from_dict({
         "name": "study", "storage_path": str(tmp_path), "num_samples": 8, "epochs": 4, "grace_period": 1,
@@ -683,7 +683,7 @@ def test_resume_after_sigint(ray_session, tmp_path):
     # the Optuna study went on in the same journal file: 6 trials, none left running, every one told
     from optuna.trial import TrialState
 
-    from hiercls.tune.study import load_study
+    from hiercls.experiment.study import load_study
 
     study = load_study(folder)
     assert len(study.trials) == 6 and all(t.state == TrialState.COMPLETE for t in study.trials), [
@@ -947,11 +947,11 @@ def _stop_after_trials(flag: Path):
         done = 0
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            from hiercls.tune.runner import _interrupt_tune
+            from hiercls.tune.runner import interrupt_tune
 
             self.done += 1
             if flag.is_file() and self.done == int(flag.read_text()):
-                _interrupt_tune()
+                interrupt_tune()
 
     return StopAfterTrials()
 
@@ -1007,3 +1007,107 @@ def test_grid_with_asha_stops_weak_points_and_runs_each_once(ray_session, tmp_pa
     assert sorted(c[TRIAL_INDEX] for c in configs) == list(range(6))
     assert sorted(c["lr"] for c in configs) == sorted(lrs)
     assert all(firsts == [1] for firsts in _starts_of(outcome.experiment_dir).values())
+
+
+# ---------------------------------------------------------------------------------------------- modes
+def test_a_new_search_mode_is_one_row_and_one_builder(ray_session, tmp_path):
+    """A throwaway searcher, random search with a fixed budget: one row of the capability table and one
+    builder. It runs (its trials are the seeded draws, each once), its refusals are generated from the
+    row, and the docs' table of modes lists it; nothing else in hiercls changes."""
+    import random
+
+    from docpages import generator
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+    from spaces import draw
+
+    from hiercls.experiment.layout import TRIAL_INDEX
+    from hiercls.tune import builders, modes
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec, SpecError
+
+    row = modes.register(modes.Mode("random", "independent seeded draws, a fixed budget", "searcher: random",
+                                    schedulers=("none", "asha")))
+
+    @builders.searcher_builder("random")
+    def random_search(plan, part):
+        rng = random.Random(plan.spec.seed)
+        points = [{**draw(plan.params, rng), TRIAL_INDEX: i} for i in range(part.num_samples)]
+        generator = BasicVariantGenerator(max_concurrent=plan.max_concurrent or 0)
+        return builders.Built(generator, tune.grid_search(points), 1)
+
+    values = {"name": "random", "storage_path": str(tmp_path), "num_samples": 5, "epochs": 2,
+              "searcher": "random", "max_concurrent": 2, "cpus_per_trial": 0.5,
+              "train": {"architecture": "plainnet", "loss": "hierarchical-cross-entropy"},
+              "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9},
+                         "lr": {"type": "loguniform", "low": 0.01, "high": 0.2}}}
+    try:
+        spec = SearchSpec.from_dict(values)
+        outcome = run_search(spec, trainable="toy", echo=lambda line: None)
+        rng = random.Random(0)
+        expected = sorted((d["alpha"], d["lr"]) for d in (draw(spec.params(), rng) for _ in range(5)))
+        assert sorted((r["params"]["alpha"], r["params"]["lr"]) for r in outcome.rows) == expected
+        assert outcome.num_trials == 5 and all(r["status"] == "ok" for r in outcome.rows)
+        with pytest.raises(SpecError, match="startup_trials: searcher random does not use it; drop it"):
+            SearchSpec.from_dict({**values, "name": "r2", "startup_trials": 4}).validate()
+        assert "| `random` | independent seeded draws, a fixed budget |" in generator().modes_page()
+    finally:
+        modes.unregister(row.name)
+        builders.SEARCHER_BUILDERS.pop("random")
+
+
+def test_pb2_moves_a_loguniform_value_in_log_space(ray_session, tmp_path):
+    """lr loguniform over four decades: a PB2 trial carries log10(lr) (PB2 moves values linearly within
+    their bounds, so it moves lr in log space); every value a trial trains with, first or perturbed, lies
+    within the range, and steps of the same size up and down from a value are the same ratio."""
+    from hiercls.experiment.layout import searched_values
+    from hiercls.tune.builders import pb2_bounds
+    from hiercls.tune.plan import make_plan
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.from_dict({
+        "name": "pb2log", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 6, "scheduler": "pb2",
+        "perturbation_interval": 1, "max_concurrent": 4, "cpus_per_trial": 0.5,
+        "train": {"architecture": "plainnet", "loss": "hierarchical-cross-entropy"},
+        "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9},
+                   "lr": {"type": "loguniform", "low": 1e-4, "high": 1.0}},
+    })
+    bounds = pb2_bounds(make_plan(spec, trainable="toy"))
+    assert bounds == {"alpha": (0.0, 0.9), "log10(lr)": (pytest.approx(-4.0), pytest.approx(0.0))}
+    middle = searched_values({"log10(lr)": -2.0})["lr"]
+    up, down = searched_values({"log10(lr)": -1.5})["lr"], searched_values({"log10(lr)": -2.5})["lr"]
+    assert middle == pytest.approx(0.01) and up / middle == pytest.approx(middle / down)  # symmetric
+    outcome = run_search(spec, trainable="toy", toy_sleep=0.2, echo=lambda line: None)
+    folder = outcome.experiment_dir
+    for trial in folder.glob("trial_*"):
+        config = json.loads((trial / "params.json").read_text())
+        assert "lr" not in config and -4.0 <= config["log10(lr)"] <= 0.0, config
+    continuations = [json.loads(line) for line in (folder / "toy_continuations.log").read_text().splitlines()]
+    epochs_run = [json.loads(line) for line in (folder / "toy_epochs.log").read_text().splitlines()]
+    assert continuations and all(1e-4 <= c["values"]["lr"] <= 1.0 for c in continuations)
+    assert all(1e-4 <= r["lr"] <= 1.0 for r in epochs_run)
+    assert all(1e-4 <= r["params"]["lr"] <= 1.0 for r in outcome.rows)  # the summary shows lr, decoded
+    assert any(c["values"]["lr"] != c["donor_values"]["lr"] for c in continuations)
+
+
+def test_the_only_best_trial_shown_respects_the_constraints(ray_session, tmp_path, capfd):
+    """Ray's progress table would name its own "Current best trial" by the objective alone, ignoring the
+    constraints; it is not shown, and hiercls's best trial is feasible."""
+    from hiercls.tune.runner import run_search
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.from_dict({
+        "name": "shown", "storage_path": str(tmp_path), "num_samples": 4, "epochs": 2, "scheduler": "none",
+        "max_concurrent": 2, "cpus_per_trial": 0.5, "startup_trials": 2, "objective": "val_mistake_severity",
+        "constraints": ["val_top1_error <= baseline + 0.03"],
+        "train": {"architecture": "plainnet", "loss": "hierarchical-cross-entropy"},
+        "search": {"alpha": {"type": "uniform", "low": 0.0, "high": 0.9}},
+        "points_to_evaluate": [{"alpha": 0.0}],
+    })
+    lines: list[str] = []
+    outcome = run_search(spec, trainable="toy", echo=lines.append)
+    out, err = capfd.readouterr()
+    assert "Current best trial" not in out + err + "\n".join(lines)
+    assert outcome.best is not None and outcome.best["feasible"] is True
+    assert any(line.startswith("best trial: ") for line in lines)

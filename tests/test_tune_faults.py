@@ -545,7 +545,7 @@ class _Planted:
 
 
 def _planted_experiment(storage: Path, marker: Path) -> Path:
-    from hiercls.tune.runner import TRAINABLE_KEY
+    from hiercls.tune.plan import TRAINABLE_KEY
     from hiercls.tune.spec import SearchSpec
 
     spec = SearchSpec.load(_space(storage.parent / "evil.yaml"),
@@ -606,8 +606,9 @@ def test_another_users_experiment_is_refused(tmp_path, monkeypatch):
 
 def test_trust_experiment_flag_skips_the_check(tmp_path, monkeypatch):
     """--trust-experiment goes past the ownership check (the planted pickle is then Ray's to read: the
-    test stops right there, at Tuner.can_restore, before anything is unpickled)."""
-    import hiercls.tune.runner as runner
+    test stops right there, at the check that Ray saved a state to restore, before anything is
+    unpickled)."""
+    import hiercls.tune.plan as runner
     from hiercls.tune.guard import UntrustedExperimentError
     from hiercls.tune.spec import SearchSpec
 
@@ -622,12 +623,10 @@ def test_trust_experiment_flag_skips_the_check(tmp_path, monkeypatch):
         pass
 
     def can_restore(path, *args, **kwargs):
-        seen.append(path)
+        seen.append(str(path))
         raise Stop
 
-    from ray import tune
-
-    monkeypatch.setattr(tune.Tuner, "can_restore", can_restore)
+    monkeypatch.setattr(runner, "restorable", can_restore)
     with pytest.raises(UntrustedExperimentError, match="world-writable"):
         runner.check_experiment(spec, resume=True)
     with pytest.raises(Stop):

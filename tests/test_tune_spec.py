@@ -237,8 +237,9 @@ def test_spec_differences_list_changed_keys():
 
 def test_define_by_run_keeps_inactive_parameters_out():
     import optuna
+    from spaces import draw
 
-    from hiercls.tune.space import TRIAL_INDEX, DefineByRun, draw
+    from hiercls.tune.space import TRIAL_INDEX, DefineByRun
 
     spec = SearchSpec.load(ROOT / "search_spaces/joint.yaml")
     params = spec.params()
@@ -516,7 +517,7 @@ def test_grid_param_space_gives_each_trial_exactly_its_point():
     point whose config is exactly that point and its index: flat, only its branch's keys."""
     from ray.tune.search import BasicVariantGenerator
 
-    from hiercls.tune.runner import grid_param_space
+    from hiercls.tune.builders import grid_param_space
     from hiercls.tune.space import TRIAL_INDEX
 
     spec = SearchSpec.load("seed_comparison")

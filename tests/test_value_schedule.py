@@ -8,10 +8,12 @@ folder; bit-exact comparisons hold on the CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,8 +28,10 @@ from hiercls.engine import CheckpointError, fit, load_checkpoint, value_schedule
 from hiercls.evaluate import evaluate_saved
 from hiercls.hierarchy import load_cifar100_hierarchy
 from hiercls.losses import build_loss
+from hiercls.registry import TRAINING_PARAMS, Param
 from hiercls.schedules import LR_SCALE_KEY, build_schedule, learning_rate
 from hiercls.train import build_parser, config_from_args
+from hiercls.value_schedule import all_variable_keys, upgrade_record, value_schedule_problems, variable_keys
 
 TIMING = ("epoch_seconds", "images_per_second", "compile_seconds")
 
@@ -210,6 +214,82 @@ def test_the_command_line_refuses_a_bad_schedule_with_status_2(tmp_path, capsys)
     assert broken.returncode == 2 and "value_schedule is not valid YAML" in broken.stderr
 
 
+# ---------------------------------------------------------------------------------------- lr's declaration
+def test_lr_is_declared_like_every_other_parameter() -> None:
+    lr = TRAINING_PARAMS["lr"]
+    assert (lr.name, lr.kind, lr.default, lr.role, lr.variable) == ("lr", "float", 0.05, "rate", True)
+    assert TrainConfig().lr == lr.default and lr.help and lr.unit and "Goyal" in lr.source
+    assert lr.range_text() == "(0.0, inf)" and lr.valid_text() == "a positive number"
+    assert lr.check(1e-4) == 1e-4
+    with pytest.raises(ValueError, match=r"^lr=0 is out of range; valid: a positive number$"):
+        lr.check(0)
+    # the keys a value schedule may set: the variable run-level parameters, then the loss's
+    assert variable_keys("simple-hierarchy") == ["lr", "lambda_fine", "lambda_coarse"]
+    assert variable_keys("cross-entropy") == ["lr"]
+    assert all_variable_keys()[0] == "lr" and all_variable_keys().count("lr") == 1
+    with pytest.raises(ValueError, match="role 'pace' is unknown; valid: weight, start, rate"):
+        Param("x", "float", 1.0, "x", role="pace")
+
+
+def _flag_help(flag: str) -> str:
+    """The ``--help`` text of ``flag`` (argparse's wrapping undone)."""
+    text = " ".join(build_parser().format_help().split())
+    start = text.index(f"{flag} {flag.lstrip('-').upper()} ") + len(flag) * 2
+    return text[start:text.index(" --", start)].strip()
+
+
+def test_the_declaration_of_lr_drives_the_flag_the_config_check_and_the_schedule_check(monkeypatch) -> None:
+    assert _flag_help("--lr") == ("base learning rate, which lr_schedule shapes step by step (a positive "
+                                  "number, absolute: not rescaled with batch_size; default: 0.05)")
+    narrower = dataclasses.replace(TRAINING_PARAMS["lr"], help="step size of the test", high=1.0,
+                                   valid="a number in (0, 1]", unit="")
+    monkeypatch.setitem(TRAINING_PARAMS, "lr", narrower)
+    assert _flag_help("--lr") == "step size of the test (a number in (0, 1]; default: 0.05)"
+    assert config_from_args(build_parser().parse_args(["--lr", "0.25"])).lr == 0.25
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"lr": 2.0}).validate()
+    assert err.value.problems == ["lr=2.0 is out of range; valid: a number in (0, 1]"]
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"loss": "soft-labels", "epochs": 4,
+                               "value_schedule": {2: {"lr": 1.5}}}).validate()
+    assert err.value.problems == ["value_schedule epoch 2: lr=1.5 is out of range; valid: a number in (0, 1]"]
+    # the run-level keys are checked even where the loss is unknown (reported elsewhere)
+    assert value_schedule_problems({2: {"lr": 1.5, "alpha": -1.0}}, "focal", 4) == [
+        "value_schedule epoch 2: lr=1.5 is out of range; valid: a number in (0, 1]"]
+
+
+def test_set_values_routes_each_value_by_its_declarations_role(monkeypatch) -> None:
+    calls = []
+    run = SimpleNamespace(schedule=SimpleNamespace(set_base_lr=lambda v: calls.append(("schedule", v))),
+                          criterion=SimpleNamespace(set_values=lambda **v: calls.append(("loss", v))))
+    engine.Run.set_values(run, {"lr": 0.02, "lambda_fine": 0.5, "lambda_coarse": 0.25})
+    assert calls == [("schedule", 0.02), ("loss", {"lambda_fine": 0.5, "lambda_coarse": 0.25})]
+    # a variable run-level parameter of another role: scheduled and checked like lr, but no run can set it
+    momentum = Param("momentum", "float", 0.9, "momentum", low=0.0, high=1.0, high_open=True, variable=True)
+    monkeypatch.setitem(TRAINING_PARAMS, "momentum", momentum)
+    assert variable_keys("soft-labels") == ["lr", "momentum", "beta"]
+    assert TrainConfig.from_dict({"loss": "soft-labels"}).values_at(1) == {"lr": 0.05, "momentum": 0.9,
+                                                                           "beta": 10.0}
+    assert value_schedule_problems({2: {"momentum": 1.0}}, "soft-labels", 4) == [
+        "value_schedule epoch 2: momentum=1.0 is out of range; valid range [0.0, 1.0)"]
+    with pytest.raises(ValueError, match="momentum is not a value a run can change from one epoch to the"):
+        engine.Run.set_values(run, {"momentum": 0.5})
+
+
+def test_upgrade_record_reads_every_spelling_in_todays() -> None:
+    new = {"epoch": 2, "scheduled_lr": 0.04, "lr": 0.05, "alpha": 0.3, "train_loss": 1.0}
+    assert upgrade_record(new) == new and upgrade_record(new) is not new
+    # before lr had one spelling: base_lr the value, lr the scheduled rate; renamed in place
+    old = {"epoch": 2, "lr": 0.04, "base_lr": 0.05, "alpha": 0.3, "train_loss": 1.0}
+    assert upgrade_record(old) == new and list(upgrade_record(old)) == list(new)
+    # an engine record from before the values were recorded: its lr was the scheduled rate
+    oldest = {"epoch": 2, "lr": 0.04, "train_loss": 1.0}
+    assert list(upgrade_record(oldest).items()) == [("epoch", 2), ("scheduled_lr", 0.04), ("train_loss", 1.0)]
+    # a report with only the values (the search's toy trainable): its lr is the value, kept
+    toy = {"epoch": 2, "lr": 0.05, "val_top1_error": 0.5}
+    assert upgrade_record(toy) == toy
+
+
 # ---------------------------------------------------------------------------------------------- losses
 HIERARCHY = load_cifar100_hierarchy("cifar100-l5")
 
@@ -361,9 +441,10 @@ def test_a_run_applies_and_records_the_scheduled_values(data, tmp_path, monkeypa
     for epoch, (record, values, step) in enumerate(zip(history, expected, seen, strict=True), start=1):
         loss_values = {k: v for k, v in values.items() if k != "lr"}
         assert record["epoch"] == epoch
-        assert {k: record[k] for k in ("lr", "base_lr", *loss_values)} == {
-            "lr": values["lr"], "base_lr": values["lr"], **loss_values}  # constant: the rate is the base
-        assert list(record)[:3 + len(loss_values)] == ["epoch", "lr", "base_lr", *loss_values]
+        assert {k: record[k] for k in ("lr", "scheduled_lr", *loss_values)} == {
+            "lr": values["lr"], "scheduled_lr": values["lr"], **loss_values}  # constant: the rate is the base
+        assert list(record)[:3 + len(loss_values)] == ["epoch", "scheduled_lr", "lr", *loss_values]
+        assert "base_lr" not in record
         assert step["values"] == loss_values
         head = [values["lr"] * (0.1 / 0.05)] if "lr_fc" in own else []  # the head keeps lr_fc / lr
         assert step["lrs"] == [values["lr"], *head]
@@ -383,8 +464,34 @@ def test_records_are_the_same_whether_a_value_is_the_configs_or_scheduled(data, 
     hxe = {"epochs": 2, "loss": "hierarchical-cross-entropy"}
     scalar = fit(tiny(tmp_path / "a", alpha=0.3, lr=0.02, **hxe), data=data)
     scheduled = fit(tiny(tmp_path / "b", value_schedule={1: {"alpha": 0.3, "lr": 0.02}}, **hxe), data=data)
-    assert scalar["history"][0]["alpha"] == 0.3 and scalar["history"][0]["base_lr"] == 0.02
+    assert scalar["history"][0]["alpha"] == 0.3 and scalar["history"][0]["lr"] == 0.02
     assert without_timing(scheduled["history"]) == without_timing(scalar["history"])
+
+
+@pytest.mark.slow
+def test_records_hold_the_value_of_lr_and_the_rate_of_the_epochs_first_step(data, tmp_path,
+                                                                             monkeypatch) -> None:
+    config = tiny(tmp_path / "run", epochs=4, t0=3.0, lr_fc=0.1, value_schedule={3: {"lr": 0.02}})
+    first_step = []
+    original = engine.Run.train_epoch
+
+    def spy(run, epoch, progress):  # the optimiser's rates before the epoch's first step
+        first_step.append([group["lr"] for group in run.optimizer.param_groups])
+        return original(run, epoch, progress)
+
+    monkeypatch.setattr(engine.Run, "train_epoch", spy)
+    history = fit(config, data=data)["history"]
+    assert [r["lr"] for r in history] == [config.values_at(e)["lr"] for e in (1, 2, 3, 4)] == [
+        0.05, 0.05, 0.02, 0.02]
+    assert [r["scheduled_lr"] for r in history] == [rates[0] for rates in first_step]
+    assert [r["scheduled_lr"] for r in history] == [
+        learning_rate("cosine", r["epoch"] - 1.0, base_lr=r["lr"], epochs=4, t0=3.0) for r in history]
+    assert history[1]["scheduled_lr"] < history[1]["lr"]  # cosine: the shape applies on top of the value
+    assert all(rates[1] == pytest.approx(rates[0] * 0.1 / 0.05) for rates in first_step)  # the head's scale
+    assert all("base_lr" not in r for r in history)
+    saved = json.loads((Path(config.out_folder) / "all_epoch_results.json").read_text())
+    assert saved == history
+    assert all(f" | lr {r['scheduled_lr']:.4g} | " in engine._log_line(r, 4) for r in history)  # the rate
 
 
 # -------------------------------------------------------------------------------------------- continuation
@@ -415,12 +522,12 @@ def continued(lineage, data):
 @pytest.mark.slow
 def test_continuing_with_the_same_values_equals_the_uninterrupted_run(lineage, data) -> None:
     root, a = lineage["root"], lineage["a"]
-    # the donor as a hiercls before the value records wrote it: its records get the values of its config
+    # the donor as a hiercls before the value records wrote it (its lr the scheduled rate, no values):
+    # its records get the values of its config
     state = load_checkpoint(lineage["donor"])
     assert [r["lambda_coarse"] for r in state["history"]] == [1.0, 1.0]
-    for record in state["history"]:
-        for key in ("base_lr", "lambda_fine", "lambda_coarse"):
-            del record[key]
+    state["history"] = [{("lr" if k == "scheduled_lr" else k): v for k, v in record.items()
+                         if k not in ("lr", "lambda_fine", "lambda_coarse")} for record in state["history"]]
     old = root / "old" / "last.pth"
     old.parent.mkdir()
     torch.save(state, old)
@@ -441,10 +548,11 @@ def test_continuing_with_new_values(lineage, continued, data) -> None:
     history = b["history"]
     assert b["status"] == "ok" and b["epochs_run"] == 4 and [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert without_timing(history[:2]) == without_timing(a[:2])  # A's records, A's values
-    assert [(r["base_lr"], r["lambda_fine"], r["lambda_coarse"]) for r in history] == [
+    assert [(r["lr"], r["lambda_fine"], r["lambda_coarse"]) for r in history] == [
         (0.05, 1.0, 1.0), (0.05, 1.0, 1.0), (0.02, 1.0, 0.25), (0.02, 1.0, 0.25)]
     for record in history[2:]:  # the rate of the epoch's first step: cosine on the new base
-        assert record["lr"] == learning_rate("cosine", record["epoch"] - 1.0, base_lr=0.02, epochs=4, t0=3.0)
+        rate = learning_rate("cosine", record["epoch"] - 1.0, base_lr=0.02, epochs=4, t0=3.0)
+        assert record["scheduled_lr"] == rate
     assert history[2]["train_loss"] != a[2]["train_loss"]
     assert b["best_epoch"] in (None, 3, 4)  # this run's own epochs
     # the optimiser really runs on the new rate: the checkpoint's base and every group's rate
@@ -483,6 +591,57 @@ def test_a_continuation_interrupted_in_its_first_epoch_resumes_from_where_it_sta
     assert without_timing(resumed["history"]) == without_timing(b["history"])
 
 
+def _old_spelling(history):
+    """Records as a hiercls before one spelling wrote them: ``lr`` the scheduled rate, ``base_lr`` the
+    value."""
+    out = []
+    for record in history:
+        old = {}
+        for key, value in record.items():
+            if key == "scheduled_lr":
+                old["lr"], old["base_lr"] = value, record["lr"]
+            elif key != "lr":
+                old[key] = value
+        out.append(old)
+    return out
+
+
+@pytest.mark.slow
+def test_continuing_a_donor_with_records_of_the_old_spelling_gives_records_of_todays(lineage, data) -> None:
+    root, a = lineage["root"], lineage["a"]
+    state = load_checkpoint(lineage["donor"])
+    state["history"] = _old_spelling(state["history"])
+    assert list(state["history"][0])[:5] == ["epoch", "lr", "base_lr", "lambda_fine", "lambda_coarse"]
+    old = root / "old-spelling" / "last.pth"
+    old.parent.mkdir()
+    torch.save(state, old)
+    out = root / "respelled"
+    result = fit(lineage["config"].replace(out_folder=str(out)), data=data, continue_from=old)
+    assert without_timing(result["history"]) == without_timing(a["history"])  # bit-exact on the CPU
+    for record, own in zip(result["history"], a["history"], strict=True):
+        assert list(record) == list(own) and "base_lr" not in record  # today's keys, in today's order
+    assert [r["lr"] for r in result["history"]] == [0.05] * 4
+    assert json.loads((out / "all_epoch_results.json").read_text()) == result["history"]
+    assert load_checkpoint(out / "checkpoints" / "last.pth")["history"] == result["history"]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_reads_its_records_of_the_old_spelling_in_todays(lineage, data) -> None:
+    root, a = lineage["root"], lineage["a"]
+    out = root / "resumed-old"
+    config = lineage["config"].replace(out_folder=str(out))
+    state = load_checkpoint(lineage["donor"])  # A's epoch-2 checkpoint, as a hiercls before wrote it
+    state["history"] = _old_spelling(state["history"])
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save(state, out / "checkpoints" / "last.pth")
+    (out / "all_epoch_results.json").write_text(json.dumps(state["history"]))
+    (out / "config.yaml").write_text(config.resolved().to_yaml())
+    resumed = fit(config, resume=True, data=data)
+    assert without_timing(resumed["history"]) == without_timing(a["history"])
+    assert all(list(r) == list(own) for r, own in zip(resumed["history"], a["history"], strict=True))
+    assert json.loads((out / "all_epoch_results.json").read_text()) == resumed["history"]
+
+
 def _raise_interrupt():
     raise KeyboardInterrupt
     yield  # pragma: no cover
@@ -499,7 +658,7 @@ def test_replaying_the_history_as_a_schedule_reproduces_the_run(lineage, continu
                  data=data)
 
     def values(history):
-        keys = ("epoch", "lr", "base_lr", "lambda_fine", "lambda_coarse")
+        keys = ("epoch", "lr", "scheduled_lr", "lambda_fine", "lambda_coarse")
         return [{k: r[k] for k in keys} for r in history]
 
     assert values(replay["history"]) == values(b["history"])
@@ -508,12 +667,20 @@ def test_replaying_the_history_as_a_schedule_reproduces_the_run(lineage, continu
 
 def test_value_schedule_from_history_is_minimal() -> None:
     values = ((1, 0.1, 10.0), (2, 0.1, 10.0), (3, 0.1, 5.0), (4, 0.02, 5.0), (5, 0.02, 5.0))
-    records = [{"epoch": e, "lr": 0.1 * e, "base_lr": base, "beta": beta, "train_loss": 1.0}
+    records = [{"epoch": e, "scheduled_lr": 0.1 * e, "lr": base, "beta": beta, "train_loss": 1.0}
                for e, base, beta in values]
-    assert value_schedule_from_history(records, "soft-labels") == {
-        1: {"lr": 0.1, "beta": 10.0}, 3: {"beta": 5.0}, 4: {"lr": 0.02}}
+    expected = {1: {"lr": 0.1, "beta": 10.0}, 3: {"beta": 5.0}, 4: {"lr": 0.02}}
+    assert value_schedule_from_history(records, "soft-labels") == expected
+    # records written before lr had one spelling: base_lr the value, lr the scheduled rate
+    old = [{"epoch": e, "lr": 0.1 * e, "base_lr": base, "beta": beta, "train_loss": 1.0}
+           for e, base, beta in values]
+    assert value_schedule_from_history(old, "soft-labels") == expected
     assert value_schedule_from_history([], "soft-labels") == {}
-    with pytest.raises(ValueError, match="the record of epoch 1 has no base_lr, beta"):
+    # an engine record from before the values were recorded: its lr was the scheduled rate, no value
+    with pytest.raises(ValueError, match="the record of epoch 1 has no lr, beta"):
+        value_schedule_from_history([{"epoch": 1, "lr": 0.1, "train_loss": 1.0}], "soft-labels")
+    # a report that holds only the values (the search's toy trainable): its lr is the value
+    with pytest.raises(ValueError, match="the record of epoch 1 has no beta "):
         value_schedule_from_history([{"epoch": 1, "lr": 0.1}], "soft-labels")
     with pytest.raises(ValueError, match="history record 2 is epoch 3; expected the records of epochs 1, 2"):
         value_schedule_from_history([records[0], records[2]], "soft-labels")

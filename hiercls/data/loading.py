@@ -44,6 +44,8 @@ __all__ = [
     "default_cache_dir",
     "load_cifar100",
     "check_complete",
+    "IMAGE_EXTENSIONS", "LAYOUTS_HELP", "TORCHVISION_ARCHIVE", "TORCHVISION_FOLDER", "download_torchvision",
+    "has_pickles",
 ]
 
 #: Per-channel (R, G, B) mean of the official CIFAR-100 training images, as fractions of 255.
@@ -53,12 +55,12 @@ CIFAR100_STD: tuple[float, float, float] = (0.2673342858792401, 0.25643846291708
 
 NUM_CLASSES = 100
 IMAGE_SIZE = 32
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_TORCHVISION_FOLDER = "cifar-100-python"
-_TORCHVISION_ARCHIVE = "cifar-100-python.tar.gz"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+TORCHVISION_FOLDER = "cifar-100-python"
+TORCHVISION_ARCHIVE = "cifar-100-python.tar.gz"
 _CACHE_FORMAT = "hiercls-cifar100-imagefolder-v1"
 
-_LAYOUTS_HELP = (
+LAYOUTS_HELP = (
     "accepted layouts: (a) torchvision's 'cifar-100-python/' folder (train, test, meta pickles) inside "
     "data_dir, downloaded by torchvision when absent; (b) ImageFolder: data_dir/train/<fine_id>/*.jpg|png "
     "and data_dir/val/<fine_id>/*.jpg|png (val = official test set), folders named by integer label 0..99"
@@ -128,23 +130,24 @@ def load_cifar100(
             32x32, or a pickle file is malformed; the message names the folder or file.
     """
     root = Path(data_dir).expanduser()
-    tv_dir = root / _TORCHVISION_FOLDER
-    if not _has_pickles(tv_dir) and (root / _TORCHVISION_ARCHIVE).is_file():
-        _extract_archive(root / _TORCHVISION_ARCHIVE, root)
-    if _has_pickles(tv_dir):
+    tv_dir = root / TORCHVISION_FOLDER
+    if not has_pickles(tv_dir) and (root / TORCHVISION_ARCHIVE).is_file():
+        _extract_archive(root / TORCHVISION_ARCHIVE, root)
+    if has_pickles(tv_dir):
         return _load_torchvision_layout(root)
     if (root / "train").is_dir():
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         return _load_image_folder(root, cache)
     if not download:
-        raise FileNotFoundError(f"no CIFAR-100 found in {root} (download=False); {_LAYOUTS_HELP}")
-    _download_torchvision(root)
-    if not _has_pickles(tv_dir):
-        raise RuntimeError(f"torchvision download into {root} did not produce {tv_dir}; {_LAYOUTS_HELP}")
+        raise FileNotFoundError(f"no CIFAR-100 found in {root} (download=False); {LAYOUTS_HELP}")
+    download_torchvision(root)
+    if not has_pickles(tv_dir):
+        raise RuntimeError(f"torchvision download into {root} did not produce {tv_dir}; {LAYOUTS_HELP}")
     return _load_torchvision_layout(root)
 
 
-def _has_pickles(tv_dir: Path) -> bool:
+def has_pickles(tv_dir: Path) -> bool:
+    """Whether ``tv_dir`` holds torchvision's CIFAR-100 pickles (``train`` and ``test``)."""
     return all((tv_dir / name).is_file() for name in ("train", "test"))
 
 
@@ -156,7 +159,8 @@ def _extract_archive(archive: Path, root: Path) -> None:
         raise ValueError(f"cannot extract CIFAR-100 archive {archive}: {exc}") from exc
 
 
-def _download_torchvision(root: Path) -> None:
+def download_torchvision(root: Path) -> None:
+    """torchvision's download of CIFAR-100 into ``root`` (its archive and pickles)."""
     import torchvision
 
     created = [p for p in (root, *root.parents) if not p.exists()]  # folders the download would create
@@ -170,7 +174,7 @@ def _download_torchvision(root: Path) -> None:
                 break
         raise RuntimeError(
             f"CIFAR-100 not found in {root} and the torchvision download failed (no network?): "
-            f"{type(exc).__name__}: {exc}. Put the data there yourself; {_LAYOUTS_HELP}"
+            f"{type(exc).__name__}: {exc}. Put the data there yourself; {LAYOUTS_HELP}"
         ) from exc
 
 
@@ -184,7 +188,7 @@ def _load_torchvision_layout(root: Path) -> Cifar100:
             ds = torchvision.datasets.CIFAR100(str(root), train=train, download=False)
         except RuntimeError:
             # torchvision only accepts the official files (md5 check); same format, read it ourselves.
-            parts[split] = _read_cifar_pickle(root / _TORCHVISION_FOLDER / split)
+            parts[split] = _read_cifar_pickle(root / TORCHVISION_FOLDER / split)
             continue
         data = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
         parts[split] = data, torch.as_tensor(ds.targets, dtype=torch.int64)
@@ -247,14 +251,14 @@ def _list_image_folder(split_dir: Path) -> list[tuple[int, str, int, int]]:
         if not (name.isascii() and name.isdigit()) or not 0 <= int(name) < NUM_CLASSES:
             raise ValueError(
                 f"class folder {class_entry.path} is not an integer fine label in 0..{NUM_CLASSES - 1}; "
-                f"{_LAYOUTS_HELP}"
+                f"{LAYOUTS_HELP}"
             )
         label = int(name)
         if label in seen:
             raise ValueError(f"class folders {seen[label]} and {class_entry.path} both mean label {label}")
         seen[label] = class_entry.path
         for file_entry in os.scandir(class_entry.path):
-            if file_entry.name.startswith(".") or not file_entry.name.lower().endswith(_IMAGE_EXTENSIONS):
+            if file_entry.name.startswith(".") or not file_entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             st = file_entry.stat()
             entries.append((label, f"{name}/{file_entry.name}", st.st_size, st.st_mtime_ns))
@@ -334,7 +338,7 @@ def _load_image_folder(root: Path, cache_dir: Path) -> Cifar100:
     train_dir, test_dir = root / "train", root / "val"
     if not test_dir.is_dir():
         raise FileNotFoundError(
-            f"{root} has train/ but no val/ folder (the official test set); {_LAYOUTS_HELP}"
+            f"{root} has train/ but no val/ folder (the official test set); {LAYOUTS_HELP}"
         )
     listings = {"train": _list_image_folder(train_dir), "test": _list_image_folder(test_dir)}
     for split, entries in listings.items():

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiercls.data.loading import (
-    _IMAGE_EXTENSIONS,
-    _LAYOUTS_HELP,
-    _TORCHVISION_ARCHIVE,
-    _TORCHVISION_FOLDER,
-    _download_torchvision,
-    _has_pickles,
+    IMAGE_EXTENSIONS,
+    LAYOUTS_HELP,
+    TORCHVISION_ARCHIVE,
+    TORCHVISION_FOLDER,
+    download_torchvision,
+    has_pickles,
 )
 from hiercls.storage import StorageError, describe_os_error
 
@@ -78,7 +78,8 @@ class DataNotFoundError(FileNotFoundError):
 @dataclass(frozen=True)
 class Located:
     """Where :func:`find_cifar100` found the data: ``path`` (absolute) and ``source``, one of
-    ``HIERCLS_DATA_DIR``, ``project``, ``shared archive`` (extracted now), ``download`` (downloaded now)."""
+    ``HIERCLS_DATA_DIR``, ``project``, ``shared archive`` (extracted now), ``download`` (downloaded now;
+    with ``fetch=False``: still to extract or download)."""
 
     path: Path
     source: str
@@ -109,17 +110,20 @@ def has_dataset(folder: str | os.PathLike[str]) -> bool:
     Only the layout is looked at; loading checks the contents."""
     root = Path(folder)
     return (
-        _has_pickles(root / _TORCHVISION_FOLDER)
-        or (root / _TORCHVISION_ARCHIVE).is_file()
+        has_pickles(root / TORCHVISION_FOLDER)
+        or (root / TORCHVISION_ARCHIVE).is_file()
         or ((root / "train").is_dir() and (root / "val").is_dir())
     )
 
 
-def find_cifar100(*, download: bool = True) -> Located:
+def find_cifar100(*, download: bool = True, fetch: bool = True) -> Located:
     """Find CIFAR-100 when no data folder is given, in the order of the module docstring.
 
     Args:
         download: allow the last step, torchvision's download into ``<project>/.data/cifar-100``.
+        fetch: extract the shared archive or download when that is where the data is; False: only say so
+            (the returned path is ``.data/cifar-100``, still to be filled; ``python -m hiercls.train
+            --check``), nothing is extracted, downloaded or written.
 
     Returns:
         :class:`Located` with the absolute folder to pass to :func:`~hiercls.data.load_cifar100`.
@@ -148,13 +152,15 @@ def find_cifar100(*, download: bool = True) -> Located:
     tried.append(f"{target}: {'holds no CIFAR-100 layout' if target.exists() else 'does not exist'}")
     archive = shared_archive()
     if archive.is_file():
-        return Located(extract_archive(archive, target), "shared archive")
+        return Located(extract_archive(archive, target) if fetch else target, "shared archive")
     tried.append(f"shared archive {archive}: not found")
     if not download:
         tried.append("torchvision download: not allowed (download: false or --no-download)")
+    elif not fetch:
+        return Located(target, "download")
     else:
         try:
-            _download_torchvision(target)
+            download_torchvision(target)
         except RuntimeError as err:
             cause = err.__cause__ if err.__cause__ is not None else err
             tried.append(f"torchvision download into {target}: failed ({type(cause).__name__}: {cause})")
@@ -166,8 +172,12 @@ def find_cifar100(*, download: bool = True) -> Located:
     raise DataNotFoundError(f"CIFAR-100 not found; tried {places}. {_POINT_AT}")
 
 
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None, *, download: bool = True) -> Path:
+def resolve_data_dir(
+    data_dir: str | os.PathLike[str] | None, *, download: bool = True, fetch: bool = True
+) -> Path:
     """The data folder a run reads: ``data_dir`` as given (absolute), or :func:`find_cifar100` when None.
+    ``fetch=False`` extracts and downloads nothing (as :func:`find_cifar100`): the folder is returned as
+    it will be once filled.
 
     An explicit folder is not searched for elsewhere, and one that does not exist is an error; the one
     exception is the project's own ``.data/cifar-100``, which is filled from the shared archive when it
@@ -180,16 +190,16 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, *, download: bool 
         ValueError, StorageError: as :func:`find_cifar100`, also when filling ``.data/cifar-100``.
     """
     if data_dir is None:
-        return find_cifar100(download=download).path
+        return find_cifar100(download=download, fetch=fetch).path
     if not str(data_dir).strip():
         raise DataNotFoundError(f"data folder {str(data_dir)!r} is empty: {_POINT_AT}, or leave it out to have "
                                 "CIFAR-100 found")
     path = Path(data_dir).expanduser().resolve()
     if path == project_data_dir() and not has_dataset(path) and shared_archive().is_file():
-        return extract_archive(shared_archive(), path)
+        return extract_archive(shared_archive(), path) if fetch else path
     if not path.exists():
         raise DataNotFoundError(
-            f"data folder {str(data_dir)!r} does not exist ({_LAYOUTS_HELP}); {_POINT_AT}, or create the "
+            f"data folder {str(data_dir)!r} does not exist ({LAYOUTS_HELP}); {_POINT_AT}, or create the "
             "folder empty to have torchvision download into it"
         )
     if not path.is_dir():
@@ -298,9 +308,9 @@ def _check_project_copy(target: Path) -> None:
     Raises:
         DataNotFoundError: naming the folder, the count and the two ways on.
     """
-    if (target / ".complete").is_file() or _has_pickles(target / _TORCHVISION_FOLDER):
+    if (target / ".complete").is_file() or has_pickles(target / TORCHVISION_FOLDER):
         return
-    if (target / _TORCHVISION_ARCHIVE).is_file():
+    if (target / TORCHVISION_ARCHIVE).is_file():
         return
     found = _count_images(target)
     if found != EXPECTED_IMAGES:
@@ -317,7 +327,7 @@ def _count_images(root: Path) -> int:
         for split in ("train", "val")
         for _, _, files in os.walk(root / split)
         for name in files
-        if name.lower().endswith(_IMAGE_EXTENSIONS)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
     )
 
 

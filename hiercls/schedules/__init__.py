@@ -54,6 +54,7 @@ __all__ = [
     "build_schedule",
     "learning_rate",
     "schedule_params",
+    "validate_params",
 ]
 
 LRFunction = Callable[..., float]
@@ -281,7 +282,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _validate(name: str, base_lr: Any, epochs: Any, params: dict[str, Any]) -> dict[str, Any]:
+def validate_params(name: str, base_lr: Any, epochs: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Checks and normalises a schedule configuration; returns the params with defaults filled in.
 
     Each parameter is checked against its declaration; what involves two values is checked here.
@@ -315,7 +316,7 @@ def learning_rate(name: str, epoch: float, *, base_lr: float, epochs: float, **p
         ValueError: unknown schedule name, unknown parameter (the message lists the valid ones), or a
             value out of range (the message names the value and the valid range).
     """
-    full = _validate(name, base_lr, epochs, params)
+    full = validate_params(name, base_lr, epochs, params)
     e = _check_epoch(epoch)
     return float(SCHEDULES.get(name)(e, base_lr=float(base_lr), epochs=float(epochs), **full))
 
@@ -370,7 +371,7 @@ class StepSchedule:
             raise ValueError(f"steps_per_epoch={steps_per_epoch!r} is invalid; valid: a positive integer")
         self.name = SCHEDULES.canonical(name)
         self._fn = SCHEDULES.get(self.name)
-        self._params = _validate(self.name, base_lr, epochs, params)
+        self._params = validate_params(self.name, base_lr, epochs, params)
         self._user_params = {k: _plain(v) for k, v in params.items()}
         self.base_lr = float(base_lr)
         self.epochs = float(epochs)
@@ -409,7 +410,7 @@ class StepSchedule:
         Raises:
             ValueError: as :func:`learning_rate` (e.g. below ``cyclic``'s ``min_lr``); nothing changes.
         """
-        _validate(self.name, base_lr, self.epochs, self._user_params)
+        validate_params(self.name, base_lr, self.epochs, self._user_params)
         self.base_lr = float(base_lr)
         self._apply()
 

@@ -17,7 +17,7 @@ import yaml
 
 from hiercls.cli import parse_overrides
 from hiercls.registry import SCHEDULES
-from hiercls.schedules import _validate
+from hiercls.schedules import validate_params
 
 __all__ = ["main", "plot"]
 
@@ -54,7 +54,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    full = _validate(name, base_lr, epochs, params)
+    full = validate_params(name, base_lr, epochs, params)
     fn = SCHEDULES.get(name)
     total = int(round(epochs * steps_per_epoch))
     xs = [k / steps_per_epoch for k in range(total + 1)]

@@ -1,37 +1,20 @@
 """Every file Ray Tune writes to the experiment folder written atomically (never a torn file).
 
-Ray Tune 2.60 writes its experiment state by copying the driver's staging folder onto the storage path
-with ``pyarrow.fs.copy_files``, which truncates each destination file and then writes it: a full disk,
-a quota or a killed driver in the middle leaves a torn ``experiment_state-*.json`` (``Tuner.restore``
-then fails to read it and silently starts a *new* search), an empty ``error.pkl`` (the driver crashes
-with ``EOFError: Ran out of input`` building its results) or an empty ``params.json``.
+Ray's ``pyarrow.fs.copy_files`` truncates and then writes, so a full disk or a kill would leave a torn
+``experiment_state-*.json`` (``Tuner.restore`` then starts a *new* search), ``error.pkl`` or
+``params.json``. :func:`atomic_local_filesystem` (Ray's ``storage_filesystem``) writes each file to
+``.NAME.XXXXXXXX.hiercls-tmp`` beside it and renames it over ``NAME`` only once written and closed without
+an error (state files fsynced first); an ``error.pkl`` torn anyway (written before) reads as missing.
 
-:func:`atomic_local_filesystem` is a pyarrow filesystem for Ray's own hook,
-``RunConfig(storage_filesystem=...)`` / ``Tuner.restore(storage_filesystem=...)``: the local file
-system, except that a file opened for writing is written to a temporary file beside it
-(``.NAME.XXXXXXXX.hiercls-tmp``, created with the user's umask) and renamed over ``NAME`` only when it
-was written and closed without an error. A failed write removes the temporary file and leaves the
-previous complete ``NAME`` (or none) in place. Ray's state files (``tuner.pkl``,
-``experiment_state-*.json``, ``search_gen_state-*.json``, ``searcher-state-*.pkl``,
-``callback-states-*.pkl``) are also fsynced before the rename; trial artifacts (``result.json``,
-checkpoints, ...) are not, to keep the per-epoch uploads cheap. The filesystem pickles (trial processes
-receive it with their storage context) and is used by trials to upload their checkpoints too.
-
-Old checkpoints are deleted late. Ray keeps ``num_to_keep`` checkpoints per trial and deletes older
-ones as soon as a newer one is registered, but the saved experiment state that names the older one may
-not have been replaced yet (or may never be: a full disk, a killed driver); a resume would then fail
-with "checkpoint does not exist on storage anymore". Here a checkpoint folder's deletion waits until two
-uploads of ``experiment_state-*.json`` that began after the request have completed (the second one was
-saved after the request, so it names the newer checkpoint); :func:`flush_deferred_deletions` deletes
-the rest when a search ends with its final state saved. After a failure or an interrupt a trial folder
-may keep one or two older ``checkpoint_*`` folders; they are never read.
-
-A temporary file left behind by a killed process is never read by Ray (its name does not match Ray's
-patterns); :func:`remove_stale_temporaries` deletes them before a resume.
+Old checkpoints are deleted late: Ray deletes a trial's older checkpoint as soon as a newer one is
+registered, while the saved state may still name it. The deletion waits until two uploads of
+``experiment_state-*.json`` begun after the request have completed; :func:`flush_deferred_deletions`
+deletes the rest once a search ends with its state saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -44,22 +27,15 @@ from typing import Any
 import pyarrow
 import pyarrow.fs as pafs
 
-__all__ = [
-    "TEMP_SUFFIX",
-    "AtomicLocalHandler",
-    "atomic_local_filesystem",
-    "flush_deferred_deletions",
-    "pending_deletions",
-    "remove_stale_temporaries",
-]
+from hiercls.tune.guard import pickle_problem
+
+__all__ = ["TEMP_SUFFIX", "AtomicLocalHandler", "atomic_local_filesystem", "flush_deferred_deletions",
+           "pending_deletions", "remove_stale_temporaries"]
 
 TEMP_SUFFIX = ".hiercls-tmp"
+ERROR_PICKLE = "error.pkl"  # a trial's error as Ray pickled it
 STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
                   "callback-states-*.pkl")
-
-
-def _is_state_file(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in STATE_PATTERNS)
 
 
 _CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")
@@ -70,10 +46,8 @@ _UPLOADS_NEEDED = 2
 
 
 def _delete_now(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         pafs.LocalFileSystem().delete_dir(path)
-    except (FileNotFoundError, OSError):
-        pass
 
 
 def _state_upload_done(waiting: list[str]) -> None:
@@ -97,10 +71,9 @@ def pending_deletions() -> list[str]:
 
 
 def flush_deferred_deletions(folder: str | os.PathLike[str], *, delete: bool = True) -> int:
-    """Delete the deferred checkpoint folders under ``folder`` (an experiment) now; call it only once
-    the experiment's final state has been saved (it names the newer checkpoints). With ``delete=False``
-    they are forgotten and kept instead (before a resume in the same process: the state it restores
-    may name them). Returns how many there were."""
+    """Delete the deferred checkpoint folders under ``folder`` (an experiment) now; call it only once its
+    final state is saved. ``delete=False`` forgets and keeps them (before a resume in the same process:
+    the restored state may name them). Returns how many there were."""
     root = os.path.join(os.path.abspath(folder), "")
     with _LOCK:
         paths = [p for p in _DEFERRED if os.path.abspath(p).startswith(root)]
@@ -114,20 +87,15 @@ def flush_deferred_deletions(folder: str | os.PathLike[str], *, delete: bool = T
 
 class _AtomicWriter:
     """A binary file object for ``pyarrow.PythonFile``: writes go to a temporary file, ``close`` renames
-    it over the target. After any failed write or close the temporary file is removed and the target is
-    left as it was.
-
-    Writes are unbuffered (``os.write``) so that a full disk fails the ``write`` call itself:
-    ``pyarrow.fs.copy_files`` ignores errors raised by ``close`` (pyarrow 26), and an upload whose error
-    is lost would let Ray delete the trial's previous checkpoint for one that was never written. (A file
-    system that reports errors only on close, e.g. some NFS setups, still loses them; the target is then
-    left as it was, never torn.)
-    """
+    it over the target; a failed write or close removes the temporary file and leaves the target as it was.
+    Writes are unbuffered (``os.write``) so that a full disk fails ``write`` itself: ``copy_files`` ignores
+    errors raised by ``close`` (pyarrow 26), and a lost upload error would let Ray delete the previous
+    checkpoint for one never written (a file system reporting errors only on close still loses them)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fsync = _is_state_file(os.path.basename(path))
         folder, name = os.path.split(path)
+        self._fsync = any(fnmatch.fnmatchcase(name, pattern) for pattern in STATE_PATTERNS)
         if folder:
             os.makedirs(folder, exist_ok=True)  # as pyarrow's LocalFileSystem does for an output stream
         for _ in range(100):
@@ -152,16 +120,12 @@ class _AtomicWriter:
 
     def _discard(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = None
         if self._tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
-            except OSError:
-                pass
             self._tmp = None
         self.closed = True
 
@@ -225,9 +189,6 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AtomicLocalHandler)
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
     def __hash__(self) -> int:
         return hash(AtomicLocalHandler)
 
@@ -238,7 +199,7 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
         return self._fs.normalize_path(path)
 
     def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return self._fs.get_file_info(paths)
+        return [_hide_torn_error(info) for info in self._fs.get_file_info(paths)]
 
     def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
         return self._fs.get_file_info(selector)
@@ -283,22 +244,31 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
         return self._fs.open_append_stream(path)
 
 
+def _hide_torn_error(info: pafs.FileInfo) -> pafs.FileInfo:
+    """An ``error.pkl`` that is not one complete pickle reads as missing: Ray then takes the trial's error
+    from ``error.txt`` instead of failing to build the results with ``EOFError``."""
+    if info.base_name != ERROR_PICKLE or info.type != pafs.FileType.File:
+        return info
+    try:
+        torn = pickle_problem(Path(info.path).read_bytes()) is not None
+    except OSError:
+        torn = True
+    return pafs.FileInfo(info.path, pafs.FileType.NotFound) if torn else info
+
+
 def atomic_local_filesystem() -> pafs.PyFileSystem:
     """A pyarrow filesystem for ``RunConfig(storage_filesystem=...)``: local paths, atomic writes."""
     return pafs.PyFileSystem(AtomicLocalHandler())
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
-    """Delete the temporary files (``*.hiercls-tmp``) a killed process left in an experiment folder
-    (top level, trial folders and their checkpoint folders); returns how many were removed."""
+    """Delete the ``*.hiercls-tmp`` files a killed process left in an experiment folder (top level, trial
+    folders, their checkpoints); returns how many were removed."""
     removed = 0
-    root = Path(folder)
     for pattern in (f".*{TEMP_SUFFIX}", f"*/.*{TEMP_SUFFIX}", f"*/*/.*{TEMP_SUFFIX}"):
-        for path in root.glob(pattern):
-            try:
+        for path in Path(folder).glob(pattern):
+            with contextlib.suppress(OSError):
                 if path.is_file() and not path.is_symlink():
                     path.unlink()
                     removed += 1
-            except OSError:
-                pass
     return removed

@@ -1,18 +1,7 @@
 """The checks of a search space that need more than one parameter at a time, each returning its problems.
 
-:meth:`hiercls.tune.spec.SearchSpec.problems` checks the settings and calls these on the parsed space
-(:mod:`hiercls.tune.parameters`) and the fixed ``train:`` keys:
-
-* :func:`branch_problems`: a loss (schedule) parameter where a loss (schedule) that does not take it can
-  be selected; unknown losses, schedules and architectures;
-* :func:`grace_problems`: an ASHA grace period not above the largest start epoch of a loss term;
-* :func:`all_off_problems`: a loss whose terms can all be switched off at once;
-* :func:`point_problems`: ``points_to_evaluate`` outside the space;
-* :func:`config_problems`: :func:`hiercls.build.check_config` on both ends of every branch combination
-  (on every point of a grid search);
-* :func:`grid_problems`: a distribution in a grid search.
-
-Imports no Ray.
+:meth:`hiercls.tune.spec.SearchSpec.problems` calls them on the parsed space (:mod:`hiercls.tune.parameters`)
+and the fixed ``train:`` keys. Imports no Ray.
 """
 
 from __future__ import annotations
@@ -25,19 +14,17 @@ from hiercls.registry import LOSSES, MODELS, param_registries
 from hiercls.tune.parameters import (
     GRID,
     Param,
-    _is_number,
-    _plain,
     assignments,
     grid_points,
     grid_size,
     is_grid,
+    is_number,
     iter_params,
+    plain,
 )
 
-__all__ = [
-    "GRID_CHECK_LIMIT", "all_off_problems", "branch_problems", "config_problems", "grace_problems",
-    "grid_problems", "point_problems",
-]
+__all__ = ["GRID_CHECK_LIMIT", "all_off_problems", "branch_problems", "config_problems", "grace_problems",
+           "grid_problems", "point_problems"]
 
 GRID_CHECK_LIMIT = 1000
 """A grid search of up to this many points has every point checked (:func:`config_problems`); a larger
@@ -52,61 +39,51 @@ def _choices_of(params: Mapping[str, Param], train: Mapping[str, Any], key: str)
 
 
 def branch_problems(params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
-    """Loss (schedule) parameters where a loss (schedule) that does not take them can be selected."""
+    """Loss (schedule) parameters where a loss (schedule) that does not take them can be selected;
+    unknown losses, schedules and architectures."""
     problems = []
     for key, registry in param_registries().items():
-        owned = param_keys(key)
+        choices = _choices_of(params, train, key)
+        problems += [f"{key} {value!r} is unknown; valid: {', '.join(registry.names())}"
+                     for value in choices if value not in registry]
+        problems += [f"search: {key} cannot be chosen inside a branch ({_where(context)})"
+                     for p, context in iter_params(params) if p.name == key and context]
+        problems += _misplaced(key, registry, params, train, [v for v in choices if v in registry])
+    return problems + [f"architecture {value!r} is unknown; valid: {', '.join(MODELS.names())}"
+                       for value in _choices_of(params, train, "architecture") if value not in MODELS]
 
-        def params_of(name: str, registry=registry) -> dict[str, Any]:
-            return registry.params(name)
 
-        for value in _choices_of(params, train, key):
-            if value not in registry:
-                problems.append(f"{key} {value!r} is unknown; valid: {', '.join(registry.names())}")
-        for p, context in iter_params(params):
-            if p.name == key and context:
-                problems.append(f"search: {key} cannot be chosen inside a branch ({_where(context)})")
-        top = [v for v in _choices_of(params, train, key) if v in registry]
-
-        def selected(context: tuple, key=key, top=top) -> list[Any]:
-            chosen = [v for k, v in context if k == key]
-            return chosen if chosen else top
-
-        for p, context in iter_params(params):
-            if p.name not in owned:
-                continue
-            takes = [v for v in selected(context) if v in registry and p.name in params_of(v)]
-            refuse = [v for v in selected(context) if v in registry and p.name not in params_of(v)]
-            if refuse:
-                owners = [n for n in registry.names() if p.name in params_of(n)]
-                problems.append(
-                    f"search{_where(context, prefix=True)}.{p.name}: a parameter of {key} "
-                    f"{' / '.join(owners)}, but this branch selects {key} {', '.join(map(repr, refuse))}"
-                    + ("" if takes else " only")
-                    + f"; move it under the {key} branch that uses it"
-                )
-        for name in train:
-            if name in owned:
-                refuse = [v for v in top if name not in params_of(v)]
-                if refuse:
-                    problems.append(
-                        f"train.{name}: a parameter the selected {key} {', '.join(map(repr, refuse))} "
-                        "does not take; move it under the branch that uses it"
-                    )
-    for value in _choices_of(params, train, "architecture"):
-        if value not in MODELS:
-            problems.append(f"architecture {value!r} is unknown; valid: {', '.join(MODELS.names())}")
+def _misplaced(key: str, registry: Any, params: Mapping[str, Param], train: Mapping[str, Any],
+               top: list[Any]) -> list[str]:
+    """Parameters of ``key``'s entries (searched, or fixed under ``train``) where an entry that does not
+    take them is selected (``top``: the entries selectable at the top of the space)."""
+    owned, problems = param_keys(key), []
+    for p, context in iter_params(params):
+        selected = [v for v in ([v for k, v in context if k == key] or top) if v in registry]
+        refuse = [v for v in selected if p.name in owned and p.name not in registry.params(v)]
+        if refuse:
+            owners = [n for n in registry.names() if p.name in registry.params(n)]
+            only = "" if len(refuse) < len(selected) else " only"
+            problems.append(f"search{_where(context, prefix=True)}.{p.name}: a parameter of {key} "
+                            f"{' / '.join(owners)}, but this branch selects {key} "
+                            f"{', '.join(map(repr, refuse))}{only}; move it under the {key} branch that "
+                            "uses it")
+    for name in (n for n in train if n in owned):
+        refuse = [v for v in top if name not in registry.params(v)]
+        if refuse:
+            problems.append(f"train.{name}: a parameter the selected {key} {', '.join(map(repr, refuse))} "
+                            "does not take; move it under the branch that uses it")
     return problems
 
 
 def grace_problems(grace_period: int, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
-    """ASHA's grace period must outlast every loss term's start epoch that can be drawn (the loss
+    """ASHA's grace period (epochs) must outlast every loss term's start epoch that can be drawn (the loss
     parameters declared with ``role="start"``)."""
     largest, which = None, None
     start_keys = [k for k, p in param_keys("loss").items() if p.role == "start"]
     for key in start_keys:
         candidates = [p.largest() for p, _ in iter_params(params) if p.name == key]
-        if key in train and _is_number(train[key]):
+        if key in train and is_number(train[key]):
             candidates.append(float(train[key]))
         for c in candidates:
             if c is not None and (largest is None or c > largest):
@@ -181,23 +158,19 @@ def grid_problems(params: Mapping[str, Param]) -> list[str]:
     refused, one line naming its key (and the branch it sits in)."""
     if not is_grid(params):
         return []
-    problems = []
-    for p, context in iter_params(params):
-        if p.kind in ("fixed", GRID):
-            continue
-        problems.append(
-            f"search{_where(context, prefix=True)}.{p.name}: a {p.kind} distribution in a grid search; a "
-            "grid runs fixed points only: list the values to run ({type: grid, values: [...]}) or a plain "
-            "value, or leave out every grid entry for a TPE search"
-        )
-    return problems
+    return [
+        f"search{_where(context, prefix=True)}.{p.name}: a {p.kind} distribution in a grid search; a "
+        "grid runs fixed points only: list the values to run ({type: grid, values: [...]}) or a plain "
+        "value, or leave out every grid entry for a TPE search"
+        for p, context in iter_params(params) if p.kind not in ("fixed", GRID)
+    ]
 
 
 def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
     """:func:`~hiercls.build.check_config` on both ends of every branch combination (every point of a grid
     search of up to :data:`GRID_CHECK_LIMIT` points): names, declared ranges, and what the loss and
     schedule check on the hierarchy."""
-    from hiercls.build import check_config
+    from hiercls.build import check_config  # imports torch: only when a space is checked
 
     problems = []
     if not isinstance(epochs, int) or epochs < 1:
@@ -214,9 +187,7 @@ def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str
     seen = set()
     for combo in assignments(params):
         for end in ("low", "high"):
-            values = dict(base)
-            for name, p in combo.items():
-                values[name] = _end_value(p, end)
+            values = {**base, **{name: _end_value(p, end) for name, p in combo.items()}}
             key = repr(sorted(values.items(), key=lambda kv: kv[0]))
             if key in seen:
                 continue
@@ -226,9 +197,8 @@ def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str
             try:
                 check_config(TrainConfig.from_dict(values))
             except ConfigError as err:
-                for problem in err.problems:
-                    where = f" ({label})" if label else ""
-                    problems.append(f"search{where}, {end} end of the ranges: {problem}")
+                where = f" ({label})" if label else ""
+                problems += [f"search{where}, {end} end of the ranges: {text}" for text in err.problems]
     return problems
 
 
@@ -250,7 +220,7 @@ def _check_point(point: Mapping[str, Any], params: Mapping[str, Param], where: s
             active[name] = p
             if p.branches is not None and name in point:
                 for value in p.values:
-                    if _plain(point[name]) == _plain(value):
+                    if plain(point[name]) == plain(value):
                         walk(p.branches[value])
 
     walk(params)
@@ -267,5 +237,4 @@ def _check_point(point: Mapping[str, Any], params: Mapping[str, Param], where: s
 
 
 def _where(context: tuple, *, prefix: bool = False) -> str:
-    text = "".join(f"[{k}={v}]" for k, v in context) if prefix else ", ".join(f"{k}={v}" for k, v in context)
-    return text
+    return "".join(f"[{k}={v}]" for k, v in context) if prefix else ", ".join(f"{k}={v}" for k, v in context)

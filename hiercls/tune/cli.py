@@ -1,19 +1,7 @@
 """Hyperparameter search over hierarchy-aware CIFAR-100 training with Ray Tune: ``python tune_main.py``
-(or the ``hiercls-tune`` console script).
-
-Precedence: SearchSpec defaults < the space file (``--space``, default ``search_spaces/default.yaml``) <
-command-line options. Examples::
-
-    python tune_main.py --space search_spaces/hxe.yaml --name hxe
-    python tune_main.py --space search_spaces/joint.yaml --gpus-per-trial 0.25 --max-concurrent 8
-    python tune_main.py --name hxe --storage-path runs/tune --resume   # after Ctrl-C, a kill, a full disk
-    python tune_main.py --smoke-test                                     # CPU, a few minutes
-    python tune_main.py --space seed_comparison --gpus-per-trial 0.25    # the seed's 12-point grid
-
-``--resume`` continues an experiment with Ray's ``Tuner.restore``, which *unpickles* Ray's saved state
-(``tuner.pkl``, ``experiment_state-*.json``, ``searcher-state-*.pkl``, the trials' ``*.pkl``): code in
-those files runs. A folder, or a state file in it, that belongs to another user or is world-writable
-is refused unless ``--trust-experiment`` is given (:func:`hiercls.tune.guard.untrusted_paths`).
+(or ``hiercls-tune``). Defaults < the space file (``--space``) < command-line options; ``--check`` prints
+the plan without starting Ray; ``docs/search.md`` has examples. ``--resume`` unpickles Ray's saved state,
+so a folder another user could have written is refused unless ``--trust-experiment``.
 
 Exit status (:mod:`hiercls.storage`):
 
@@ -21,7 +9,8 @@ Exit status (:mod:`hiercls.storage`):
 0     done (trials that went NaN or errored are part of a finished search)
 2     something fixable in the input, found before any trial ran: the spec or a flag, the data
       folder, an unreachable or non-Ray ``--address``, a resource request no node fits, an
-      experiment that exists (new search) or cannot be resumed, an untrusted experiment folder
+      experiment that exists (new search) or cannot be resumed, an untrusted experiment folder,
+      an installed Ray or Optuna that breaks what hiercls relies on (hiercls.tune.contracts)
 3     an OS error while writing (no space, quota, read-only or unwritable ``--storage-path``; the
       search is stopped, its finished trials and state kept, ``summary.csv`` written if possible),
       or a torn Ray experiment state that ``--resume`` refuses
@@ -40,7 +29,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hiercls.experiment.layout import SPEC_FILE
 from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_WRITE, StorageError, describe_os_error
+from hiercls.tune.cluster import ResourceError
+from hiercls.tune.contracts import ContractError
+from hiercls.tune.guard import UntrustedExperimentError
+from hiercls.tune.modes import SCHEDULERS, SEARCHERS
+from hiercls.tune.plan import TRAINABLE_KEY, TRAINABLES, make_plan, resume_command
 from hiercls.tune.spec import (
     DEFAULT_NUM_SAMPLES,
     MAX_SAMPLES,
@@ -52,6 +47,12 @@ from hiercls.tune.spec import (
 
 DEFAULTS = SearchSpec()
 
+
+def _concurrency(text: str) -> int | str:
+    """``--max-concurrent``: a whole number, or ``auto`` (what the cluster runs; undoes a space file's)."""
+    return text if text == "auto" else int(text)
+
+
 # (option, spec key, type, help)
 _OPTIONS = [
     ("--name", "name", str, "experiment name (default: the space file's name)"),
@@ -60,8 +61,11 @@ _OPTIONS = [
     ("--num-samples", "num_samples", int, f"trials in all (default: {DEFAULT_NUM_SAMPLES}); a grid search "
      "runs each of its points once, and takes no other number"),
     ("--epochs", "epochs", int, f"epochs per trial, also ASHA's max_t (default: {DEFAULTS.epochs})"),
-    ("--scheduler", "scheduler", str, "asha (stop weak trials early), none (every trial runs in full) or "
-     "pb2 (population-based training: values change during training; no Optuna) "
+    ("--searcher", "searcher", str, f"{', '.join(SEARCHERS)} (default: pb2 with --scheduler pb2, grid for a "
+     "space with type: grid entries, nsga2 with --multi-objective, else tpe); docs/reference/modes.md says "
+     "what each takes"),
+    ("--scheduler", "scheduler", str, f"{', '.join(SCHEDULERS)}: asha stops weak trials early, none runs "
+     "every trial in full, pb2 is population-based training (values change during training; no Optuna) "
      "(default: asha, but none for a grid search and for --multi-objective)"),
     ("--perturbation-interval", "perturbation_interval", int,
      f"PB2: epochs between perturbations, a multiple of checkpoint_every "
@@ -70,8 +74,8 @@ _OPTIONS = [
      f"ASHA: epochs before a trial can be stopped (default: {DEFAULTS.grace_period})"),
     ("--reduction-factor", "reduction_factor", float,
      f"ASHA: keep 1/R of the trials at each rung (default: {DEFAULTS.reduction_factor:g})"),
-    ("--max-concurrent", "max_concurrent", int, "trials at once (default: what the cluster runs: "
-     "GPUs / --gpus-per-trial on GPU searches, else CPUs / --cpus-per-trial)"),
+    ("--max-concurrent", "max_concurrent", _concurrency, "trials at once, or auto: what the cluster runs "
+     "(GPUs / --gpus-per-trial on GPU searches, else CPUs / --cpus-per-trial) (default: auto)"),
     ("--gpus-per-trial", "gpus_per_trial", float,
      f"GPUs per trial; 0.25 packs four trials on one GPU (default: {DEFAULTS.gpus_per_trial:g})"),
     ("--cpus-per-trial", "cpus_per_trial", float,
@@ -100,20 +104,18 @@ _OPTIONS = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python tune_main.py",
-        description="Search the hyperparameters of hierarchy-aware CIFAR-100 training with Ray Tune "
-                    "(Optuna TPE + ASHA), or run every point of a grid once (a space with type: grid "
-                    "entries, e.g. --space seed_comparison).",
-        epilog="Every option can also be set in the space file (same name, underscores); the command line "
-               "wins over the space file, which wins over the defaults shown. "
+        description="Search the hyperparameters of hierarchy-aware CIFAR-100 training with Ray Tune: "
+                    "TPE + ASHA, NSGA-II, a grid or PB2 (docs/reference/modes.md).",
+        epilog="Options may also sit in the space file (same name, underscores; the command line wins). "
                "Results: STORAGE_PATH/NAME (summary.csv, one folder per trial). Resume with: python "
                "tune_main.py --name NAME --storage-path DIR --resume. Resuming unpickles Ray's saved state "
                "(tuner.pkl, experiment_state-*.json, searcher-state-*.pkl, the trials' *.pkl), which runs "
                "code from those files: a folder or state file owned by another user or world-writable is "
                "refused unless --trust-experiment. Exit status: 0 done; 2 fixable input (spec, data folder, "
                "unreachable or non-Ray --address, resources no node has, an untrusted or unresumable "
-               "experiment); 3 an OS error while writing (no space, read-only, unwritable --storage-path: "
-               "finished trials are kept, resume after fixing it) or a torn Ray state; 130 interrupted "
-               "(Ctrl-C, SIGTERM); never 1.",
+               "experiment, a Ray or Optuna that breaks hiercls's contracts); 3 an OS error while writing "
+               "(no space, read-only, unwritable --storage-path: finished trials are kept, resume after "
+               "fixing it) or a torn Ray state; 130 interrupted (Ctrl-C, SIGTERM); never 1.",
     )
     parser.add_argument("--space", default=None,
                         help="search space: a YAML file, or the name of one shipped with hiercls in "
@@ -151,12 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke-test", action="store_true",
                         help=f"use the shipped space {SMOKE_SPACE.stem!r} (CPU: plainnet, "
                              "2 epochs, 2,000 training and 500 val images, a few minutes)")
-    parser.add_argument("--trainable", choices=("train", "toy"), default=None,
+    parser.add_argument("--trainable", choices=tuple(TRAINABLES), default=None,
                         help="train: real training (default); toy: a synthetic objective, no data or "
                              "training, to check a space or a cluster in seconds; --resume reuses the "
                              "experiment's own")
     parser.add_argument("--toy-sleep", type=float, default=0.0,
                         help="seconds per epoch of the toy trainable (default: 0)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate everything and print the plan (searcher, scheduler, trials, what a "
+                             "--resume would run), then exit without starting Ray or writing anything: 0, "
+                             "or 2 with every problem")
     return parser
 
 
@@ -166,8 +172,6 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     Raises:
         SpecError: a bad file, unknown keys or wrong types; ``--space`` with ``--smoke-test``.
     """
-    from hiercls.tune.runner import SPEC_FILE, TRAINABLE_KEY
-
     overrides = {key: getattr(args, key) for _, key, _, _ in _OPTIONS}
     overrides["multi_objective"] = args.multi_objective
     overrides["allow_large_search"] = args.allow_large_search
@@ -186,8 +190,6 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
 
 
 def _interrupted_line(spec: SearchSpec | None) -> str:
-    from hiercls.tune.runner import resume_command
-
     if spec is None or not spec.name:
         return "interrupted before the search started; nothing was saved"
     folder = spec.experiment_dir
@@ -201,8 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from hiercls.tune.guard import UntrustedExperimentError
-    from hiercls.tune.runner import ResourceError, run_search
 
     def error(message: object) -> None:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
@@ -215,12 +215,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec: SearchSpec | None = None
     try:
         spec = spec_from_args(args)
+        if args.check:
+            plan = make_plan(spec, resume=args.resume, trainable=args.trainable, trust=args.trust_experiment)
+            print("\n".join(plan.describe()))
+            return EXIT_OK
+        from hiercls.tune.runner import run_search  # Ray stays out of --help, --check and input errors
+
         outcome = run_search(spec, resume=args.resume, trainable=args.trainable, toy_sleep=args.toy_sleep,
                              trust=args.trust_experiment, sigterm_interrupts=True)
     except KeyboardInterrupt:  # a second Ctrl-C while Tune saves its state, or one before Ray started
         print(f"{parser.prog}: {_interrupted_line(spec)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (SpecError, ResourceError, UntrustedExperimentError) as err:
+    except (SpecError, ResourceError, UntrustedExperimentError, ContractError) as err:
         error(err)
         return EXIT_INPUT
     except StorageError as err:

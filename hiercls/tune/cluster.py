@@ -1,47 +1,43 @@
 """The Ray cluster a search runs on: joining it and what it can run.
 
-Before ``ray.init``: an explicit ``HOST:PORT`` is probed for a Ray GCS (:func:`check_reachable`, so a
-wrong address fails at once instead of after Ray's minutes of retries) and Ray's token authentication is
-turned on when a token is available (:func:`enable_cluster_token`); a failed connection is explained
-(token, address). After it: the per-trial CPU/GPU request is checked against the live nodes
-(:func:`check_resources`: a GPU request on a cluster without GPUs fails instead of leaving trials
-PENDING), and :func:`cluster_capacity` counts the trials the nodes run at once (the default
-``max_concurrent``). Ray is imported only inside the functions that query it.
+Before ``ray.init``: an explicit ``HOST:PORT`` is probed for a Ray GCS (:func:`check_reachable`: fails at
+once, not after Ray's minutes of retries) and token authentication is turned on when a token is available
+(:func:`enable_cluster_token`). After it: :func:`check_resources` refuses a per-trial request no live node
+can host, and :func:`cluster_capacity` counts the trials the nodes run at once. Ray is imported only
+inside the functions that query it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = [
-    "AUTH_MODE_VAR",
-    "ResourceError",
-    "check_reachable",
-    "check_resources",
-    "cluster_capacity",
-    "cluster_token_source",
-    "enable_cluster_token",
-]
+__all__ = ["AUTH_MODE_VAR", "ResourceError", "check_reachable", "check_resources", "cluster_capacity",
+           "cluster_token_source", "enable_cluster_token"]
 
 
 class ResourceError(RuntimeError):
     """The cluster cannot run even one trial with the requested resources."""
 
 
-def cluster_capacity(cpus: float, gpus: float, nodes: Sequence[tuple[float, float]] | None = None) -> int:
-    """How many trials of ``cpus`` CPUs and ``gpus`` GPUs the cluster runs at once: the sum over live
-    nodes of ``min(node CPUs // cpus, node GPUs // gpus)`` (the GPU term only on GPU searches), at
-    least 1. ``nodes``: (CPUs, GPUs) per node, default Ray's live nodes. The default of
-    ``max_concurrent``; an autoscaling cluster counts only the nodes up now (set it explicitly there).
-    """
-    if nodes is None:
-        import ray
+def _live_nodes() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each live Ray node."""
+    import ray  # Ray only when the cluster is queried
 
-        live = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
-        nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in live]
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+
+
+def cluster_capacity(cpus: float, gpus: float, nodes: Sequence[tuple[float, float]] | None = None) -> int:
+    """How many trials of ``cpus`` CPUs and ``gpus`` GPUs the cluster runs at once (the default
+    ``max_concurrent``): the sum over ``nodes`` (CPUs, GPUs; default Ray's live nodes, so an autoscaling
+    cluster counts only those up now) of ``min(CPUs // cpus, GPUs // gpus)`` (GPU term only if
+    ``gpus``), at least 1."""
+    if nodes is None:
+        nodes = _live_nodes()
     total = 0
     for node_cpus, node_gpus in nodes:
         fit = math.floor(node_cpus / cpus + 1e-9)
@@ -57,17 +53,12 @@ def check_resources(cpus: float, gpus: float) -> None:
     Raises:
         ResourceError: naming the request and what the nodes have.
     """
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
-    per_node = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in nodes]
+    per_node = _live_nodes()
     if not any(c >= cpus and g >= gpus for c, g in per_node):
         have = ", ".join(f"{c:g} CPU/{g:g} GPU" for c, g in per_node) or "no live nodes"
-        hint = (
-            " This machine (cluster) has no GPU: use --gpus-per-trial 0 to train on CPU."
-            if gpus > 0 and all(g == 0 for _, g in per_node)
-            else " Lower --cpus-per-trial/--gpus-per-trial or add a larger node."
-        )
+        hint = (" This machine (cluster) has no GPU: use --gpus-per-trial 0 to train on CPU."
+                if gpus > 0 and all(g == 0 for _, g in per_node)
+                else " Lower --cpus-per-trial/--gpus-per-trial or add a larger node.")
         raise ResourceError(
             f"no node can run a trial that needs {cpus:g} CPU and {gpus:g} GPU (nodes: {have}).{hint}"
         )
@@ -94,14 +85,10 @@ def cluster_token_source() -> str | None:
 
 
 def enable_cluster_token(address: str | None) -> str | None:
-    """Turn on Ray's token authentication for a driver that joins a cluster at an explicit address.
-
-    ``ray start`` in Ray 2.60 enables token authentication, but ``ray.init(address="HOST:PORT")`` only
-    uses a token when ``RAY_AUTH_MODE=token`` is set (``address="auto"`` finds it by itself); without
-    it the connection fails with "Failed to connect to Ray cluster". When ``RAY_AUTH_MODE`` is unset,
-    the address is explicit and a token is available (:func:`cluster_token_source`), this sets
-    ``RAY_AUTH_MODE=token`` for this process and its children. Returns a note saying so, else None.
-    """
+    """Set ``RAY_AUTH_MODE=token`` (this process and its children) when it is unset, ``address`` is an
+    explicit ``HOST:PORT`` and a token is available (:func:`cluster_token_source`); returns a note saying
+    so, else None. Ray 2.60's ``ray start`` enables tokens, but ``ray.init(address="HOST:PORT")`` uses
+    one only with that variable set ("auto" finds it by itself)."""
     if not _explicit_address(address) or os.environ.get(AUTH_MODE_VAR) is not None:
         return None
     source = cluster_token_source()
@@ -119,20 +106,15 @@ def enable_cluster_token(address: str | None) -> str | None:
 
 def check_reachable(address: str | None, timeout: float = 10.0, handshake_timeout: float = 5.0) -> None:
     """Fail at once when nothing, or something that is not Ray, listens at an explicit ``HOST:PORT``
-    (Ray itself retries for minutes in both cases).
-
-    After the TCP connection, a short protocol probe: Ray's GCS speaks gRPC, i.e. HTTP/2, so the HTTP/2
-    client preface is sent and the server's first frame must be SETTINGS (type 0x4, byte 3 of the
-    reply). Any other reply (an HTTP/1 "400 Bad Request", an SSH banner, ...), a closed connection or
-    silence for ``handshake_timeout`` seconds means another server. Skipped for ``ray://`` addresses and
-    with ``RAY_USE_TLS`` set (the GCS then expects a TLS handshake first).
+    (Ray itself retries for minutes). Ray's GCS speaks gRPC (HTTP/2): after the HTTP/2 client preface
+    the server's first frame must be SETTINGS (type 0x4, reply byte 3); any other reply, a closed
+    connection or ``handshake_timeout`` seconds of silence is another server. Skipped for ``ray://``
+    and with ``RAY_USE_TLS`` set (the GCS then expects a TLS handshake first).
 
     Raises:
         ResourceError: the address is malformed, the TCP connection is refused or times out, or the
             server there does not speak HTTP/2.
     """
-    import socket
-
     if not _explicit_address(address) or address.startswith("ray://"):
         return
     host, sep, port = address.rpartition(":")
@@ -178,7 +160,7 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, stream 0
 
 
-def _connection_help(address: str, err: Exception) -> str:
+def connection_help(address: str, err: Exception) -> str:
     source = cluster_token_source()
     token = (
         f"this driver uses the token from {source} ({AUTH_MODE_VAR}={os.environ.get(AUTH_MODE_VAR)}); "

@@ -2,18 +2,11 @@
 cross-entropy baseline?"
 
 A constraint is one line ``METRIC <= BOUND`` (``--constraint``, repeatable; ``constraints:`` in a space
-file), with ``METRIC`` one of :data:`CONSTRAINT_METRICS` (all lower-is-better) and ``BOUND`` a number
-(``val_top1_error <= 0.235``) or relative to the baseline: ``baseline``, ``baseline + D`` or
-``baseline - D`` (``val_top1_error <= baseline + 0.005``). The baseline is the search's first
-``points_to_evaluate`` trial (e.g. cross-entropy); the searcher runs it alone, to full length, before any
-other trial starts, so every bound is a fixed number when later trials are told to Optuna.
-
-A finished trial's constraint value for ``METRIC <= BOUND`` is ``value - bound`` at its last epoch: zero or
-less is feasible (Optuna's convention). The values are recorded on the Optuna trial with
-``Trial.set_constraint`` before it is told (Optuna 5's constraint support: TPE and NSGA-II model
-infeasible trials apart, and ``study.best_trial`` is the best feasible one). The search's summary, the
-printed table and ``analysis.rank`` mark each trial ``feasible``; an infeasible trial is never reported
-as best. The resolved bounds are kept in the experiment folder (:data:`CONSTRAINTS_FILE`). Imports no Ray.
+file): ``METRIC`` one of :data:`CONSTRAINT_METRICS`, ``BOUND`` a number or ``baseline [+|- D]``, relative
+to the search's first ``points_to_evaluate`` trial, which the searcher runs alone to full length first, so
+every bound is a fixed number when later trials are told to Optuna. A finished trial's constraint value is
+``value - bound`` at its last epoch, feasible when <= 0 (Optuna's convention, set with
+``Trial.set_constraint``); an infeasible trial is never reported as best. Imports no Ray.
 """
 
 from __future__ import annotations
@@ -26,17 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "CONSTRAINTS_FILE",
-    "CONSTRAINT_METRICS",
-    "Constraint",
-    "constraint_values",
-    "merge_bounds",
-    "is_feasible",
-    "parse_constraint",
-    "read_bounds",
-    "write_bounds",
-]
+from hiercls.storage import atomic_write_text
+
+__all__ = ["CONSTRAINTS_FILE", "CONSTRAINT_METRICS", "Constraint", "constraint_values", "merge_bounds",
+           "is_feasible", "parse_constraint", "read_bounds", "write_bounds"]
 
 CONSTRAINTS_FILE = "constraints.json"
 """The resolved bounds of a constrained search, in the experiment folder: ``{"constraints": [text...],
@@ -108,9 +94,7 @@ def parse_constraint(text: str) -> Constraint:
     return Constraint(text, metric, offset=offset)
 
 
-def constraint_values(
-    record: Mapping[str, Any], bounds: Mapping[str, float]
-) -> dict[str, float] | None:
+def constraint_values(record: Mapping[str, Any], bounds: Mapping[str, float]) -> dict[str, float] | None:
     """``{metric: value - bound}`` for each bounded metric of ``record`` (one epoch's report); None when
     a value is missing or not finite (a NaN trial has no constraint values). Zero or less is feasible."""
     out: dict[str, float] = {}
@@ -127,9 +111,7 @@ def constraint_values(
 
 def is_feasible(values: Mapping[str, float] | None) -> bool | None:
     """Whether constraint values (:func:`constraint_values`) all satisfy ``<= 0``; None for no values."""
-    if values is None:
-        return None
-    return all(v <= 0.0 for v in values.values())
+    return None if values is None else all(v <= 0.0 for v in values.values())
 
 
 def merge_bounds(constraints: Sequence[Constraint], baseline: Mapping[str, float] | None) -> dict[str, float]:
@@ -140,8 +122,7 @@ def merge_bounds(constraints: Sequence[Constraint], baseline: Mapping[str, float
     """
     bounds: dict[str, float] = {}
     for c in constraints:
-        bound = c.resolve(baseline)
-        bounds[c.metric] = min(bound, bounds.get(c.metric, math.inf))
+        bounds[c.metric] = min(c.resolve(baseline), bounds.get(c.metric, math.inf))
     return bounds
 
 
@@ -152,8 +133,6 @@ def write_bounds(experiment_dir: str | Path, constraints: Sequence[Constraint], 
     Raises:
         StorageError: it could not be written.
     """
-    from hiercls.storage import atomic_write_text
-
     path = Path(experiment_dir) / CONSTRAINTS_FILE
     payload = {"constraints": [c.text for c in constraints], "bounds": dict(bounds), "baseline": baseline}
     atomic_write_text(path, json.dumps(payload, indent=2))
@@ -161,8 +140,8 @@ def write_bounds(experiment_dir: str | Path, constraints: Sequence[Constraint], 
 
 
 def read_bounds(experiment_dir: str | Path) -> dict[str, Any] | None:
-    """The contents of :data:`CONSTRAINTS_FILE` (None when the search has none, or its bounds were never
-    fixed: the baseline trial did not finish). Plain JSON: nothing is unpickled.
+    """The contents of :data:`CONSTRAINTS_FILE` (plain JSON); None when the search has none, or its bounds
+    were never fixed (the baseline trial did not finish).
 
     Raises:
         ValueError: the file is not valid JSON of the expected shape (the message names it).

@@ -1,16 +1,11 @@
 """Checks that make ``--resume`` safe, and a guard over Ray Tune's log during a search.
 
-Resuming an experiment is ``Tuner.restore``, which *unpickles* Ray's saved state: code stored in those
-files runs in the driver. Before Ray starts, :func:`check_trusted` refuses an experiment folder that
-someone else could have written (unless the user says ``--trust-experiment``), and
-:func:`check_state_intact` refuses a torn state (Ray would log "Failed to restore the run state" and
-silently start a *new* search over the old experiment). During the search, :func:`ray_log_guard` turns
-a write failure on the storage (no space, quota, read-only) into one recorded error, stops the search
-the way Ctrl-C does, and keeps Ray's tracebacks of those failures off the terminal; a failed restore
-raises instead of starting over.
-
-Reading the state here never unpickles anything: JSON is parsed as plain JSON, and pickles are only
-walked opcode by opcode (:mod:`pickletools`) to see that they are complete.
+``Tuner.restore`` *unpickles* Ray's saved state: code stored there runs in the driver. Before Ray starts,
+:func:`check_trusted` refuses an experiment folder someone else could have written (unless
+``--trust-experiment``) and :func:`check_state_intact` a torn state (Ray would silently start a *new*
+search). During the search :func:`ray_log_guard` turns a storage write failure into one recorded error
+and a Ctrl-C-like stop, and a failed restore into an exception. Nothing here unpickles: pickles are only
+walked opcode by opcode (:mod:`pickletools`).
 """
 
 from __future__ import annotations
@@ -26,20 +21,12 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hiercls.experiment.state import STATE_GLOB, newest_state_file
 from hiercls.storage import StorageError
-from hiercls.tune.state import STATE_GLOB, newest_state_file
 
-__all__ = [
-    "RestoreFailedError",
-    "TornStateError",
-    "UntrustedExperimentError",
-    "check_state_intact",
-    "check_trusted",
-    "newest_state_file",
-    "ray_log_guard",
-    "storage_os_error",
-    "untrusted_paths",
-]
+__all__ = ["RestoreFailedError", "TornStateError", "UntrustedExperimentError", "check_state_intact",
+           "check_trusted", "newest_state_file", "pickle_problem", "ray_log_guard", "storage_os_error",
+           "untrusted_paths"]
 
 # top-level files Ray reads back on restore with pickle (or JSON holding cloudpickled values); Ray takes
 # the newest of each pattern (largest name)
@@ -78,19 +65,10 @@ def _owner_name(uid: int) -> str:
 def untrusted_paths(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     """The paths in an experiment folder that make resuming it unsafe, each with the reason.
 
-    Checked (``os.stat``, following symbolic links to what Ray would open):
-
-    * the experiment folder itself;
-    * every top-level ``*.pkl`` and ``*.json`` file: ``tuner.pkl`` (unpickled by ``Tuner.restore``),
-      ``experiment_state-*.json`` (trial states with cloudpickled values), ``search_gen_state-*.json``
-      and ``searcher-state-*.pkl`` (pickles of the search algorithm and Optuna's study),
-      ``callback-states-*.pkl``; Ray copies every top-level ``.json``/``.pkl`` into its staging folder
-      before restoring;
-    * every folder directly inside (the trial folders, where a new file could be planted) and every
-      ``*.pkl`` in them (``params.pkl``; ``error.pkl``, unpickled when Ray builds the results).
-
-    A path is unsafe when it is owned by another user than the one running this process
-    (``os.getuid()``), or when it is world-writable. Checkpoints are not listed: hiercls reads them
+    Checked (``os.stat``, following links): the folder; every top-level ``*.pkl`` and ``*.json`` (Ray
+    stages and unpickles them, or their cloudpickled values, on restore); every folder directly inside
+    (where a file could be planted) and its ``*.pkl`` (``params.pkl``, ``error.pkl``). Unsafe: owned by
+    another user than ``os.getuid()``, or world-writable. Checkpoints are not checked: hiercls reads them
     as JSON (toy) or with ``torch.load(weights_only=True)``, which never runs code.
     """
     root = Path(folder)
@@ -122,8 +100,7 @@ def untrusted_paths(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
 
 
 def check_trusted(folder: str | os.PathLike[str]) -> None:
-    """Refuse to resume an experiment folder that another user could have written (see
-    :func:`untrusted_paths` for what is checked).
+    """Refuse to resume an experiment folder another user could have written (:func:`untrusted_paths`).
 
     Raises:
         UntrustedExperimentError: one line naming the first unsafe path, its reason and how many more
@@ -157,7 +134,7 @@ def _state_json_problem(data: bytes) -> str | None:
     return None
 
 
-def _pickle_problem(data: bytes) -> str | None:
+def pickle_problem(data: bytes) -> str | None:
     """Whether ``data`` is one complete pickle, found by walking its opcodes (nothing is executed)."""
     if not data:
         return "it is empty"
@@ -177,26 +154,22 @@ def _problem(path: Path) -> str | None:
         return f"it cannot be read ({err.strerror or err})"
     if path.name.startswith("experiment_state-"):
         return _state_json_problem(data)
-    return _pickle_problem(data)
+    return pickle_problem(data)
 
 
 def check_state_intact(folder: str | os.PathLike[str]) -> None:
-    """Refuse to resume from a torn Ray state: the newest ``experiment_state-*.json`` must be complete
-    JSON with Ray's keys, and ``tuner.pkl`` and the newest ``search_gen_state-*.json``,
-    ``searcher-state-*.pkl`` and ``callback-states-*.pkl`` complete pickles (checked without
-    unpickling). Ray itself would log "Failed to restore the run state" and start a new search.
+    """Refuse to resume from a torn Ray state (Ray would start a new search): the newest
+    ``experiment_state-*.json`` must be complete JSON with Ray's keys, ``tuner.pkl`` and the newest of
+    each :data:`PICKLED_STATE` complete pickles (checked without unpickling).
 
     Raises:
         TornStateError: naming the file and what is wrong, with the way out when an older complete
             ``experiment_state-*.json`` exists.
     """
     root = Path(folder)
-    checks = [root / TUNER_FILE, newest_state_file(root)]
-    checks += [newest_state_file(root, pattern) for pattern in PICKLED_STATE]
-    for path in checks:
-        if path is None or not path.exists():
-            continue
-        problem = _problem(path)
+    newest = [newest_state_file(root, pattern) for pattern in (STATE_GLOB, *PICKLED_STATE)]
+    for path in [root / TUNER_FILE, *newest]:
+        problem = _problem(path) if path is not None and path.exists() else None
         if problem is None:
             continue
         hint = ""
@@ -231,7 +204,7 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def storage_os_error(exc: BaseException | None = None, text: str = "") -> OSError | None:
     """The storage write failure (no space, quota, read-only file system) in ``exc`` (or its causes, or
-    a trial's error from Ray) or in ``text``, as an ``OSError`` with its errno; None when there is none."""
+    a trial's error from Ray) or in ``text``, as an ``OSError`` with its errno; else None."""
     texts = [text]
     for item in _chain(exc):
         if isinstance(item, OSError) and item.errno in STORAGE_ERRNOS:
@@ -276,10 +249,9 @@ class _Guard(logging.Filter):
 
 @contextlib.contextmanager
 def ray_log_guard(on_storage_error: Callable[[OSError], None]) -> Iterator[None]:
-    """While active, Ray's warnings and errors caused by a storage write failure (a trial or an upload
-    of the experiment state hitting ENOSPC, EDQUOT or EROFS) go to ``on_storage_error(OSError)`` instead
-    of the terminal, and Ray's "Failed to restore the run state" raises :class:`RestoreFailedError`
-    (Ray would otherwise start a new search over the experiment)."""
+    """While active, Ray's warnings and errors caused by a storage write failure (ENOSPC, EDQUOT, EROFS)
+    go to ``on_storage_error(OSError)`` instead of the terminal, and Ray's "Failed to restore the run
+    state" raises :class:`RestoreFailedError` (Ray would otherwise start a new search)."""
     guard = _Guard(on_storage_error)
     loggers = [logging.getLogger(name) for name in GUARDED_LOGGERS]
     for logger in loggers:

@@ -1,9 +1,6 @@
-"""The objective of a search: the single number it minimises, parsed from the ``objective`` setting.
-
-Accepted forms: a report key (``val_top1_error``, ``val_hdist@1``, ``val_hdist@5``,
-``val_mistake_severity``) or the weighted sum ``val_top1_error + W * val_mistake_severity`` (a number
-``W >= 0``). :func:`parse_objective` turns the text into an :class:`Objective`, which the trainables call
-on each epoch's report. Imports no Ray.
+"""The objective of a search: the single number it minimises, parsed from the ``objective`` setting
+(:func:`parse_objective`: one of :data:`OBJECTIVE_METRICS`, or ``val_top1_error + W * val_mistake_severity``
+with a number ``W >= 0``). Imports no Ray.
 """
 
 from __future__ import annotations
@@ -14,7 +11,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MISTAKE_SEVERITY_WARNING", "OBJECTIVE_METRICS", "Objective", "parse_objective"]
+__all__ = ["MISTAKE_SEVERITY_WARNING", "MULTI_METRICS", "OBJECTIVE_METRICS", "Objective", "parse_objective"]
+
+MULTI_METRICS = ("val_top1_error", "val_mistake_severity")
+"""What a multi-objective (NSGA-II) search minimises: its Pareto front."""
 
 MISTAKE_SEVERITY_WARNING = (
     "objective val_mistake_severity alone rewards many small mistakes over few large ones (a model "
@@ -25,15 +25,17 @@ MISTAKE_SEVERITY_WARNING = (
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """The single number a search minimises, computed from one epoch's report.
-
-    ``metric`` is a report key, or ``None`` for the weighted sum
-    ``val_top1_error + weight * val_mistake_severity``.
-    """
+    """The single number a search minimises, computed from one epoch's report: ``metric`` (a report key),
+    or for ``metric=None`` the weighted sum ``val_top1_error + weight * val_mistake_severity``."""
 
     text: str
     metric: str | None
     weight: float = 0.0
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The report keys it reads."""
+        return (self.metric,) if self.metric is not None else MULTI_METRICS
 
     def __call__(self, record: Mapping[str, Any]) -> float:
         if self.metric is not None:
@@ -48,9 +50,7 @@ class Objective:
 
 
 OBJECTIVE_METRICS = ("val_top1_error", "val_hdist@1", "val_hdist@5", "val_mistake_severity")
-_WEIGHTED = re.compile(
-    r"^\s*val_top1_error\s*\+\s*(?P<w>[0-9.eE+-]+)\s*\*\s*val_mistake_severity\s*$"
-)
+_WEIGHTED = re.compile(r"^\s*val_top1_error\s*\+\s*(?P<w>[0-9.eE+-]+)\s*\*\s*val_mistake_severity\s*$")
 
 
 def parse_objective(text: str) -> Objective:

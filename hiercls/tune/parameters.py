@@ -1,19 +1,11 @@
 """The searched parameters of a search space: the ``search:`` mapping parsed into :class:`Param` trees.
 
-Distributions: ``uniform`` (``low``, ``high``), ``loguniform`` (``low > 0``, ``high``), ``int``
-(``low``, ``high``, optional ``log``), ``choice`` (``values``: a list, or a mapping of value -> branch of
-further parameters that exist only when that value is chosen). ``uniform``/``int`` also take
-``scale: epochs``: the bounds are then fractions of the run length (``high: 0.5`` = half the run). A
-plain value instead of a distribution fixes that key inside its branch.
-
-A ``grid`` entry (``values``: a list, or a mapping of value -> branch, as for ``choice``) is not drawn
-but enumerated: a space made of grid entries and plain values is a grid search, whose points are
-:func:`grid_points` (every combination of a mapping's entries; a branched grid's points are the union of
-its branches' points), each run once.
-
-:func:`parse_params` collects problems instead of raising; :func:`iter_params` and :func:`assignments`
-walk a parsed tree (every parameter with its branch context; every combination of branch choices).
-Imports no Ray.
+Distributions: ``uniform`` (``low``, ``high``), ``loguniform`` (``low > 0``, ``high``), ``int`` (``low``,
+``high``, optional ``log``), ``choice`` (``values``: a list, or a mapping of value -> branch of parameters
+that exist only when that value is chosen). ``uniform``/``int`` take ``scale: epochs``: bounds as
+fractions of the run length. A plain value fixes that key inside its branch. A ``grid`` entry (``values``
+as for ``choice``) is enumerated, not drawn: a space of grid entries and plain values is a grid search,
+each of its :func:`grid_points` run once. Imports no Ray.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ from hiercls.config import TrainConfig
 
 __all__ = [
     "DIST_KEYS", "DIST_TYPES", "ENTRY_TYPES", "GRID", "TRIAL_KEYS", "Param", "assignments", "grid_points",
-    "grid_size", "is_grid", "iter_params", "parse_params",
+    "grid_size", "is_grid", "is_number", "iter_params", "parse_params", "plain",
 ]
 
 DIST_TYPES = ("uniform", "loguniform", "int", "choice")
@@ -49,12 +41,8 @@ TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_th
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-    """One searched (or, inside a branch, fixed) key.
-
-    ``kind`` is ``uniform``, ``loguniform``, ``int``, ``choice``, ``grid`` or ``fixed``. A choice (or
-    grid) with ``branches`` (value -> parameters active only under that value) makes the space
-    conditional.
-    """
+    """One searched (or, inside a branch, fixed) key: ``kind`` is one of :data:`ENTRY_TYPES` or ``fixed``;
+    a choice (or grid) with ``branches`` (value -> parameters active only under it) is conditional."""
 
     name: str
     kind: str
@@ -69,12 +57,12 @@ class Param:
     def to_yaml_value(self) -> Any:
         """The plain YAML form (after resolution: no ``scale``)."""
         if self.kind == "fixed":
-            return _plain(self.value)
+            return plain(self.value)
         if self.kind in ("choice", GRID):
             if self.branches is not None:
                 values = {v: {k: p.to_yaml_value() for k, p in self.branches[v].items()} for v in self.values}
             else:
-                values = [_plain(v) for v in self.values]
+                values = [plain(v) for v in self.values]
             return {"type": self.kind, "values": values}
         out: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high}
         if self.kind == "int" and self.log:
@@ -86,9 +74,9 @@ class Param:
     def contains(self, value: Any) -> bool:
         """Whether ``value`` can be drawn from this parameter."""
         if self.kind == "fixed":
-            return _plain(value) == _plain(self.value)
+            return plain(value) == plain(self.value)
         if self.kind in ("choice", GRID):
-            return any(_plain(value) == _plain(v) for v in self.values)
+            return any(plain(value) == plain(v) for v in self.values)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if self.kind == "int" and float(value) != int(value):
@@ -107,46 +95,45 @@ class Param:
 
     def can_be_positive(self) -> bool:
         if self.kind == "fixed":
-            return _is_number(self.value) and self.value > 0
+            return is_number(self.value) and self.value > 0
         if self.kind in ("choice", GRID):
-            return any(_is_number(v) and v > 0 for v in self.values)
+            return any(is_number(v) and v > 0 for v in self.values)
         return self.high is not None and self.high > 0
 
     def largest(self) -> float | None:
         if self.kind == "fixed":
-            return float(self.value) if _is_number(self.value) else None
+            return float(self.value) if is_number(self.value) else None
         if self.kind in ("choice", GRID):
-            nums = [float(v) for v in self.values if _is_number(v)]
+            nums = [float(v) for v in self.values if is_number(v)]
             return max(nums) if nums else None
         return self.high
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """Whether ``v`` is a number (a bool is not)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _numeric(v: Any) -> Any:
-    """``v``, or the float a text such as ``"1e-2"`` spells (YAML 1.1 reads exponents without a dot as
-    text); anything else unchanged."""
+    """``v``, or the float a text such as ``"1e-2"`` spells (YAML 1.1 reads it as text)."""
     if isinstance(v, str):
         try:
             return float(v)
         except ValueError:
-            return v
+            pass
     return v
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` with tuples as lists (how YAML and JSON give them back), for comparisons."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
 def parse_params(raw: Any, where: str, problems: list[str], *, epochs: int | None) -> dict[str, Param]:
     """The ``search:`` mapping (or one branch of it) as parameters; problems are appended, not raised.
-
-    ``epochs`` resolves ``scale: epochs`` bounds (None leaves them as written).
-    """
+    ``epochs`` resolves ``scale: epochs`` bounds (None leaves them as written)."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -180,20 +167,22 @@ def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs
         return None
     unknown = sorted(set(body) - DIST_KEYS[kind])
     if unknown:
-        problems.append(
-            f"{path}: unknown key(s) {', '.join(unknown)} for type {kind}; valid: "
-            + ", ".join(sorted(DIST_KEYS[kind]))
-        )
+        problems.append(f"{path}: unknown key(s) {', '.join(unknown)} for type {kind}; valid: "
+                        + ", ".join(sorted(DIST_KEYS[kind])))
     if kind in ("choice", GRID):
         return _parse_choice(name, body.get("values"), path, problems, epochs=epochs, kind=kind)
+    return _parse_range(name, kind, body, path, problems, epochs=epochs)
+
+
+def _parse_range(name: str, kind: str, body: Mapping[str, Any], path: str, problems: list[str], *,
+                 epochs: int | None) -> Param | None:
+    """A ``uniform``, ``loguniform`` or ``int`` entry (``scale: epochs`` resolved with ``epochs``)."""
     # YAML 1.1 (PyYAML) reads 1e-2 (no dot) as text: a bound written as a number is taken as one
     low, high = _numeric(body.get("low")), _numeric(body.get("high"))
-    ok = True
-    for key, v in (("low", low), ("high", high)):
-        if not _is_number(v) or not math.isfinite(v):
-            problems.append(f"{path}: {key} must be a finite number, got {v!r}")
-            ok = False
-    if not ok:
+    bad = [f"{path}: {key} must be a finite number, got {v!r}" for key, v in (("low", low), ("high", high))
+           if not is_number(v) or not math.isfinite(v)]
+    if bad:
+        problems += bad
         return None
     scale = body.get("scale")
     if scale is not None and scale != "epochs":
@@ -204,11 +193,10 @@ def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs
         scale = None
     if kind == "int":
         if scale is None and (float(low) != int(low) or float(high) != int(high)):
-            if "scale" in body:  # rounded fractions of the run
-                low, high = math.ceil(low), math.floor(high)
-            else:
+            if "scale" not in body:
                 problems.append(f"{path}: int bounds must be whole numbers, got [{low}, {high}]")
                 return None
+            low, high = math.ceil(low), math.floor(high)  # rounded fractions of the run
         low, high = int(low), int(high)
     log = bool(body.get("log", False)) or kind == "loguniform"
     if high < low or (high == low and kind != "int"):
@@ -222,18 +210,16 @@ def _parse_param(name: str, body: Any, path: str, problems: list[str], *, epochs
     return Param(name, kind, low=low, high=high, log=log and kind == "int", scale=scale)
 
 
-def _parse_choice(
-    name: str, values: Any, path: str, problems: list[str], *, epochs: int | None, kind: str = "choice"
-) -> Param | None:
+def _parse_choice(name: str, values: Any, path: str, problems: list[str], *, epochs: int | None,
+                  kind: str = "choice") -> Param | None:
     """A ``choice`` or ``grid`` entry: a list of values, or a mapping of value -> branch. A grid's values
     may also be lists (a point for an ``ints``/``floats`` key); Optuna's choices may not."""
     if isinstance(values, Mapping):
         if not values:
             problems.append(f"{path}: {kind} has no values")
             return None
-        branches = {}
-        for value, branch in values.items():
-            branches[value] = parse_params(branch or {}, f"{path}[{value}]", problems, epochs=epochs)
+        branches = {value: parse_params(branch or {}, f"{path}[{value}]", problems, epochs=epochs)
+                    for value, branch in values.items()}
         return Param(name, kind, values=tuple(values), branches=branches)
     if not isinstance(values, (list, tuple)) or not values:
         problems.append(f"{path}: {kind} needs a non-empty list (or mapping of branches) under 'values'")
@@ -244,7 +230,7 @@ def _parse_choice(
         if not _is_scalar(v):
             problems.append(f"{path}: {kind} values must be numbers, strings, booleans or null, got {v!r}")
             return None
-    if len({repr(_plain(v)) for v in values}) != len(values):
+    if len({repr(plain(v)) for v in values}) != len(values):
         problems.append(f"{path}: {kind} values repeat: {list(values)!r}")
     return Param(name, kind, values=tuple(tuple(v) if isinstance(v, list) else v for v in values))
 
@@ -264,23 +250,16 @@ def iter_params(params: Mapping[str, Param], context: tuple = ()) -> Iterator[tu
 
 def assignments(params: Mapping[str, Param]) -> Iterator[dict[str, Param]]:
     """Every combination of branch choices, as the flat map of the parameters active in it."""
-    plain = {n: p for n, p in params.items() if p.branches is None}
-    branched = [p for p in params.values() if p.branches is not None]
-    if not branched:
-        yield dict(plain)
-        return
-    options = []
-    for p in branched:
-        subs = []
-        for value in p.values:
-            for sub in assignments(p.branches[value]):
-                subs.append({p.name: Param(p.name, "fixed", value=value), **sub})
-        options.append(subs)
+    flat = {n: p for n, p in params.items() if p.branches is None}
+    options = [[{p.name: Param(p.name, "fixed", value=value), **sub}
+                for value in p.values for sub in assignments(p.branches[value])]
+               for p in params.values() if p.branches is not None]
     for combo in itertools.product(*options):
-        merged = dict(plain)
-        for part in combo:
-            merged.update(part)
-        yield merged
+        yield {**flat, **_merged(combo)}
+
+
+def _merged(parts: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    return {k: v for part in parts for k, v in part.items()}
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -299,8 +278,7 @@ def _options(p: Param) -> list[Any] | None:
 
 
 def grid_size(params: Mapping[str, Param]) -> int:
-    """The number of points :func:`grid_points` yields, counted without listing them (distributions,
-    refused in a grid search, count as one value)."""
+    """The number of points :func:`grid_points` yields, without listing them (a distribution counts one)."""
     total = 1
     for p in params.values():
         if p.branches is not None and p.kind == GRID:
@@ -311,16 +289,10 @@ def grid_size(params: Mapping[str, Param]) -> int:
 
 
 def grid_points(params: Mapping[str, Param]) -> list[dict[str, Any]]:
-    """Every point of a grid search, in a fixed order: the searched keys each trial's config holds
-    (plain values included, as in a TPE trial's config; branch keys only in their branch's points).
-
-    The points of a mapping are every combination of its entries' values (the first entry varying
-    slowest, each entry's values in the order written); a grid with branches contributes, for each of
-    its values in order, that value with each point of its branch. So ``loss`` over
-    ``{cross-entropy: {}, hierarchical-cross-entropy: {alpha: {type: grid, values: [0.1, 0.2]}}}``
-    gives 1 + 2 points. Values are the YAML's (lists for ``ints``/``floats`` keys). Distributions,
-    which a grid search refuses (:func:`hiercls.tune.checks.grid_problems`), are left out.
-    """
+    """Every point of a grid search (the searched keys each trial's config holds, plain values included):
+    every combination of the entries' values, the first entry varying slowest, values in the order
+    written; a branched grid gives, for each value in order, that value with each point of its branch.
+    Values are the YAML's (lists for ``ints``/``floats`` keys); distributions are left out."""
     parts: list[list[dict[str, Any]]] = []
     for name, p in params.items():
         if p.branches is not None and p.kind == GRID:
@@ -329,11 +301,5 @@ def grid_points(params: Mapping[str, Param]) -> list[dict[str, Any]]:
             continue
         options = _options(p)
         if options is not None:
-            parts.append([{name: _plain(v)} for v in options])
-    points = []
-    for combo in itertools.product(*parts):
-        point: dict[str, Any] = {}
-        for part in combo:
-            point.update(part)
-        points.append(point)
-    return points
+            parts.append([{name: plain(v)} for v in options])
+    return [_merged(combo) for combo in itertools.product(*parts)]

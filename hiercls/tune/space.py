@@ -1,39 +1,43 @@
-"""The search space for Optuna: a define-by-run function built from parsed :class:`Param` trees, and the
-OptunaSearch variant used by the runner.
-
-Define-by-run lets a branch's parameters exist only when its value is drawn: a trial with
-``loss: soft-labels`` has ``beta`` in its config and no ``alpha`` (a static space would draw both and
-have TPE model a parameter that had no effect).
+"""The Ray and Optuna objects hiercls makes itself: a define-by-run space (a trial with ``loss:
+soft-labels`` has ``beta`` and no ``alpha``: TPE models no parameter that had no effect), the Optuna
+searcher (ask-and-tell in a Ray ``Searcher``), NSGA-II that pickles, PB2 that never perturbs after the
+last epoch.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from hiercls.tune.constraints import Constraint, constraint_values, merge_bounds
-from hiercls.tune.layout import TRIAL_INDEX
-from hiercls.tune.spec import Param
+from hiercls.experiment.layout import TRIAL_INDEX
+from hiercls.experiment.parts import GROW_PREFIX
+from hiercls.experiment.study import STUDY_FILE
+from hiercls.tune.constraints import Constraint, constraint_values, merge_bounds, write_bounds
+from hiercls.tune.parameters import Param
 
-__all__ = ["TRIAL_INDEX", "DefineByRun", "PB2UntilLastEpoch", "PicklableNSGAIISampler", "SearchAlgorithm",
-           "draw"]
+__all__ = ["TRIAL_INDEX", "DefineByRun", "PB2UntilLastEpoch", "PicklableNSGAIISampler", "SearchAlgorithm"]
 
 
 log = logging.getLogger("hiercls.tune")
 
 
 class DefineByRun:
-    """Callable ``space(trial)`` for OptunaSearch: suggests every active parameter, returns the fixed
-    values of the drawn branches. Picklable (the searcher's state is saved with the experiment)."""
+    """Callable ``space(trial)`` for :class:`SearchAlgorithm`: suggests every active parameter, returns the
+    fixed values of the drawn branches. Picklable (the searcher's state is saved with the experiment)."""
 
     def __init__(self, params: Mapping[str, Param]) -> None:
         self.params = dict(params)
@@ -61,26 +65,6 @@ def _suggest(trial: Any, params: Mapping[str, Param], fixed: dict[str, Any]) -> 
             trial.suggest_float(name, p.low, p.high, log=p.kind == "loguniform")
 
 
-def draw(params: Mapping[str, Param], rng: Any) -> dict[str, Any]:
-    """One random configuration (``rng``: a ``random.Random``), the same shape as a trial's config."""
-    out: dict[str, Any] = {}
-    for name, p in params.items():
-        if p.kind == "fixed":
-            out[name] = p.value
-        elif p.kind in ("choice", "grid"):
-            value = rng.choice(list(p.values))
-            out[name] = value
-            if p.branches is not None:
-                out.update(draw(p.branches[value], rng))
-        elif p.kind == "int":
-            out[name] = rng.randint(int(p.low), int(p.high))
-        elif p.kind == "loguniform":
-            out[name] = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
-        else:
-            out[name] = rng.uniform(p.low, p.high)
-    return out
-
-
 def _is_nan(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_is_nan(v) for v in value)
@@ -103,62 +87,57 @@ class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
 
 
 class PB2UntilLastEpoch(PB2):
-    """Ray Tune's PB2 that does not perturb after a trial's last epoch (``last_epoch``): synchronous PB2
-    would otherwise hand the lowest quarter a donor's finished model with new values that never train,
-    and those trials would end with another trial's results under their own values."""
+    """Ray Tune's PB2 on the ``epoch`` of each result that does not perturb after a trial's last epoch
+    (``last_epoch``): synchronous PB2 would otherwise hand the lowest quarter a donor's finished model with
+    new values that never train, and those trials would end with another trial's results."""
 
-    def __init__(self, *args: Any, last_epoch: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, last_epoch: int, **kwargs: Any) -> None:
+        super().__init__(time_attr="epoch", **kwargs)
         self._last_epoch = int(last_epoch)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if result.get(self._time_attr, 0) >= self._last_epoch:
+        if result.get("epoch", 0) >= self._last_epoch:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
 
-class SearchAlgorithm(OptunaSearch):
-    """OptunaSearch that tells Optuna what happened to each trial, in a study kept in storage.
+class SearchAlgorithm(Searcher):
+    """A Ray Tune searcher over Optuna's ask-and-tell API (public, but for ``FrozenTrial._trial_id``, which
+    rebuilds the trials still running when a search resumes: :mod:`hiercls.tune.contracts`).
 
-    * An errored trial is told as FAIL (Ray tells its last value as COMPLETE). A NaN result is told as
-      FAIL too: Ray's OptunaSearch hands it to ``study.tell`` as a completed value,
-      which Optuna refuses, and the trial would stay RUNNING in the study forever; FAIL keeps it out of
-      TPE's and NSGA-II's models. NaN intermediate values are not reported either.
-    * A trial that ended before ``max_epochs`` without an error (ASHA stopped it) is told as PRUNED (Ray
-      tells it COMPLETE with its last, partial value); its per-epoch values stay as intermediate values.
-    * Each Optuna trial carries the user attributes ``ray_trial_id`` and ``trial_folder``
-      (``experiment_dir/trial_<id>``).
-    * On a resume (:meth:`restore`), trials the storage still holds as RUNNING that no restored Ray trial
-      continues (asked after the searcher's last save by a driver that was killed) are marked FAIL.
+    * ``points_to_evaluate`` are enqueued and asked first; every epoch's objective is an intermediate value;
+      each trial carries the user attributes ``ray_trial_id`` and ``trial_folder``.
+    * An error or a NaN is told FAIL (kept out of TPE's and NSGA-II's models); a trial that ended before
+      ``max_epochs`` without an error (ASHA stopped it) PRUNED; the others COMPLETE.
+    * Constraints (:mod:`hiercls.tune.constraints`): a trial that ran in full gets ``value - bound`` per
+      bounded metric with ``Trial.set_constraint`` before it is told. A bound relative to ``baseline`` waits
+      for the first trial (the first point): nothing else is suggested until it ran in full; its values fix
+      the bounds (``constraints.json``, the study's ``constraint_bounds``); if it fails, the search ends.
+    * :meth:`restore` (a resume) reopens the study in the restored folder's journal when there is one (a
+      copied experiment writes its own) and tells FAIL the trials left RUNNING by a killed driver.
 
-    * Constraints (:mod:`hiercls.tune.constraints`): a trial that ran in full is given its constraint
-      values (``value - bound`` per bounded metric, at its last epoch) with ``Trial.set_constraint``
-      before it is told COMPLETE, so TPE and NSGA-II model infeasible trials apart and Optuna's best
-      trial is feasible. A bound relative to ``baseline`` waits for the baseline, the first trial
-      suggested (the first ``points_to_evaluate`` point): no other trial is suggested until it has
-      finished in full; its values then fix the bounds (written to the experiment's
-      ``constraints.json`` and the study's user attribute ``constraint_bounds``). A baseline that fails,
-      goes NaN or stops early ends the search (nothing to compare against).
-
-    Args (beyond OptunaSearch's, ``storage`` and ``study_name`` among them):
-        max_epochs: each trial's full length (epochs); None: never PRUNED.
-        experiment_dir: the experiment folder, for ``trial_folder`` and ``constraints.json``.
-        constraints: parsed constraints (``SearchSpec.parsed_constraints()``).
-        full_epochs: a trial's full length (epochs), for the constraints (default ``max_epochs``).
-        bounds: bounds fixed earlier (a grown search's): no baseline is waited for.
+    ``metric``/``mode`` are lists for a multi-objective search; ``max_epochs``: a trial's full length under
+    ASHA (None: never PRUNED), ``full_epochs`` for the constraints; ``bounds``: fixed earlier (a growth's).
     """
 
-    # defaults for a searcher pickled by an earlier version (Tuner.restore unpickles the instance)
+    STATE_VERSION = 2
+    # defaults for a searcher pickled by an earlier version (tuner.pkl holds the instance)
     _constraints: list[Constraint] = []  # noqa: RUF012 - never mutated
     _bounds: dict[str, float] | None = None
     _baseline_trial: str | None = None
     _baseline_failed: str | None = None
     _full_epochs: int | None = None
 
-    def __init__(self, *args: Any, max_epochs: int | None = None, experiment_dir: str | None = None,
-                 constraints: Sequence[Constraint] = (), full_epochs: int | None = None,
-                 bounds: Mapping[str, float] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, space: DefineByRun, metric: str | list[str], mode: str | list[str], *,
+                 points_to_evaluate: Sequence[Mapping[str, Any]] | None = None, sampler: Any = None,
+                 storage: Any = None, study_name: str | None = None, max_epochs: int | None = None,
+                 experiment_dir: str | None = None, constraints: Sequence[Constraint] = (),
+                 full_epochs: int | None = None, bounds: Mapping[str, float] | None = None) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        self._sampler = sampler if sampler is not None else optuna.samplers.TPESampler()
+        self._storage = storage
+        self._study_name = study_name or "optuna"
         self._max_epochs = max_epochs
         self._experiment_dir = experiment_dir
         self._constraints = list(constraints)
@@ -169,121 +148,126 @@ class SearchAlgorithm(OptunaSearch):
             None if relative or not self._constraints else merge_bounds(self._constraints, None))
         self._baseline_trial: str | None = None
         self._baseline_failed: str | None = None
+        self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self._done: set[str] = set()
+        self._steps: dict[str, list[int]] = {}  # the steps reported as intermediate values
+        one = isinstance(mode, str)
+        directions = ["minimize" if m == "min" else "maximize" for m in ([mode] if one else mode)]
+        self._study = optuna.create_study(
+            storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
+            study_name=self._study_name, load_if_exists=True,
+            **({"direction": directions[0]} if one else {"directions": directions}))
+        for point in points_to_evaluate or []:
+            self._study.enqueue_trial(dict(point))
+        self._trials: dict[str, optuna.Trial] = {}
 
     @property
     def waiting_for_baseline(self) -> bool:
         """Whether trials are held back until the baseline trial has finished."""
         return bool(self._constraints) and self._bounds is None and self._baseline_failed is None
 
-    def suggest(self, trial_id: str) -> dict | str | None:
-        from ray.tune.search import Searcher
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return False  # the space, metric and mode were given when it was made
 
+    def suggest(self, trial_id: str) -> dict | str | None:
         if self._baseline_failed is not None:
             return Searcher.FINISHED
         if self.waiting_for_baseline and self._baseline_trial is not None:
             return None  # asked again once the baseline has finished
-        config = super().suggest(trial_id)
-        if config is not None and self.waiting_for_baseline:
+        new = trial_id not in self._trials
+        trial = self._trials[trial_id] = self._trials.get(trial_id) or self._study.ask()
+        fixed = self._space(trial)
+        if self.waiting_for_baseline:
             self._baseline_trial = trial_id
-        ot_trial = self._ot_trials.get(trial_id)
-        if config is not None and ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        if new:
+            self._numbers[trial_id] = trial.number
+            trial.set_user_attr("ray_trial_id", trial_id)
             if self._experiment_dir is not None:
-                ot_trial.set_user_attr("trial_folder", f"{self._experiment_dir}/trial_{trial_id}")
-        return config
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        from optuna.trial import TrialState
-
-        self._rebind_journal(Path(checkpoint_path).parent)
-        continued = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in continued:
-                self._ot_study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
-                log.warning("optuna trial %d was left running by a stopped driver: marked failed",
-                            frozen.number)
-
-    def _rebind_journal(self, folder: Path) -> None:
-        """Point the study at the journal file of the experiment being restored (``folder``: the
-        experiment, or a grown search's part inside it), when the saved state names another: a moved or
-        copied experiment must not write its trials into the original's file. A database URL is kept."""
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        from hiercls.tune.parts import GROW_PREFIX
-        from hiercls.tune.study import STUDY_FILE
-
-        backend = getattr(self._storage, "_backend", None)
-        if not isinstance(self._storage, JournalStorage) or not isinstance(backend, JournalFileBackend):
-            return
-        root = folder.parent if folder.name.startswith(GROW_PREFIX) else folder
-        current = (root / STUDY_FILE).resolve()
-        old = Path(getattr(backend, "_file_path", "")).resolve()
-        if old == current or not current.is_file():
-            return
-        log.warning("the study's journal moved with the experiment: %s (saved: %s)", current, old)
-        storage = JournalStorage(JournalFileBackend(str(current)))
-        study = optuna.load_study(study_name=self._ot_study.study_name, storage=storage,
-                                  sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
-        self._storage, self._ot_study = storage, study
-        self._ot_trials = {tid: optuna.trial.Trial(study, t._trial_id) for tid, t in self._ot_trials.items()}
-        if self._experiment_dir is not None:  # trial_folder attributes name the folder it is in now
-            self._experiment_dir = str(folder)
+                trial.set_user_attr("trial_folder", f"{self._experiment_dir}/trial_{trial_id}")
+        return {**trial.params, **fixed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not isinstance(self.metric, list) and _is_nan(result.get(self.metric)):
-            return
-        super().on_trial_result(trial_id, result)
+        if isinstance(self.metric, list) or trial_id in self._done or trial_id not in self._trials:
+            return  # Optuna keeps no intermediate values of a multi-objective study
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """The result's objective as the intermediate value of its step (once per step, never NaN)."""
+        step, value = result.get("training_iteration"), result.get(self.metric)
+        steps = self._steps.setdefault(trial_id, [])
+        number = isinstance(value, (int, float)) and not _is_nan(value)
+        if isinstance(step, int) and number and step not in steps:
+            with warnings.catch_warnings():  # a step reported before the last save: Optuna keeps the first
+                warnings.filterwarnings("ignore", message=".*is already reported", category=UserWarning)
+                self._trials[trial_id].report(float(value), step)
+            steps.append(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id == self._baseline_trial and self.waiting_for_baseline:
             self._fix_bounds(result, error)
-        if result and trial_id not in self._completed_trials and trial_id in self._ot_trials:
-            from optuna.trial import TrialState
-
-            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-            nan = any(_is_nan(result.get(m)) for m in metrics)
-            if not nan and not isinstance(self.metric, list):
-                self._report_last(trial_id, result)
-            state = None
-            if error or nan:
-                state = TrialState.FAIL  # Ray would tell an errored trial's last value as COMPLETE
-            elif not error and self._stopped_early(result):
-                state = TrialState.PRUNED
-            if state is None and self._bounds is not None and self._ran_in_full(result):
-                values = constraint_values(result, self._bounds)
-                for metric, value in (values or {}).items():
-                    self._ot_trials[trial_id].set_constraint(metric, value)
-            if state is not None:
-                try:
-                    self._ot_study.tell(self._ot_trials[trial_id], state=state)
-                except Exception as exc:  # noqa: BLE001 - Optuna's own refusals are only logged, as in Ray
-                    log.warning("optuna refused the %s trial %s: %s", state.name.lower(), trial_id, exc)
-                self._completed_trials.add(trial_id)
-                return
-        super().on_trial_complete(trial_id, result, error)
-
-    def _report_last(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        """The trial's last result as an intermediate value too (Ray passes the result that ends a trial to
-        ``on_trial_complete`` only), so the study holds every epoch's value."""
-        step, value = result.get("training_iteration"), result.get(self.metric)
-        if not isinstance(step, int) or not isinstance(value, (int, float)):
+        if trial_id in self._done or trial_id not in self._trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        stored = self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
-        if step not in stored:
-            ot_trial.report(float(value), step)
+        self._done.add(trial_id)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [(result or {}).get(m) for m in metrics] if result else None
+        if values is not None and not isinstance(self.metric, list) and not _is_nan(values):
+            self._report(trial_id, result)  # Ray passes the result that ends a trial here only
+        state = self._state(result, values, error)
+        if state == TrialState.COMPLETE and self._bounds is not None and self._ran_in_full(result):
+            for metric, value in (constraint_values(result, self._bounds) or {}).items():
+                self._trials[trial_id].set_constraint(metric, value)
+        single = not isinstance(self.metric, list)
+        told = None if state != TrialState.COMPLETE else values[0] if single else values
+        try:
+            self._study.tell(self._trials[trial_id], told, state=state)
+        except Exception as exc:  # noqa: BLE001 - Optuna's own refusals are only logged, as in Ray
+            log.warning("optuna refused the %s trial %s: %s", state.name.lower(), trial_id, exc)
 
+    def _state(self, result: Mapping[str, Any] | None, values: list[Any] | None, error: bool) -> TrialState:
+        """FAIL for an error or a NaN, PRUNED for no value or an early stop (ASHA), else COMPLETE."""
+        if error or (values is not None and _is_nan(values)):
+            return TrialState.FAIL
+        if values is None or None in values or self._stopped_early(result):
+            return TrialState.PRUNED
+        return TrialState.COMPLETE
+
+    # ------------------------------------------------------------------ save and restore
+    def save(self, checkpoint_path: str) -> None:
+        state = {"version": self.STATE_VERSION, "numbers": self._numbers, "done": sorted(self._done),
+                 "steps": self._steps, "sampler": self._sampler, "bounds": self._bounds,
+                 "baseline_trial": self._baseline_trial, "baseline_failed": self._baseline_failed}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)  # noqa: S301 - the experiment's own file, checked by check_trusted
+        if state.get("version") != self.STATE_VERSION:
+            state = _state_of_optuna_search(state)
+        self._numbers, self._done = dict(state["numbers"]), set(state["done"])
+        self._steps = {k: list(v) for k, v in state["steps"].items()}
+        self._sampler, self._bounds = state["sampler"], state["bounds"]
+        self._baseline_trial, self._baseline_failed = state["baseline_trial"], state["baseline_failed"]
+        self._storage = _journal_in(Path(checkpoint_path).parent, self._storage)
+        self._study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                        sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+        continued = {n for tid, n in self._numbers.items() if tid not in self._done}
+        by_number = {t.number: t for t in self._study.get_trials(deepcopy=False) if t.number in continued}
+        self._trials = {tid: optuna.trial.Trial(self._study, by_number[n]._trial_id)
+                        for tid, n in self._numbers.items() if n in by_number}
+        for frozen in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in continued:
+                self._study.tell(frozen.number, state=TrialState.FAIL)
+                log.warning("optuna trial %d was left running by a stopped driver: marked failed",
+                            frozen.number)
+
+    # ------------------------------------------------------------------ constraints
     def _ran_in_full(self, result: Mapping[str, Any] | None) -> bool:
         epoch = (result or {}).get("epoch")
         return self._full_epochs is None or (isinstance(epoch, (int, float)) and epoch >= self._full_epochs)
 
     def _fix_bounds(self, result: Mapping[str, Any] | None, error: bool) -> None:
         """The baseline trial ended: fix the bounds from its last result, or end the search."""
-        from hiercls.tune.constraints import write_bounds
-
         metrics = {c.metric for c in self._constraints}
         values = {m: (result or {}).get(m) for m in metrics}
         problem = None
@@ -301,14 +285,36 @@ class SearchAlgorithm(OptunaSearch):
         baseline = {m: float(v) for m, v in values.items()}
         self._bounds = merge_bounds(self._constraints, baseline)
         record = {"trial_id": self._baseline_trial, "values": baseline}
-        self._ot_study.set_user_attr("constraint_bounds", self._bounds)
-        self._ot_study.set_user_attr("constraint_baseline", record)
+        self._study.set_user_attr("constraint_bounds", self._bounds)
+        self._study.set_user_attr("constraint_baseline", record)
         if self._experiment_dir is not None:
             write_bounds(self._experiment_dir, self._constraints, self._bounds, record)
         log.warning("baseline trial %s finished: constraint bounds %s", self._baseline_trial,
                     ", ".join(f"{m} <= {b:.6g}" for m, b in self._bounds.items()))
 
-    def _stopped_early(self, result: Mapping[str, Any]) -> bool:
-        epoch = result.get("epoch")
+    def _stopped_early(self, result: Mapping[str, Any] | None) -> bool:
+        epoch = (result or {}).get("epoch")
         return (self._max_epochs is not None and not isinstance(self.metric, list)
                 and isinstance(epoch, (int, float)) and epoch < self._max_epochs)
+
+
+def _journal_in(folder: Path, storage: Any) -> Any:
+    """The study's storage for an experiment restored from ``folder`` (the experiment, or a grown
+    search's part inside it): its own journal file when there is one there (a moved or copied experiment
+    must not write its trials into the original's file), else ``storage`` (a database URL is kept)."""
+    if not isinstance(storage, JournalStorage):
+        return storage
+    root = folder.parent if folder.name.startswith(GROW_PREFIX) else folder
+    journal = root / STUDY_FILE
+    return JournalStorage(JournalFileBackend(str(journal))) if journal.is_file() else storage
+
+
+def _state_of_optuna_search(old: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved state of an experiment started before hiercls ran Optuna through its own searcher (Ray's
+    ``OptunaSearch``, whose ``__dict__`` was pickled) in today's form."""
+    return {
+        "numbers": {tid: t.number for tid, t in old["_ot_trials"].items()},
+        "done": set(old.get("_completed_trials", ())), "steps": {}, "sampler": old["_sampler"],
+        "bounds": old.get("_bounds"), "baseline_trial": old.get("_baseline_trial"),
+        "baseline_failed": old.get("_baseline_failed"),
+    }

@@ -1,107 +1,43 @@
 """The typed search specification: one YAML file (plus command-line overrides) -> :class:`SearchSpec`.
 
-A search-space file holds the search settings at its top level, the fixed training configuration under
-``train:`` (any :class:`~hiercls.config.TrainConfig` key), the searched parameters under ``search:`` and
-optional ``points_to_evaluate:`` (configurations tried first, e.g. a cross-entropy baseline)::
-
-    name: hxe
-    epochs: 30                 # the trials' length and ASHA's max_t
-    grace_period: 5
-    train: {loss: hierarchical-cross-entropy, hierarchy: cifar100-wordnet}
-    search:
-      alpha: {type: uniform, low: 0.0, high: 0.9}
-      lr: {type: loguniform, low: 0.01, high: 0.2}
-      loss:                    # a choice whose values are a mapping: one branch per value
-        type: choice
-        values:
-          cross-entropy: {}
-          soft-labels: {beta: {type: loguniform, low: 1, high: 30}}
-    points_to_evaluate:
-      - {loss: cross-entropy, lr: 0.05}
-
-Distributions: ``uniform`` (``low``, ``high``), ``loguniform`` (``low > 0``, ``high``), ``int``
-(``low``, ``high``, optional ``log``), ``choice`` (``values``: a list, or a mapping of value -> branch of
-further parameters that exist only when that value is chosen). ``uniform``/``int`` also take
-``scale: epochs``: the bounds are then fractions of the run length (``high: 0.5`` = half the run). A
-plain value instead of a distribution fixes that key inside its branch.
-
-A grid search (:func:`~hiercls.tune.parameters.grid_points`) lists values instead of drawing them:
-``{type: grid, values: [...]}``, or ``values`` as a mapping of branches (each branch's grid is its own
-combination; the search's points are the union of the branches' points)::
-
-    search:
-      loss:
-        type: grid
-        values:
-          cross-entropy: {}                                        # 1 point
-          hierarchical-cross-entropy:
-            alpha: {type: grid, values: [0.1, 0.2, 0.4]}           # 3 points
-          soft-labels: {beta: {type: grid, values: [4, 30]}}       # 2 points
-
-Every point runs once (Ray's basic variant generator, no Optuna: :mod:`hiercls.tune.runner`);
-``num_samples`` is the number of points (another value is refused); a distribution beside a grid entry is
-refused; ``scheduler`` (``asha`` or ``none``) defaults to ``none`` for a grid, ``asha`` otherwise.
-
-Every problem in a specification is collected and reported at once (:class:`SpecError`) before Ray
-starts: see :meth:`SearchSpec.problems`.
-
-The objective, the searched parameters and the checks of the space are :mod:`hiercls.tune.objective`,
-:mod:`hiercls.tune.parameters` and :mod:`hiercls.tune.checks`; the names other code imports from here
-(``Objective``, ``parse_objective``, ``Param``, ``parse_params``, ``iter_params``) are re-exported.
-Imports no Ray.
+A space file holds the search settings at its top level, the fixed training keys under ``train:``, the
+searched parameters under ``search:`` (:mod:`hiercls.tune.parameters`: distributions, branches, grids)
+and optional ``points_to_evaluate:``; ``docs/search.md`` describes the format and
+``docs/reference/modes.md`` what each search mode takes. Every problem is reported at once
+(:class:`SpecError`, :meth:`SearchSpec.problems`) before Ray starts. Imports no Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hiercls.config import ConfigError, TrainConfig, _coerce
-from hiercls.tune.checks import (
-    all_off_problems,
-    branch_problems,
-    config_problems,
-    grace_problems,
-    grid_problems,
-    point_problems,
-)
+from hiercls.config import ConfigError, TrainConfig, coerce_field
+from hiercls.tune.checks import all_off_problems, branch_problems, config_problems, point_problems
 from hiercls.tune.constraints import Constraint, parse_constraint
+from hiercls.tune.modes import mode_problems, scheduler_of, searcher_of
 from hiercls.tune.objective import MISTAKE_SEVERITY_WARNING, Objective, parse_objective
 from hiercls.tune.parameters import (
     TRIAL_KEYS,
     Param,
-    _plain,
     grid_points,
     grid_size,
     is_grid,
     iter_params,
     parse_params,
+    plain,
 )
 from hiercls.value_schedule import all_variable_keys
 
 __all__ = [
-    "DEFAULT_NUM_SAMPLES",
-    "DEFAULT_SPACE",
-    "SCHEDULERS",
-    "pb2_keys",
-    "resolve_space",
-    "shipped_spaces",
-    "MAX_SAMPLES",
-    "SMOKE_SPACE",
-    "Param",
-    "SearchSpec",
-    "SpecError",
-    "DataNotReadyError",
-    "Objective",
-    "parse_objective",
-    "parse_params",
-    "spec_differences",
+    "DEFAULT_NUM_SAMPLES", "DEFAULT_SPACE", "MAX_SAMPLES", "SMOKE_SPACE", "DataNotReadyError", "Objective",
+    "Param", "SearchSpec", "SpecError", "iter_params", "parse_objective", "parse_params", "pb2_keys",
+    "resolve_space", "shipped_spaces", "spec_differences",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,16 +82,12 @@ MAX_SAMPLES = 10_000
 """``num_samples`` above this is refused unless ``allow_large_search`` (``--allow-large-search``)."""
 DEFAULT_NUM_SAMPLES = 20
 """The trials of a TPE search when ``num_samples`` is not given (a grid search: its number of points)."""
-SCHEDULERS = ("asha", "none", "pb2")
-"""The ``scheduler`` values: ASHA stops weak trials at its rungs; ``none`` runs every trial in full;
-``pb2`` is population-based training with a Gaussian-process bandit (Ray Tune's PB2): every
-``perturbation_interval`` epochs a weak trial continues from a strong one's checkpoint with new values."""
 
 
 def pb2_keys() -> tuple[str, ...]:
-    """What PB2 changes during training: ``lr`` and the losses' parameters declared ``variable`` (the
-    engine's ``value_schedule`` keys: ``alpha``, ``beta``, ``lambda_fine``, ``lambda_coarse``). A function:
-    reading the loss registry imports the losses (and torch), which this module otherwise does not."""
+    """What PB2 changes during training: the values declared ``variable`` (the engine's ``value_schedule``
+    keys: ``lr``, ``alpha``, ``beta``, ``lambda_fine``, ``lambda_coarse``). A function: reading the loss
+    registry imports the losses (and torch)."""
     return tuple(all_variable_keys())
 
 
@@ -182,31 +114,21 @@ class DataNotReadyError(SpecError):
 # ---------------------------------------------------------------------------------------------- the spec
 @dataclasses.dataclass
 class SearchSpec:
-    """Everything a search needs; YAML < command line. Paths are made absolute by :meth:`resolved`.
+    """Everything a search needs; defaults < YAML < command line. Paths are made absolute by
+    :meth:`resolved`. The settings are the command line's options (``python tune_main.py --help``,
+    ``docs/search.md``); ``searcher`` and ``scheduler`` pick the search mode (None: chosen from the rest,
+    :mod:`hiercls.tune.modes`); ``max_concurrent`` None (``auto``) is what the cluster runs. The space:
+    ``train``, ``search``, ``points_to_evaluate``.
 
-    Search settings: ``name`` (experiment name; default the space file's stem), ``storage_path`` (the
-    experiment folder is ``storage_path/name``), ``num_samples`` (trials in all; None:
-    :data:`DEFAULT_NUM_SAMPLES`, or a grid's number of points), ``epochs`` (each trial's length and
-    ASHA's ``max_t``), ``scheduler`` (``asha`` or ``none``; None: ``none`` for a grid search or
-    ``multi_objective``, else ``asha``), ``grace_period``, ``reduction_factor`` (ASHA),
-    ``max_concurrent`` (trials at once; None: as many as the cluster's resources can run, see
-    :func:`hiercls.tune.cluster.cluster_capacity`), ``startup_trials`` (random trials before TPE models the
-    results), ``gpus_per_trial``, ``cpus_per_trial``, ``address`` (None: a local Ray; ``auto`` or
-    ``HOST:PORT``: join a cluster), ``objective``, ``multi_objective`` (NSGA-II on
-    (val_top1_error, val_mistake_severity), no ASHA), ``seed``, ``data_dir`` (overrides
-    ``train.data_dir``), ``max_failures`` (retries of a crashed trial from its last checkpoint),
-    ``top`` (rows in the final table), ``allow_large_search`` (permit ``num_samples`` above
-    :data:`MAX_SAMPLES`), ``optuna_storage`` (a database URL for the Optuna study; None: the journal file
-    in the experiment folder, :mod:`hiercls.tune.study`), ``constraints`` (``METRIC <= BOUND`` lines,
-    :mod:`hiercls.tune.constraints`: a bound relative to ``baseline`` is the first
-    ``points_to_evaluate`` trial's value), ``perturbation_interval`` (PB2: epochs between
-    perturbations). Space: ``train``, ``search``, ``points_to_evaluate``.
+    ``given`` (not saved) names the settings the file, the command line or the dict set: a setting the
+    search mode does not take is refused or warned about only when someone set it.
     """
 
     name: str | None = None
     storage_path: str = "runs/tune"
     num_samples: int | None = None
     epochs: int = 30
+    searcher: str | None = None
     scheduler: str | None = None
     grace_period: int = 3
     reduction_factor: float = 3.0
@@ -229,6 +151,7 @@ class SearchSpec:
     search: dict[str, Any] = dataclasses.field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     space_file: str | None = None
+    given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
     # keys that define the search: a change on --resume is refused
     RUNTIME_KEYS = ("name", "storage_path", "address", "max_concurrent", "space_file", "top", "max_failures",
@@ -238,41 +161,40 @@ class SearchSpec:
     @classmethod
     def settings(cls) -> list[str]:
         """The keys a YAML file (top level) or the command line may set."""
-        return [f.name for f in dataclasses.fields(cls) if f.name != "space_file"]
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("space_file", "given")]
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path | None,
-        overrides: Mapping[str, Any] | None = None,
-        *,
-        ignore: Sequence[str] = (),
-    ) -> SearchSpec:
+    def load(cls, path: str | Path | None, overrides: Mapping[str, Any] | None = None, *,
+             ignore: Sequence[str] = ()) -> SearchSpec:
         """The YAML file at ``path`` (a path, or a shipped space's name: :func:`resolve_space`; default
-        :data:`DEFAULT_SPACE`) with ``overrides`` (given, not None,
-        command-line values) laid over it. Top-level keys in ``ignore`` are dropped from the file (e.g.
-        ``trainable``, which an experiment's saved ``search_spec.yaml`` records beside the spec).
+        :data:`DEFAULT_SPACE`) with ``overrides`` (given, not None, command-line values) laid over it.
+        Top-level keys in ``ignore`` are dropped from the file (e.g. ``trainable``, which an experiment's
+        saved ``search_spec.yaml`` records beside the spec); such a saved spec holds every setting, and
+        only the overrides count as ``given``.
 
         Raises:
-            SpecError: missing or malformed file, unknown keys, wrong types (all listed).
+            SpecError: missing, unreadable or malformed file, unknown keys, wrong types (all listed).
         """
         path = resolve_space(path) if path is not None else DEFAULT_SPACE
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise SpecError([f"{path}: not valid YAML: {err}"]) from err
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise SpecError([f"{path}: not a readable YAML file: {err}"]) from err
         if not isinstance(raw, dict):
             raise SpecError([f"{path}: must hold a mapping of settings"])
         values = {k: v for k, v in raw.items() if k not in ignore}
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        given = {k for k, v in (overrides or {}).items() if v is not None}
+        values.update({k: (overrides or {})[k] for k in given})
         values.setdefault("name", path.stem)
         values["space_file"] = str(path.resolve())
-        return cls.from_dict(values)
+        spec = cls.from_dict(values)
+        saved = bool(ignore) and any(k in raw for k in ignore)
+        return dataclasses.replace(spec, given=frozenset(given if saved else spec.given))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SearchSpec:
         """A spec from plain values, type-checked (all problems listed in one SpecError)."""
-        valid = {f.name: f for f in dataclasses.fields(cls)}
+        valid = {f.name: f for f in dataclasses.fields(cls) if f.name != "given"}
         problems = [f"unknown setting {k!r}" for k in values if k not in valid]
         if problems:
             problems.append("valid settings: " + ", ".join(cls.settings()))
@@ -282,17 +204,20 @@ class SearchSpec:
                 continue
             if key == "constraints" and isinstance(value, str):  # one constraint written as a string
                 value = [value]
+            if key == "max_concurrent" and value == "auto":  # the cluster's capacity, as null
+                value = None
             try:
                 kwargs[key] = _coerce_setting(key, valid[key].type, value)
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
         if problems:
             raise SpecError(problems)
-        return cls(**kwargs)
+        return cls(**kwargs, given=frozenset(k for k in kwargs if k != "space_file"))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("space_file")
+        out.pop("given")
         return out
 
     def to_yaml(self) -> str:
@@ -309,48 +234,10 @@ class SearchSpec:
         return parse_objective(self.objective)
 
     def pb2_bounds(self) -> dict[str, tuple[float, float]]:
-        """PB2's ``hyperparam_bounds``: each searched key's ``(low, high)`` (a ``pb2`` search's ``search:``
-        holds only :func:`pb2_keys` with uniform or loguniform ranges)."""
+        """PB2's ranges: each searched key's ``(low, high)`` (a ``pb2`` search's ``search:`` holds only
+        :func:`pb2_keys` with uniform or loguniform ranges)."""
         return {name: (float(p.low), float(p.high)) for name, p in self.params().items()
                 if p.kind in ("uniform", "loguniform")}
-
-    def _pb2_problems(self, params: Mapping[str, Param], grid: bool) -> list[str]:
-        """What a PB2 search refuses: no Optuna (constraints, NSGA-II, grids), one loss family (no
-        choices), only time-varying float values, and a perturbation interval the checkpoints divide."""
-        out: list[str] = []
-        why = "PB2 runs without Optuna (Ray's PBT and PB2 take no search algorithm): no study, "
-        if self.constraints:
-            out.append(why + "so no constraints; drop --constraint or use scheduler: asha|none")
-        if self.multi_objective:
-            out.append(why + "so no NSGA-II; drop --multi-objective")
-        if grid:
-            out.append("scheduler='pb2' with a grid search: a grid runs fixed points; use ranges")
-        searched, keys = 0, pb2_keys()
-        for name, p in params.items():
-            if p.kind == "fixed":
-                continue
-            if p.kind in ("choice", "grid"):
-                out.append(f"search.{name}: scheduler pb2 searches one loss family with continuous values; "
-                           f"fix {name} under train: (one PB2 search per loss)")
-            elif name in keys and p.kind not in ("uniform", "loguniform"):
-                out.append(f"search.{name}: PB2 needs a range: {{type: uniform, low: ..., high: ...}} or "
-                           "loguniform (it moves values within the bounds)")
-            elif name not in keys:
-                out.append(f"search.{name}: PB2 changes only values that may vary during training "
-                           f"({', '.join(keys)}); fix {name} under train:")
-            else:
-                searched += 1
-        if not searched and not out:
-            out.append(f"scheduler pb2 needs at least one searched range among {', '.join(keys)}")
-        interval = self.perturbation_interval
-        if not isinstance(interval, int) or not 1 <= interval < max(int(self.epochs or 1), 2):
-            out.append(f"perturbation_interval={interval!r} is out of range; valid: 1..epochs-1 (epochs)")
-        else:
-            every = self.train.get("checkpoint_every", TrainConfig().checkpoint_every)
-            if isinstance(every, int) and every >= 1 and interval % every:
-                out.append(f"perturbation_interval={interval} is not a multiple of train.checkpoint_every="
-                           f"{every}: a trial continues from the checkpoint of a perturbation epoch")
-        return out
 
     def parsed_constraints(self, problems: list[str] | None = None) -> list[Constraint]:
         """The ``constraints`` lines parsed (:func:`~hiercls.tune.constraints.parse_constraint`); a bad one
@@ -377,14 +264,11 @@ class SearchSpec:
         return grid_points(params) if is_grid(params) else []
 
     def scheduler_in_use(self) -> str:
-        """``asha``, ``none`` or ``pb2``: the ``scheduler`` setting, else ``none`` for a grid search or a
-        multi-objective one (ASHA ranks trials on one number), ``asha`` otherwise."""
-        return self._scheduler(self.is_grid())
-
-    def _scheduler(self, grid: bool) -> str:
-        if self.scheduler is not None:
-            return str(self.scheduler)
-        return "none" if self.multi_objective or grid else "asha"
+        """``asha``, ``none`` or ``pb2``: the ``scheduler`` setting, else the searcher's default (``none``
+        for a grid search or a multi-objective one, ``asha`` for TPE)."""
+        searcher = searcher_of(self, self.params())
+        mode = scheduler_of(self, searcher) if searcher is not None else None
+        return mode.name if mode is not None else str(self.scheduler)
 
     @property
     def experiment_dir(self) -> Path:
@@ -395,7 +279,6 @@ class SearchSpec:
         base = dict(self.train)
         if self.data_dir is not None:
             base["data_dir"] = self.data_dir
-        base.setdefault("evaluate_test", False)
         base["evaluate_test"] = False
         base["download"] = False
         base["epochs"] = self.epochs
@@ -410,7 +293,7 @@ class SearchSpec:
     def resolved(self) -> SearchSpec:
         """A copy with absolute paths, ``scale: epochs`` bounds written out and ``num_samples`` set (a
         grid's number of points, else :data:`DEFAULT_NUM_SAMPLES` when not given): what is saved and
-        compared on resume. ``scheduler`` stays as given (None: the default for the kind of search)."""
+        compared on resume. ``searcher`` and ``scheduler`` stay as given (None: chosen by the spec)."""
         problems: list[str] = []
         params = self.params(problems)
         if problems:
@@ -437,107 +320,70 @@ class SearchSpec:
         return notes
 
     def problems(self) -> tuple[list[str], list[str]]:
-        """``(problems, warnings)`` of this spec: settings out of range, unknown train keys or names,
-        empty or inverted ranges, loss/schedule parameters outside the branch that selects their loss
-        or schedule, an ASHA grace period not above the largest searched start epoch, a space whose
-        loss terms can all be off at once, bad ``points_to_evaluate``, an unknown objective or
-        scheduler; for a grid search: a distribution beside the grid, a ``num_samples`` other than the
-        number of points, ``points_to_evaluate``."""
-        problems: list[str] = []
-        notes: list[str] = []
+        """``(problems, warnings)`` of this spec: settings out of range; what the search mode refuses or
+        warns about (:func:`~hiercls.tune.modes.mode_problems`: its settings, a grid's or PB2's space);
+        the objective and constraints; the fixed training keys; the space: unknown keys or names, empty or
+        inverted ranges, parameters outside the branch that selects their loss or schedule, an ASHA grace
+        period not above the largest searched start epoch, loss terms that can all be off at once, bad
+        ``points_to_evaluate``, values the loss or schedule rejects."""
         param_problems: list[str] = []
         params = self.params(param_problems)
-        grid = is_grid(params)
-        asha = self._scheduler(grid) == "asha"
+        problems, notes = mode_problems(self, params)
+        problems = self._setting_problems() + problems
+        more, objective_notes = self._objective_problems()
+        train, train_problems = self._train_problems()
+        problems += more + train_problems + param_problems + self._space_problems(params, train)
+        return list(dict.fromkeys(problems)), notes + objective_notes
+
+    def _setting_problems(self) -> list[str]:
+        """Settings out of range, whatever the mode."""
         checks = [
-            ("num_samples", self.num_samples is None or (isinstance(self.num_samples, int)
-                                                         and self.num_samples >= 1), ">= 1"),
-            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, ">= 1"),
+            ("num_samples", self.num_samples is None or self.num_samples >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
             ("max_concurrent", self.max_concurrent is None or self.max_concurrent >= 1,
-             ">= 1, or null for what the cluster can run"),
-            ("startup_trials", self.startup_trials >= 0, ">= 0"),
+             ">= 1, or auto (null) for what the cluster can run"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
             ("seed", self.seed >= 0, ">= 0"),
             ("max_failures", self.max_failures >= 0, ">= 0"),
             ("top", self.top >= 1, ">= 1"),
         ]
-        if asha:
-            checks += [
-                ("grace_period", 1 <= self.grace_period <= max(self.epochs, 1), "in 1..epochs"),
-                ("reduction_factor", self.reduction_factor > 1, "> 1"),
-            ]
-        for key, ok, valid in checks:
-            if not ok:
-                problems.append(f"{key}={getattr(self, key)!r} is out of range; valid: {valid}")
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            problems.append(f"scheduler={self.scheduler!r} is unknown; valid: {', '.join(SCHEDULERS)} "
-                            "(default: asha for a TPE search, none for a grid search; pb2: population-based "
-                            "training)")
-            asha = False
-        if self._scheduler(grid) == "pb2":
-            problems += self._pb2_problems(params, grid)
-        if self.multi_objective and grid:
-            problems.append("--multi-objective with a grid search: a grid runs its fixed points once each, "
-                            "NSGA-II has nothing to choose; rank the grid's (error, severity) front with "
-                            "analysis.rank instead")
-        elif self.multi_objective and asha:
-            problems.append("scheduler='asha' with --multi-objective: ASHA ranks trials on one number and "
-                            "would stop trials on the Pareto front; use scheduler: none (the default)")
-        size = grid_size(params) if grid else self.num_samples
-        large = isinstance(size, int) and size > MAX_SAMPLES
-        if large and not self.allow_large_search:
-            what = f"the grid's {size:,} points are" if grid else f"num_samples={size:,} is"
-            problems.append(
-                f"{what} above {MAX_SAMPLES:,}: Ray Tune keeps every trial in "
-                "the driver's memory and rewrites all of them in the experiment state after every epoch of "
-                "every trial; check for a typo, or pass --allow-large-search (allow_large_search: true)"
-            )
-        if grid:
-            if self.num_samples is not None and self.num_samples != size:
-                problems.append(
-                    f"num_samples={self.num_samples!r} differs from the grid's {size:,} points: a grid runs "
-                    f"each point exactly once (leave num_samples out, or set it to {size})"
-                )
-            if self.points_to_evaluate:
-                problems.append("points_to_evaluate in a grid search: a grid runs its own points only; add "
-                                "the point to the grid instead")
-        if (asha and isinstance(self.grace_period, int) and isinstance(self.epochs, int)
-                and self.grace_period == self.epochs):
-            notes.append(
-                f"grace_period={self.grace_period} equals epochs: ASHA stops no trial before its last epoch, "
-                "so every trial runs in full; lower grace_period to let ASHA stop weak trials early"
-            )
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            problems.append(f"gpus_per_trial={self.gpus_per_trial} : above 1 it must be a whole number")
-        if self.cpus_per_trial > 1 and self.cpus_per_trial != int(self.cpus_per_trial):
-            problems.append(f"cpus_per_trial={self.cpus_per_trial}: above 1 it must be a whole number")
+        problems = [f"{key}={getattr(self, key)!r} is out of range; valid: {valid}"
+                    for key, ok, valid in checks if not ok]
+        for key in ("gpus_per_trial", "cpus_per_trial"):
+            value = getattr(self, key)
+            if value > 1 and value != int(value):
+                problems.append(f"{key}={value}: above 1 it must be a whole number")
         if not self.name or "/" in str(self.name) or str(self.name).startswith("."):
             problems.append(f"name={self.name!r} must be a non-empty folder name without '/'")
-        if self.multi_objective:
-            if self.objective != "val_top1_error":
-                notes.append(
-                    f"--multi-objective searches (val_top1_error, val_mistake_severity); objective "
-                    f"{self.objective!r} is only used to sort the table"
-                )
+        return problems + self._size_problems()
+
+    def _size_problems(self) -> list[str]:
+        params = self.params()
+        size = grid_size(params) if is_grid(params) else self.num_samples
+        if not isinstance(size, int) or size <= MAX_SAMPLES or self.allow_large_search:
+            return []
+        what = f"the grid's {size:,} points are" if is_grid(params) else f"num_samples={size:,} is"
+        return [f"{what} above {MAX_SAMPLES:,}: Ray Tune keeps every trial in the driver's memory and "
+                "rewrites all of them in the experiment state after every epoch of every trial; check for a "
+                "typo, or pass --allow-large-search (allow_large_search: true)"]
+
+    def _objective_problems(self) -> tuple[list[str], list[str]]:
+        """The constraint lines and the objective parsed; severity alone is warned about, unless a
+        constraint or the Pareto front makes it the sensible question."""
+        problems: list[str] = []
         constraints = self.parsed_constraints(problems)
         try:
             objective = self.parsed_objective()
-            # under a constraint on the error, severity alone is the question the constraint makes sensible
-            if objective.metric == "val_mistake_severity" and not self.multi_objective and not constraints:
-                notes.append(MISTAKE_SEVERITY_WARNING)
         except ValueError as err:
-            problems.append(str(err))
-        if constraints and grid:
-            problems.append("constraints with a grid search: a grid runs its fixed points without Optuna; "
-                            "judge them afterwards with analysis.rank --constraint")
-        if any(c.relative for c in constraints) and not self.points_to_evaluate and not grid:
-            problems.append("a constraint relative to 'baseline' needs points_to_evaluate: its first point "
-                            "(e.g. {loss: cross-entropy}) is the baseline trial, run in full before any "
-                            "other")
+            return problems + [str(err)], []
+        alone = objective.metric == "val_mistake_severity" and not self.multi_objective and not constraints
+        return problems, [MISTAKE_SEVERITY_WARNING] if alone else []
 
-        # the fixed training keys
+    def _train_problems(self) -> tuple[dict[str, Any], list[str]]:
+        """The fixed training keys that are valid, and the problems of the others."""
         valid_keys = set(TrainConfig.valid_keys())
+        problems = []
         for key in self.train:
             if key not in valid_keys:
                 problems.append(f"train.{key}: unknown config key {key!r}")
@@ -547,33 +393,24 @@ class SearchSpec:
         try:
             TrainConfig.from_dict(train)
         except ConfigError as err:
-            problems += [f"train: {problem}" for problem in err.problems]
-            train = {}
+            return {}, problems + [f"train: {problem}" for problem in err.problems]
+        return train, problems
 
-        problems += param_problems
-        for p, context in iter_params(params):
-            if p.name in train and not context:
-                problems.append(f"search.{p.name}: also fixed under train: (remove one)")
-        problems += grid_problems(params)
-        problems += branch_problems(params, train)
-        if asha and isinstance(self.grace_period, int):
-            problems += grace_problems(self.grace_period, params, train)
-        problems += all_off_problems(params, train)
-        if not grid:
+    def _space_problems(self, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
+        """The searched space against the fixed keys and the registries (mode-independent)."""
+        problems = [f"search.{p.name}: also fixed under train: (remove one)"
+                    for p, context in iter_params(params) if p.name in train and not context]
+        problems += branch_problems(params, train) + all_off_problems(params, train)
+        if not is_grid(params):
             problems += point_problems(self.points_to_evaluate, params)
-        problems += config_problems(self.epochs, params, train)
-        return _dedupe(problems), notes
-
-
-def _dedupe(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
+        return problems + config_problems(self.epochs, params, train)
 
 
 def _coerce_setting(name: str, annotation: str, value: Any) -> Any:
     """Scalars as TrainConfig's fields are checked; mappings and lists of mappings for the spec's own."""
     base = annotation.replace(" | None", "")
     if value is None or not base.startswith(("dict", "list")):
-        return _coerce(name, annotation, value)
+        return coerce_field(name, annotation, value)
     if base.startswith("dict"):
         if not isinstance(value, Mapping):
             raise TypeError(f"{name} must be a mapping, got {value!r}")
@@ -599,7 +436,7 @@ def spec_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
                     continue
                 missing = defaults.get(k, _MISSING) if not path else _MISSING
                 walk(a.get(k, missing), b.get(k, missing), f"{path}.{k}" if path else str(k))
-        elif _plain(a) != _plain(b):
+        elif plain(a) != plain(b):
             shown_a = "(absent)" if a is _MISSING else repr(a)
             shown_b = "(absent)" if b is _MISSING else repr(b)
             out.append(f"{path}: saved {shown_a}, now {shown_b}")
@@ -609,8 +446,3 @@ def spec_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
 
 
 _MISSING = object()
-
-
-def warn_notes(notes: Sequence[str]) -> None:
-    for note in notes:
-        warnings.warn(note, stacklevel=2)

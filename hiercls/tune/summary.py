@@ -1,34 +1,32 @@
-"""What a search produced: one row per trial from Ray's results, the best trial, the Pareto front, and
-``summary.csv`` in the experiment folder.
-
-:func:`summarize` reads Ray's ``ResultGrid`` (and the saved experiment state, for trials an interruption
-left running) into rows ranked best first; :class:`SearchOutcome` holds them. The table printed after a
-search is :func:`hiercls.tune.runner.format_table`. Imports no Ray.
+"""What a search produced: one row per trial from Ray's results (:func:`summarize`), the best trial, the
+Pareto front, and ``summary.csv`` in the experiment folder. Imports no Ray.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hiercls.experiment.layout import SUMMARY_FILE, TRIAL_INDEX, pareto_mask, searched_values
+from hiercls.experiment.state import UNFINISHED, read_trial_states
+from hiercls.storage import atomic_write_text
 from hiercls.tune.constraints import constraint_values, is_feasible, read_bounds
-from hiercls.tune.layout import SUMMARY_FILE, TRIAL_INDEX, pareto_mask
+from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.spec import SearchSpec
-from hiercls.tune.state import UNFINISHED, read_trial_states
 
-__all__ = ["MULTI_METRICS", "SearchOutcome", "summarize"]
-
-MULTI_METRICS = ("val_top1_error", "val_mistake_severity")
+__all__ = ["MULTI_METRICS", "SearchOutcome", "best_row", "pareto_rows", "rank_key", "summarize",
+           "write_summary"]
 
 
 @dataclasses.dataclass
 class SearchOutcome:
-    """What a search produced: one row per trial (see :func:`summarize`), the best row (None if every
-    trial failed), whether it was interrupted, and where the results live."""
+    """What a search produced: one row per trial (:func:`summarize`), the best row (None if every trial
+    failed), whether it was interrupted, and where the results live."""
 
     experiment_dir: Path
     rows: list[dict[str, Any]]
@@ -63,101 +61,95 @@ def _number(value: Any) -> float:
 
 
 def summarize(results: Any, spec: SearchSpec, folder: Path | None = None) -> list[dict[str, Any]]:
-    """One row per trial: ``trial_id``, ``loss``, ``lr_schedule``, ``params`` (searched and resolved
-    loss/schedule values), ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs``
-    (run), ``status`` (ok, nan, error, unfinished: still running or pending when the search was
-    interrupted), ``stopped_early`` (ASHA), ``path``; for a constrained search ``constraints``
-    (``{metric: value - bound}``, empty when not judged) and ``feasible`` (True/False; None for a trial
-    that did not run in full with finite values, or before the bounds are fixed); sorted best first
-    (full-length trials first, then feasible ones).
-
-    ``folder``: the Ray experiment the results are from (a grown search's part; default the experiment
-    folder).
+    """One row per trial of ``folder`` (a grown search's part; default the experiment folder), best first:
+    ``trial_id``, ``loss``, ``lr_schedule``, ``params`` (searched and resolved loss/schedule values),
+    ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs`` (run), ``status`` (ok, nan,
+    error, unfinished: running or pending when the search was interrupted), ``stopped_early`` (ASHA),
+    ``path``, ``constraints`` (``{metric: value - bound}``, empty when not judged) and ``feasible``
+    (None when not judged: not run in full with finite values, or no bounds).
 
     Raises:
         ValueError: the experiment's ``constraints.json`` is unreadable.
     """
-    # Ray's trial objects hold the id and searched config of a trial that never reported (its Result
-    # has no metrics); whether a trial is still RUNNING/PENDING/PAUSED (an interrupted search) comes
-    # from the saved experiment state, since the in-memory trials then call it TERMINATED
-    trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
+    # Ray's saved state: the status (an interrupted search's in-memory results call a RUNNING trial
+    # TERMINATED) and the config of a trial that never reported
     saved = read_trial_states(folder if folder is not None else spec.experiment_dir)
     bounds = (read_bounds(spec.experiment_dir) or {}).get("bounds") if spec.constraints else None
-    rows = []
-    for i, result in enumerate(results):
-        trial = trials[i] if len(trials) == len(results) else None
-        metrics = dict(result.metrics or {})
-        config = dict(result.config or getattr(trial, "config", None) or {})
-        # the folder's name first: PB2 hands a continued trial its donor's last result (and trial_id)
-        folder_name = Path(str(result.path)).name
-        trial_id = str((folder_name.removeprefix("trial_") if folder_name.startswith("trial_") else "")
-                       or getattr(trial, "trial_id", "") or metrics.get("trial_id") or folder_name)
-        ray_status = str((saved.get(trial_id) or {}).get("status") or getattr(trial, "status", "") or "")
-        params = dict(metrics.get("params") or {})
-        params.update({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("params/")})
-        params.update({k: v for k, v in config.items() if k not in ("loss", "lr_schedule", TRIAL_INDEX)})
-        epochs = int(metrics.get("epoch", 0) or 0)
-        if result.error is not None or ray_status == "ERROR":
-            status = "error"
-        elif ray_status in UNFINISHED and str(metrics.get("status", "ok")) == "ok":
-            status = "unfinished"
-        else:
-            status = str(metrics.get("status", "error"))
-        rows.append({
-            "trial_id": trial_id,
-            "loss": metrics.get("loss") or config.get("loss") or spec.train.get("loss", "cross-entropy"),
-            "lr_schedule": metrics.get("lr_schedule") or config.get("lr_schedule")
-            or spec.train.get("lr_schedule", "cosine"),
-            "params": params,
-            "objective": _number(metrics.get("objective")),
-            "val_top1_error": _number(metrics.get("val_top1_error")),
-            "val_mistake_severity": _number(metrics.get("val_mistake_severity")),
-            "epochs": epochs,
-            "status": status,
-            "stopped_early": status == "ok" and 0 < epochs < spec.epochs,
-            "path": str(result.path),
-        })
-        # judged as the searcher told Optuna: trials that ran in full, at their last epoch
-        values = constraint_values(metrics, bounds) if bounds and status == "ok" and epochs >= spec.epochs \
-            else None
-        rows[-1]["constraints"] = values or {}
-        rows[-1]["feasible"] = is_feasible(values)
-    rows.sort(key=_rank_key)
-    return rows
+    return sorted((_row(result, saved, bounds, spec) for result in results), key=rank_key)
 
 
-def _rank_key(row: Mapping[str, Any]) -> tuple:
+def _row(result: Any, saved: Mapping[str, Any], bounds: Mapping[str, float] | None, spec: SearchSpec
+         ) -> dict[str, Any]:
+    """The summary row of one Ray result (see :func:`summarize`)."""
+    metrics = dict(result.metrics or {})
+    trial_id = _trial_id(result, metrics)
+    state = saved.get(trial_id) or {}
+    config = searched_values(result.config or state.get("config") or {})
+    params = dict(metrics.get("params") or {})
+    params.update({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("params/")})
+    params.update({k: v for k, v in config.items() if k not in ("loss", "lr_schedule", TRIAL_INDEX)})
+    epochs = int(metrics.get("epoch", 0) or 0)
+    status = _status(result, str(state.get("status") or ""), metrics)
+    # judged as the searcher told Optuna: trials that ran in full, at their last epoch
+    judged = bounds and status == "ok" and epochs >= spec.epochs
+    values = constraint_values(metrics, bounds) if judged else None
+    return {
+        "trial_id": trial_id,
+        "loss": metrics.get("loss") or config.get("loss") or spec.train.get("loss", "cross-entropy"),
+        "lr_schedule": metrics.get("lr_schedule") or config.get("lr_schedule")
+        or spec.train.get("lr_schedule", "cosine"),
+        "params": params, "objective": _number(metrics.get("objective")),
+        "val_top1_error": _number(metrics.get("val_top1_error")),
+        "val_mistake_severity": _number(metrics.get("val_mistake_severity")),
+        "epochs": epochs, "status": status, "stopped_early": status == "ok" and 0 < epochs < spec.epochs,
+        "path": str(result.path), "constraints": values or {}, "feasible": is_feasible(values),
+    }
+
+
+def _trial_id(result: Any, metrics: Mapping[str, Any]) -> str:
+    """The trial's id from its folder's name first: PB2 hands a continued trial its donor's last result."""
+    folder_name = Path(str(result.path)).name
+    return str((folder_name.removeprefix("trial_") if folder_name.startswith("trial_") else "")
+               or metrics.get("trial_id") or folder_name)
+
+
+def _status(result: Any, ray_status: str, metrics: Mapping[str, Any]) -> str:
+    """error (Ray's error, or its saved status), unfinished (running or pending when interrupted), else the
+    trial's own (ok or nan)."""
+    if result.error is not None or ray_status == "ERROR":
+        return "error"
+    if ray_status in UNFINISHED and str(metrics.get("status", "ok")) == "ok":
+        return "unfinished"
+    return str(metrics.get("status", "error"))
+
+
+def rank_key(row: Mapping[str, Any]) -> tuple:
     usable = row["status"] == "ok" and math.isfinite(row["objective"])
-    # trials that ran their full length first (as analysis.rank and analysis.export rank them): an
-    # early-stopped trial's value is from fewer epochs and not comparable
-    # and a trial that breaks a constraint after every feasible one
+    # full-length trials first (an early-stopped trial's value is from fewer epochs), as analysis.rank
+    # ranks them; a trial that breaks a constraint after every feasible one
     return (not usable, row["stopped_early"], row.get("feasible") is False,
             row["objective"] if usable else math.inf, row["trial_id"])
 
 
-def _best(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def best_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The best usable row; never one that breaks a constraint (None when no row qualifies)."""
     usable = [r for r in rows if r["status"] == "ok" and math.isfinite(r["objective"])
               and r.get("feasible") is not False]
-    return dict(min(usable, key=_rank_key)) if usable else None
+    return dict(min(usable, key=rank_key)) if usable else None
 
 
-def _pareto(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def pareto_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     pts = [r for r in rows if r["status"] == "ok" and r.get("feasible") is not False]
     on_front = pareto_mask([[r[m] for m in MULTI_METRICS] for r in pts])
     return sorted((dict(r) for r, on in zip(pts, on_front) if on), key=lambda r: r["val_top1_error"])
 
 
-def _write_summary(outcome: SearchOutcome) -> None:
-    """``summary.csv`` in the experiment folder, written atomically (an old one stays whole on failure).
+def write_summary(outcome: SearchOutcome) -> None:
+    """``summary.csv`` in the experiment folder, written atomically.
 
     Raises:
         StorageError: it could not be written (naming the file and the OS error).
     """
-    import io
-
-    from hiercls.storage import atomic_write_text
-
     path = outcome.experiment_dir / SUMMARY_FILE
     keys = sorted({k for r in outcome.rows for k in r["params"]})
     bounded = sorted({m for r in outcome.rows for m in r.get("constraints") or {}})

@@ -1,17 +1,12 @@
-"""A cheap stand-in for :func:`hiercls.tune.trainable.train_trial`: no data, no training.
+"""A cheap stand-in for :func:`hiercls.tune.trainable.train_trial`: no data, no training (``--trainable toy``,
+the tests and the overhead benchmark).
 
-``toy_value(config)`` is a known function of the searched values; a toy trial reports
-``toy_value + TRADE_ERROR * alpha + 1 / epoch`` as ``val_top1_error`` every epoch (so ASHA has something
-to compare) and ``2 + toy_value - TRADE_SEVERITY * alpha`` as ``val_mistake_severity``: ``alpha`` (HXE's,
-0 when the trial has none) trades top-1 error for mistake severity, as it does in training (Bertinetto
-et al. 2020, Fig. 3), so constrained searches have a known feasible optimum;
-checkpoints its epoch with ``tune.Checkpoint``, resumes from ``tune.get_checkpoint()``, and goes NaN
-when ``lr >= 1e5`` (like a diverging real run). Every start is appended to
-``experiment_dir/toy_starts.log`` (``trial_id first_epoch``; its time in ``toy_start_times.log``:
-``trial_id unix_time``) and every end to ``toy_ends.log``
-(``trial_id epochs unix_time``) so tests can check that no finished trial ran twice. Used by
-``tune_main.py --trainable toy`` (checking a cluster or a space without training),
-the tests and the overhead benchmark.
+Every epoch a toy trial reports ``toy_value + TRADE_ERROR * alpha + 1 / epoch`` as ``val_top1_error`` and
+``2 + toy_value - TRADE_SEVERITY * alpha`` as ``val_mistake_severity`` (HXE's ``alpha``, 0 if none, trades
+one for the other as in Bertinetto et al. 2020, Fig. 3, so constrained searches have a known optimum); it
+goes NaN when ``lr >= 1e5``. Logs in the experiment folder, so tests can check no finished trial ran
+twice: ``toy_starts.log`` (``trial_id first_epoch``), ``toy_start_times.log`` (``trial_id unix_time``),
+``toy_ends.log`` (``trial_id epochs unix_time``).
 """
 
 from __future__ import annotations
@@ -24,15 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hiercls.tune.layout import TRIAL_INDEX
-from hiercls.tune.trainable import TrialSetup
+from hiercls.experiment.layout import TRIAL_INDEX
+from hiercls.tune.objective import parse_objective
+from hiercls.tune.trainable import TrialSetup, quiet_ray_logs, within_bounds
+from hiercls.value_schedule import all_variable_keys
 
-__all__ = ["TRADE_ERROR", "TRADE_SEVERITY", "toy_metrics", "toy_trial", "toy_value"]
+__all__ = ["REPORTS", "TRADE_ERROR", "TRADE_SEVERITY", "toy_metrics", "toy_trial", "toy_value"]
+
+REPORTS = ("val_top1_error", "val_mistake_severity", "val_hdist@1", "val_hdist@5")
+"""The metrics a toy trial reports (what a search with ``--trainable toy`` may read)."""
 
 _LOSS_OFFSET = {"cross-entropy": 0.3, "hierarchical-cross-entropy": 0.1, "soft-labels": 0.2,
                 "simple-hierarchy": 0.25, "cosine-distance": 0.15}
-
-
 TRADE_ERROR = 0.1
 """Toy top-1 error added per unit of ``alpha``."""
 TRADE_SEVERITY = 1.0
@@ -61,27 +59,27 @@ def toy_value(config: dict[str, Any]) -> float:
 
 
 def _values(config: dict[str, Any]) -> dict[str, float]:
-    from hiercls.tune.spec import pb2_keys
+    return {k: float(config[k]) for k in all_variable_keys() if isinstance(config.get(k), (int, float))}
 
-    return {k: float(config[k]) for k in pb2_keys() if isinstance(config.get(k), (int, float))}
+
+def _append(setup: TrialSetup, name: str, line: str) -> None:
+    with open(Path(setup.experiment_dir) / name, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Report ``setup.base['epochs']`` toy epochs (sleeping ``setup.toy_sleep`` s each).
+    """Report ``setup.base['epochs']`` toy epochs (sleeping ``setup.toy_sleep`` s each), each with a
+    checkpoint (``state.json``: the epoch, the trial that wrote it, every epoch's values so far).
 
-    The checkpoint (``state.json``) holds the epoch, the trial that wrote it and the values of every epoch
-    so far; a PB2 continuation from another trial's checkpoint is appended to
-    ``toy_continuations.log`` (one JSON line: trial, donor, epoch, the donor's and the new values), and
-    each epoch's report carries the values in effect (``lr``, ``alpha``, ...), also appended to
-    ``toy_epochs.log`` (one JSON line per trial and epoch, in the order run)."""
-    import ray
+    Each report carries the values in effect (``lr``, ``alpha``, ...), also appended to ``toy_epochs.log``
+    (one JSON line per trial and epoch, in the order run); a PB2 continuation from another trial's
+    checkpoint is appended to ``toy_continuations.log`` (JSON: trial, donor, epoch, both values)."""
+    import ray  # Ray stays out of this module's import: the plan reads REPORTS
     from ray import tune
-
-    from hiercls.tune.trainable import quiet_ray_logs, within_bounds
 
     quiet_ray_logs()
     config = within_bounds(config, setup)
-    context = tune.get_context()
+    trial_id = tune.get_context().get_trial_id()
     epochs = int(setup.base.get("epochs", 1))
     start, history = 0, []
     checkpoint = tune.get_checkpoint()
@@ -89,17 +87,13 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         with checkpoint.as_directory() as folder:
             state = json.loads((Path(folder) / "state.json").read_text())
         start, history = state["epoch"], list(state.get("history", []))
-        owner = state.get("trial_id", context.get_trial_id())
-        if setup.continuation and owner != context.get_trial_id():  # PB2: another trial's checkpoint
-            line = {"trial_id": context.get_trial_id(), "donor": owner, "epoch": start,
+        owner = state.get("trial_id", trial_id)
+        if setup.continuation and owner != trial_id:  # PB2: another trial's checkpoint
+            line = {"trial_id": trial_id, "donor": owner, "epoch": start,
                     "donor_values": history[-1] if history else {}, "values": _values(config)}
-            with open(Path(setup.experiment_dir) / "toy_continuations.log", "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
-    log = Path(setup.experiment_dir) / "toy_starts.log"
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(f"{context.get_trial_id()} {start + 1}\n")
-    with open(log.with_name("toy_start_times.log"), "a", encoding="utf-8") as f:
-        f.write(f"{context.get_trial_id()} {time.time():.3f}\n")
+            _append(setup, "toy_continuations.log", json.dumps(line))
+    _append(setup, "toy_starts.log", f"{trial_id} {start + 1}")
+    _append(setup, "toy_start_times.log", f"{trial_id} {time.time():.3f}")
     node = ray.get_runtime_context().get_node_id()
     diverges = float(config.get("lr", 0.0)) >= 1e5
     for epoch in range(start + 1, epochs + 1):
@@ -107,32 +101,23 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             time.sleep(setup.toy_sleep)
         error, severity = (math.nan, math.nan) if diverges else toy_metrics(config, epoch)
         metrics = {
-            "epoch": epoch,
-            "val_top1_error": error,
-            "val_mistake_severity": severity,
-            "val_hdist@1": error * severity,
-            "val_hdist@5": 1.5 * error * severity,
+            "epoch": epoch, "val_top1_error": error, "val_mistake_severity": severity,
+            "val_hdist@1": error * severity, "val_hdist@5": 1.5 * error * severity,
             "status": "nan" if diverges else "ok",
             "loss": config.get("loss", setup.base.get("loss", "cross-entropy")),
             "lr_schedule": config.get("lr_schedule", setup.base.get("lr_schedule", "cosine")),
-            "node_id": node,
-            "pid": os.getpid(),
+            "node_id": node, "pid": os.getpid(),
             **_values(config),  # the values in effect this epoch (PB2 changes them)
         }
         history.append({"epoch": epoch, **_values(config)})
-        line = {"trial_id": context.get_trial_id(), "epoch": epoch, **_values(config)}
-        with open(Path(setup.experiment_dir) / "toy_epochs.log", "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-        from hiercls.tune.spec import parse_objective
-
+        _append(setup, "toy_epochs.log", json.dumps({"trial_id": trial_id, **history[-1]}))
         metrics["objective"] = parse_objective(setup.objective)(metrics) if not diverges else math.nan
         if diverges:
             tune.report(metrics)
             return
         if epoch == epochs:  # before the last report: ASHA stops a trial at max_t as soon as it reports
-            with open(Path(setup.experiment_dir) / "toy_ends.log", "a", encoding="utf-8") as f:
-                f.write(f"{context.get_trial_id()} {epochs} {time.time():.3f}\n")
+            _append(setup, "toy_ends.log", f"{trial_id} {epochs} {time.time():.3f}")
         with tempfile.TemporaryDirectory() as folder:
-            state = {"epoch": epoch, "trial_id": context.get_trial_id(), "history": history}
+            state = {"epoch": epoch, "trial_id": trial_id, "history": history}
             (Path(folder) / "state.json").write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

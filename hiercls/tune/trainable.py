@@ -1,30 +1,16 @@
-"""The Ray Tune trainable: a plain function of the trial's config around :func:`hiercls.engine.fit`.
+"""The Ray Tune trainable: a plain function of the trial's config around :func:`hiercls.engine.fit`, which
+knows nothing of Ray.
 
-The engine knows nothing of Ray; this module adapts it:
-
-* the trial's full :class:`~hiercls.config.TrainConfig` = the space's fixed keys (:class:`TrialSetup`)
-  + the searched values (the trial's ``config``) + a seed derived from the search seed and the trial id
-  + ``out_folder`` = the trial's folder in the experiment (next to Ray's ``result.json``);
-* after every epoch the engine's reporter calls ``tune.report`` with the epoch's metrics, the objective
-  under the stable name ``objective``, ``status`` and the trial's loss/schedule parameters, and a
-  ``tune.Checkpoint`` holding the engine's ``last.pth``;
-* a restored trial (``tune.get_checkpoint()``) copies that ``last.pth`` back and calls
-  ``fit(resume=True)``, which continues from the next epoch; under PB2 the checkpoint may be another
-  trial's (the exploit step): ``fit(continue_from=...)`` takes its model, optimiser and history and goes
-  on with this trial's ``lr`` and loss values, which every epoch's report carries (``base_lr``,
-  ``alpha``, ...: the value trajectory);
-* CIFAR-100 is decoded once per node: the driver warms the decode cache before Ray starts, and every
-  trial process reads the cache (about 0.5 s), never the JPEG files. A CPU trial keeps the decoded set
-  for the next trial in its process; a GPU trial does not (its splits live on the GPU, and the host
-  copies, about 340 MB, are freed once they are there);
-* a trial given a fraction of a GPU (``gpus_per_trial`` 0.25: four trials per GPU) caps its own CUDA
-  memory at that fraction (``torch.cuda.set_per_process_memory_fraction``), so one trial cannot starve
-  the others of memory; it fails with CUDA's out-of-memory error instead.
+The trial's config is :func:`~hiercls.experiment.layout.trial_config` with ``out_folder`` the trial's folder.
+Every epoch is reported with a checkpoint holding the engine's ``last.pth``; a restored trial continues
+from it (``fit(resume=True)``), and under PB2 from another trial's (``fit(continue_from=...)``) with its
+own values. A trial given a fraction of a GPU caps its CUDA memory at that fraction.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -32,9 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hiercls.tune.layout import trial_config, trial_seed
+from hiercls.experiment.layout import searched_values, trial_config, trial_seed
+from hiercls.tune.constraints import CONSTRAINT_METRICS
+from hiercls.tune.objective import OBJECTIVE_METRICS, parse_objective
 
-__all__ = ["TrialSetup", "trial_seed", "train_trial"]
+__all__ = ["REPORTS", "TrialSetup", "trial_seed", "train_trial"]
+
+REPORTS = tuple(dict.fromkeys((*OBJECTIVE_METRICS, *CONSTRAINT_METRICS)))
+"""What a search may read of a training trial's reports (the engine reports every ``val_*`` metric)."""
 
 _DATA_CACHE: dict[tuple[str, str | None], Any] = {}
 
@@ -43,13 +34,11 @@ _DATA_CACHE: dict[tuple[str, str | None], Any] = {}
 class TrialSetup:
     """What every trial shares (passed with ``tune.with_parameters``; all paths absolute).
 
-    ``base``: fixed TrainConfig keys; ``experiment_dir``: ``storage_path/name``; ``objective``: the
-    objective text (:func:`hiercls.tune.spec.parse_objective`); ``search_seed``; ``cache_dir``: the
-    decode cache; ``toy_sleep``: seconds per epoch of the toy trainable; ``gpu_fraction``: the GPUs
-    per trial (a fraction below 1 caps the trial's CUDA memory to it); ``continuation``: a restored
-    checkpoint may be another trial's, to continue with this trial's values (PB2's exploit step);
-    ``value_bounds``: PB2's ranges, which the trial's values are clipped to (PB2 proposes them through a
-    float32 Gaussian process: ``0.2`` may come back as ``0.20000000298``).
+    ``base``: fixed TrainConfig keys; ``objective``: its text; ``cache_dir``: the decode cache;
+    ``toy_sleep``: seconds per toy epoch; ``gpu_fraction``: GPUs per trial (below 1 caps CUDA memory);
+    ``continuation``: a restored checkpoint may be another trial's (PB2's exploit step);
+    ``value_bounds``: PB2's ranges, which the values are clipped to (its float32 Gaussian process may
+    return ``0.2`` as ``0.20000000298``).
     """
 
     base: dict[str, Any]
@@ -66,16 +55,14 @@ class TrialSetup:
 
 
 def quiet_ray_logs() -> None:
-    """Silence Ray's per-epoch INFO lines in a trial process ("Checkpoint successfully created at ...",
-    one per trial and epoch); warnings and errors still show."""
-    import logging
-
+    """Silence Ray's per-epoch INFO lines in a trial process ("Checkpoint successfully created at ...");
+    warnings and errors still show."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
 def trial_folder(setup: TrialSetup) -> Path:
     """The trial's folder in the experiment: ``experiment_dir/<trial dir name>``."""
-    from ray import tune
+    from ray import tune  # Ray only inside a trial
 
     name = Path(tune.get_context().get_trial_dir()).name
     return Path(setup.experiment_dir) / name
@@ -83,8 +70,8 @@ def trial_folder(setup: TrialSetup) -> Path:
 
 def _load_data(setup: TrialSetup, *, keep: bool):
     """The decoded CIFAR-100 from the node's decode cache; ``keep`` holds it in this process for the next
-    trial (CPU trials), otherwise the process keeps no reference and the caller's run owns it."""
-    from hiercls.data import load_cifar100
+    trial (CPU trials), otherwise the caller's run owns it alone."""
+    from hiercls.data import load_cifar100  # torch only inside a trial
 
     key = (str(setup.base.get("data_dir")), setup.cache_dir)
     data = _DATA_CACHE.get(key)
@@ -99,7 +86,7 @@ def _load_data(setup: TrialSetup, *, keep: bool):
 def cap_gpu_memory(fraction: float, device: str) -> bool:
     """Limit this process's CUDA memory to ``fraction`` (0 < fraction < 1) of ``device``'s memory;
     returns whether a cap was set (not on the CPU, nor for whole GPUs)."""
-    import torch
+    import torch  # torch only inside a trial
 
     if not 0 < fraction < 1 or not device.startswith("cuda") or not torch.cuda.is_available():
         return False
@@ -108,8 +95,9 @@ def cap_gpu_memory(fraction: float, device: str) -> bool:
 
 
 def within_bounds(config: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
-    """``config`` with each value of ``setup.value_bounds`` clipped into its ``(low, high)``."""
-    out = dict(config)
+    """``config`` with its log-scale keys decoded (:func:`~hiercls.experiment.layout.searched_values`) and
+    each value of ``setup.value_bounds`` clipped into its ``(low, high)``."""
+    out = searched_values(config)
     for key, (low, high) in (setup.value_bounds or {}).items():
         if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool):
             out[key] = min(max(float(out[key]), low), high)
@@ -125,32 +113,29 @@ def report_params(config) -> dict[str, Any]:
 
 
 def _finished(checkpoint: Path, epochs: int) -> bool:
-    """Whether the engine checkpoint ``checkpoint`` has trained all ``epochs`` (read with the engine's own
-    safe loader)."""
-    from hiercls.engine import load_checkpoint
+    """Whether the engine checkpoint ``checkpoint`` has trained all ``epochs`` (the engine's safe loader)."""
+    from hiercls.engine import load_checkpoint  # torch only inside a trial
 
     return int(load_checkpoint(checkpoint, require=("epoch",)).get("epoch", 0)) >= epochs
 
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """One trial: train ``setup.base`` + ``config`` with the engine, reporting every epoch to Tune."""
-    from ray import tune
+    from ray import tune  # Ray and torch (the engine) stay out of this module's import: the plan reads it
 
     from hiercls.engine import fit
-    from hiercls.tune.spec import parse_objective
 
     quiet_ray_logs()
     config = within_bounds(config, setup)
     objective = parse_objective(setup.objective)
-    context = tune.get_context()
-    out = trial_folder(setup)
-    train_config = trial_config(setup.base, config, setup.search_seed, context.get_trial_id(), str(out))
+    trial_id = tune.get_context().get_trial_id()
+    train_config = trial_config(setup.base, config, setup.search_seed, trial_id, str(trial_folder(setup)))
     resolved = train_config.resolved()
     params = report_params(resolved)
 
     # the engine's last.pth/best.pth live in local scratch space; Ray persists last.pth as the trial's
     # checkpoint in the experiment folder (one copy, not three)
-    scratch = Path(tempfile.mkdtemp(prefix=f"hiercls-{context.get_trial_id()}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"hiercls-{trial_id}-"))
     ckpt_dir = scratch / "engine"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     report_dir = scratch / "report"
@@ -173,12 +158,8 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         value = objective(metrics) if status == "ok" else math.nan
         if math.isnan(value):
             status = "nan"
-        metrics["status"] = status
-        metrics["objective"] = value
-        metrics["loss"] = resolved.loss
-        metrics["lr_schedule"] = resolved.lr_schedule
-        metrics["params"] = params
-        metrics["trial_seed"] = resolved.seed
+        metrics.update(status=status, objective=value, loss=resolved.loss, lr_schedule=resolved.lr_schedule,
+                       params=params, trial_seed=resolved.seed)
         if status != "ok" or folder is None:  # no new checkpoint this epoch (checkpoint_every)
             tune.report(metrics)
             return
@@ -198,15 +179,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     on_gpu = train_config.device.startswith("cuda")
     cap_gpu_memory(setup.gpu_fraction, train_config.device if ":" in train_config.device else "cuda:0")
     try:
-        fit(
-            train_config,
-            reporter,
-            resume=resume,
-            overwrite=not resume,
-            continue_from=donor,
-            checkpoint_dir=ckpt_dir,
-            data=_load_data(setup, keep=not on_gpu),
-            progress=False,
-        )
+        fit(train_config, reporter, resume=resume, overwrite=not resume, continue_from=donor,
+            checkpoint_dir=ckpt_dir, data=_load_data(setup, keep=not on_gpu), progress=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

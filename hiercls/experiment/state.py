@@ -1,10 +1,8 @@
 """Ray Tune's saved experiment state, read as plain JSON (never unpickled).
 
-``experiment_state-<timestamp>.json`` in an experiment folder is Ray's record of every trial; Tune
-rewrites it during a search and when it ends or is interrupted, and ``Tuner.restore`` resumes from the
-newest one. Each entry of its ``trial_data`` list is a pair of JSON texts: the trial (id, status,
-folder, config, ...) and its run metadata (error file, ...). Values Ray stored cloudpickled are left
-alone.
+``experiment_state-<timestamp>.json`` is Ray's record of every trial, rewritten during a search and when
+it ends; ``Tuner.restore`` resumes from the newest. Each ``trial_data`` entry is a pair of JSON texts: the
+trial (id, status, folder, config, ...) and its run metadata (error file, ...).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from typing import Any
 __all__ = ["STATE_GLOB", "UNFINISHED", "newest_state_file", "read_trial_states"]
 
 STATE_GLOB = "experiment_state-*.json"
-
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # statuses of trials a resume would continue
 
 
@@ -28,12 +25,11 @@ def newest_state_file(folder: str | Path, pattern: str = STATE_GLOB) -> Path | N
 
 def read_trial_states(folder: str | Path) -> dict[str, dict[str, Any]]:
     """Trial id -> ``{"status", "relative_logdir", "config", "error_filename"}`` from the newest
-    ``experiment_state-*.json`` in ``folder``.
+    ``experiment_state-*.json`` in ``folder``; ``{}`` when there is none or it cannot be read.
 
-    ``status`` is Ray's: TERMINATED, ERROR, RUNNING, PENDING or PAUSED (a trial still running when the
-    search was interrupted stays RUNNING there, although the in-memory results call it TERMINATED);
-    ``config`` is the searched config when stored as plain JSON, else ``{}``. Returns ``{}`` when there
-    is no state file or it cannot be read (the caller falls back to the trial folders).
+    ``status`` is Ray's (TERMINATED, ERROR, RUNNING, PENDING, PAUSED): a trial running when the search
+    was interrupted stays RUNNING here, although the in-memory results call it TERMINATED. ``config``
+    is the searched config when stored as plain JSON (not cloudpickled), else ``{}``.
     """
     newest = newest_state_file(folder)
     if newest is None:

@@ -1,12 +1,9 @@
 """A search grown after the fact: ``--resume --num-samples N`` with N above the search's total.
 
-Ray's ``Tuner.restore`` cannot change a finished experiment's number of trials, so a grown search is
-several Ray experiments ("parts") in one experiment folder: the first is the folder itself (its trials
-are ``NAME/trial_<id>``), each growth adds ``NAME/grow-<k>`` (trials ``NAME/grow-<k>/trial_<id>``), a Ray
-experiment of its own that continues the search's Optuna study (so TPE learns from every earlier
-trial, the points already evaluated are not asked again, and trial indices go on). :data:`PARTS_FILE`
-lists the parts and their trial counts; ``search_spec.yaml`` holds the total. The summary,
-``analysis.rank`` and ``analysis.export`` read all parts as one search. Imports no Ray.
+``Tuner.restore`` cannot change a finished experiment's number of trials, so a grown search is several Ray
+experiments ("parts") in one experiment folder: the folder itself, then one ``grow-<k>`` folder per growth,
+each continuing the search's Optuna study (TPE learns from every earlier trial; trial indices go on).
+:data:`PARTS_FILE` lists them; ``search_spec.yaml`` holds the total. Imports no Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hiercls.tune.state import UNFINISHED, read_trial_states
+from hiercls.experiment.state import UNFINISHED, read_trial_states
+from hiercls.storage import atomic_write_text
 
 __all__ = ["GROW_PREFIX", "PARTS_FILE", "Part", "part_folders", "read_parts", "unfinished", "write_parts"]
 
@@ -68,8 +66,6 @@ def write_parts(experiment_dir: str | Path, parts: list[Part]) -> None:
     Raises:
         StorageError: it could not be written.
     """
-    from hiercls.storage import atomic_write_text
-
     root = Path(experiment_dir)
     entries: list[dict[str, Any]] = [
         {"folder": "" if p.folder == root else p.name, "num_samples": p.num_samples} for p in parts
@@ -87,6 +83,6 @@ def part_folders(experiment_dir: str | Path) -> list[Path]:
 
 def unfinished(part: Part) -> bool:
     """Whether a resume has work in ``part``: a trial Ray saved as running, pending or paused, or fewer
-    trials than the part asks for (Ray's saved state, read as JSON)."""
+    trials than the part asks for."""
     states = read_trial_states(part.folder)
     return any(s.get("status") in UNFINISHED for s in states.values()) or len(states) < part.num_samples
