@@ -170,6 +170,8 @@ def test_max_concurrent_auto_undoes_a_space_file(tmp_path):
     assert loaded.max_concurrent is None and "max_concurrent" in loaded.given
     plain = tune_main.spec_from_args(tune_main.build_parser().parse_args(["--space", str(path)]))
     assert plain.max_concurrent == 4
+    with pytest.raises(SystemExit):
+        tune_main.build_parser().parse_args(["--max-concurrent", "1.5"])
     assert make_plan(loaded.__class__.from_dict({**loaded.to_dict(), "storage_path": str(tmp_path)}),
                      trainable="toy").max_concurrent is None
 

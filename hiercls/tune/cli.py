@@ -50,6 +50,8 @@ DEFAULTS = SearchSpec()
 
 def _concurrency(text: str) -> int | str:
     """``--max-concurrent``: a whole number, or ``auto`` (what the cluster runs; undoes a space file's)."""
+    if text != "auto" and not text.strip().lstrip("+-").isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto")
     return text if text == "auto" else int(text)
 
 

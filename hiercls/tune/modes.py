@@ -101,7 +101,8 @@ def _nsga2_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], li
     problems, notes = _optuna_checks(spec, params)
     if spec.objective != "val_top1_error":
         notes.append(f"--multi-objective searches (val_top1_error, val_mistake_severity); objective "
-                     f"{spec.objective!r} is only used to sort the table")
+                     f"{spec.objective!r} only picks the 'best trial' line and sorts summary.csv (the table "
+                     "is the Pareto front, by top-1 error)")
     return problems, notes
 
 

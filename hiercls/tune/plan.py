@@ -84,7 +84,8 @@ class SearchPlan:
         spec, what = self.spec, "new search"
         if self.resume:
             what = "resume: " + ", then ".join(
-                ([f"restore {self.parts[-1].folder.name} (trials left to run)"] if self.restore_last else [])
+                ([f"restore {self.parts[-1].folder.name} (Ray runs what is unfinished)"] if self.restore_last
+                 else [])
                 + ([f"grow by {self.grow.num_samples} trials in {self.grow.name}"] if self.grow else []))
         shown = ", ".join(f"{k} {getattr(spec, k)}" for k in self.scheduler.takes)
         lines = [

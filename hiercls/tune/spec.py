@@ -85,9 +85,8 @@ DEFAULT_NUM_SAMPLES = 20
 
 
 def pb2_keys() -> tuple[str, ...]:
-    """What PB2 changes during training: the values declared ``variable`` (the engine's ``value_schedule``
-    keys: ``lr``, ``alpha``, ``beta``, ``lambda_fine``, ``lambda_coarse``). A function: reading the loss
-    registry imports the losses (and torch)."""
+    """What PB2 changes during training: the values declared ``variable`` (``lr``, ``alpha``, ``beta``,
+    ``lambda_fine``, ``lambda_coarse``). A function: reading the loss registry imports torch."""
     return tuple(all_variable_keys())
 
 
