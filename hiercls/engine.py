@@ -908,13 +908,7 @@ def fit(
         raise ConfigError("continue_from and resume exclude each other: resume continues the run in its own "
                           "folder with its own config; continue_from starts a new run from another run's "
                           "last.pth")
-    checked = check_config(config)
-    config = config.resolved()
-    out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
-    config = dataclasses.replace(config, out_folder=str(out))
-    if config.word_vectors is not None:  # recorded as read: absolute, with the vectors' sha256
-        config = dataclasses.replace(config, word_vectors=str(Path(config.word_vectors).resolve()),
-                                     word_vectors_sha256=checked.word_vectors_sha256)
+    config, checked, out = _recorded(config)
     if data is None:  # checked before any work; a folder found (no data_dir) is recorded in config.yaml
         found = _data_dir(config)
         if config.data_dir is None:
@@ -935,6 +929,23 @@ def fit(
                     progress, data_box, checked, continued=donor is not None)
 
 
+def _recorded(config: TrainConfig) -> tuple[TrainConfig, Checked, Path]:
+    """``config`` checked (:func:`~hiercls.build.check_config`) and as a run records it: resolved, with its
+    output folder, and ``word_vectors`` absolute with the vectors' sha256; the check's result; the folder.
+
+    Raises:
+        ConfigError: as :func:`~hiercls.build.check_config`.
+    """
+    checked = check_config(config)
+    config = config.resolved()
+    out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
+    config = dataclasses.replace(config, out_folder=str(out))
+    if config.word_vectors is not None:  # recorded as read: absolute, with the vectors' sha256
+        config = dataclasses.replace(config, word_vectors=str(Path(config.word_vectors).resolve()),
+                                     word_vectors_sha256=checked.word_vectors_sha256)
+    return config, checked, out
+
+
 def check_run(
     config: TrainConfig, *, resume: bool = False, overwrite: bool = False, resume_from_best: bool = False
 ) -> tuple[TrainConfig, str]:
@@ -953,13 +964,7 @@ def check_run(
         ConfigError, RunExistsError, CheckpointError, DataError, StorageError: as :func:`fit` before its
             work.
     """
-    checked = check_config(config)
-    config = config.resolved()
-    out = Path(config.out_folder) if config.out_folder else default_out_folder(config)
-    config = dataclasses.replace(config, out_folder=str(out))
-    if config.word_vectors is not None:
-        config = dataclasses.replace(config, word_vectors=str(Path(config.word_vectors).resolve()),
-                                     word_vectors_sha256=checked.word_vectors_sha256)
+    config, _, out = _recorded(config)
     found = Path(_data_dir(config, fetch=False))
     if has_dataset(found):
         data = f"CIFAR-100 from {found}"
