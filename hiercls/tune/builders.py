@@ -20,6 +20,7 @@ from hiercls.experiment.layout import TRIAL_INDEX, log_key
 from hiercls.experiment.parts import Part
 from hiercls.experiment.study import open_storage
 from hiercls.tune.objective import MULTI_METRICS
+from hiercls.tune.parameters import grid_points
 from hiercls.tune.plan import SearchPlan
 from hiercls.tune.space import DefineByRun, PB2UntilLastEpoch, PicklableNSGAIISampler, SearchAlgorithm
 
@@ -96,8 +97,8 @@ def grid_param_space(plan_or_spec: Any) -> dict[str, Any]:
     whole config of one trial (its searched values and its :data:`~hiercls.experiment.layout.TRIAL_INDEX`,
     the point's position). Ray's variant generator resolves the grid at the root of the config, so a
     trial's config is exactly its point: flat, with only its branch's keys (as a TPE trial's)."""
-    spec = getattr(plan_or_spec, "spec", plan_or_spec)
-    return tune.grid_search([{**point, TRIAL_INDEX: i} for i, point in enumerate(spec.grid_points())])
+    params = plan_or_spec.params if isinstance(plan_or_spec, SearchPlan) else plan_or_spec.params()
+    return tune.grid_search([{**point, TRIAL_INDEX: i} for i, point in enumerate(grid_points(params))])
 
 
 @searcher_builder("grid")

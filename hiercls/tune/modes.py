@@ -14,13 +14,13 @@ from typing import Any
 
 from hiercls.config import TrainConfig
 from hiercls.tune.checks import grace_problems, grid_problems
-from hiercls.tune.constraints import parse_constraint
 from hiercls.tune.parameters import Param, grid_size, is_grid
 from hiercls.value_schedule import all_variable_keys
 
 __all__ = [
     "NO_EFFECT", "REFUSE", "SCHEDULERS", "SCHEDULER_SETTINGS", "SEARCHERS", "SEARCHER_SETTINGS", "WARN",
-    "Mode", "Rule", "mode_problems", "register", "scheduler_of", "searcher_of", "unregister",
+    "Mode", "Rule", "mode_problems", "range_problems", "register", "scheduler_of", "searcher_of",
+    "unregister",
 ]
 
 REFUSE, WARN, NO_EFFECT = "refused", "warned", "no effect"
@@ -50,8 +50,7 @@ class Mode:
     each other one; none: refused with a generic line), ``checks(spec, params) -> (problems, warnings)``
     (what only this mode needs). Searchers also have ``schedulers`` (default first) and
     ``scheduler_rules`` (why another is refused), ``select(spec, params)`` (chosen without ``searcher:``),
-    ``study`` (keeps an Optuna study), ``grows`` (why ``--resume --num-samples`` cannot grow it) and
-    ``trials`` (what ``num_samples`` counts, docs)."""
+    ``study`` (keeps an Optuna study) and ``trials`` (what ``num_samples`` counts, docs)."""
 
     name: str
     summary: str
@@ -62,13 +61,13 @@ class Mode:
     scheduler_rules: Mapping[str, str] = dataclasses.field(default_factory=dict)
     select: Callable[[Any, Mapping[str, Param]], bool] | None = None
     study: bool = False
-    grows: str = ""
     checks: Callable[[Any, Mapping[str, Param]], tuple[list[str], list[str]]] | None = None
     trials: str = "trials in all"
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _range_problems(spec: Any, checks: list[tuple[str, bool, str]]) -> list[str]:
+def range_problems(spec: Any, checks: list[tuple[str, bool, str]]) -> list[str]:
+    """One line per ``(setting, in range, valid values)`` of ``checks`` that is out of range."""
     return [f"{key}={getattr(spec, key)!r} is out of range; valid: {valid}" for key, ok, valid in checks
             if not ok]
 
@@ -76,25 +75,14 @@ def _range_problems(spec: Any, checks: list[tuple[str, bool, str]]) -> list[str]
 def _optuna_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], list[str]]:
     """TPE and NSGA-II: draws, not grid entries; ``startup_trials`` >= 0; a constraint relative to the
     baseline needs the baseline point."""
-    problems = _range_problems(spec, [("startup_trials", spec.startup_trials >= 0, ">= 0")])
+    problems = range_problems(spec, [("startup_trials", spec.startup_trials >= 0, ">= 0")])
     if is_grid(params):
         problems.append(f"searcher {spec.searcher!r} draws values: a type: grid entry needs searcher grid "
                         "(leave searcher: out)")
-    if _relative_constraint(spec) and not spec.points_to_evaluate:
+    if any(c.relative for c in spec.parsed_constraints([])) and not spec.points_to_evaluate:
         problems.append("a constraint relative to 'baseline' needs points_to_evaluate: its first point "
                         "(e.g. {loss: cross-entropy}) is the baseline trial, run in full before any other")
     return problems, []
-
-
-def _relative_constraint(spec: Any) -> bool:
-    """Whether a constraint of ``spec`` is relative to the baseline (bad lines are reported elsewhere)."""
-    for text in spec.constraints or []:
-        try:
-            if parse_constraint(str(text)).relative:
-                return True
-        except ValueError:
-            continue
-    return False
 
 
 def _nsga2_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], list[str]]:
@@ -139,7 +127,7 @@ def _pb2_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], list
 
 
 def _asha_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], list[str]]:
-    problems = _range_problems(spec, [
+    problems = range_problems(spec, [
         ("grace_period", 1 <= spec.grace_period <= max(spec.epochs, 1), "in 1..epochs"),
         ("reduction_factor", spec.reduction_factor > 1, "> 1"),
     ])
@@ -222,7 +210,6 @@ register(Mode(
         "startup_trials": Rule(WARN, "startup_trials has no effect in a grid search: every point runs once, "
                                "in order"),
     },
-    grows="a grid search runs its {total} points once each and cannot grow; add points in a new search",
     checks=_grid_checks, trials="the grid's points (given or not: each runs once)",
 ))
 register(Mode(

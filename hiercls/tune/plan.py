@@ -21,7 +21,7 @@ from hiercls.experiment.study import open_storage, storage_text, study_names
 from hiercls.tune import toy, trainable
 from hiercls.tune.constraints import Constraint, merge_bounds, read_bounds
 from hiercls.tune.guard import STATE_GLOB, TUNER_FILE, check_state_intact, check_trusted
-from hiercls.tune.modes import SCHEDULERS, Mode, searcher_of
+from hiercls.tune.modes import Mode, scheduler_of, searcher_of
 from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.parameters import Param
 from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
@@ -127,14 +127,12 @@ def make_plan(spec: SearchSpec, *, resume: bool = False, trainable: str | None =
         raise SpecError([f"trainable {trainable!r} is unknown; valid: {', '.join(TRAINABLES)}"])
     params = spec.params()
     searcher = searcher_of(spec, params)
-    scheduler = SCHEDULERS[spec.scheduler or searcher.schedulers[0]]
-    saved = check_experiment(spec, resume=resume, trust=trust)
+    scheduler = scheduler_of(spec, searcher)
+    saved, parts = check_experiment(spec, resume=resume, trust=trust)
     if searcher.study and not resume:
         _check_study(spec)
     chosen = _choose_trainable(spec, trainable, saved, resume)
     _check_reports(spec, chosen, searcher)
-    parts = read_parts(spec.experiment_dir, int(saved.get("num_samples") or spec.num_samples)) if resume \
-        else [Part(spec.experiment_dir, int(spec.num_samples))]
     done = sum(p.num_samples for p in parts)
     grow = Part(spec.experiment_dir / f"{GROW_PREFIX}{len(parts)}", spec.num_samples - done) \
         if resume and spec.num_samples > done else None
@@ -223,10 +221,12 @@ def restorable(folder: Path) -> bool:
     return (folder / TUNER_FILE).is_file() and any(folder.glob(STATE_GLOB))
 
 
-def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False) -> dict[str, Any]:
+def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False
+                     ) -> tuple[dict[str, Any], list[Part]]:
     """Refuse to overwrite an experiment without ``resume``; for a resume, a folder another user could
     have written (unless ``trust``), nothing to restore, a changed spec or a torn Ray state. Nothing is
-    unpickled. Returns the experiment's saved spec (with its ``trainable``) when resuming, else ``{}``.
+    unpickled. Returns the experiment's saved spec (with its ``trainable``; ``{}`` for a new search) and
+    its parts (:mod:`hiercls.experiment.parts`; a new search's one part, the folder itself).
 
     Raises:
         SpecError: the experiment exists (new search), does not exist or has nothing to restore
@@ -241,7 +241,7 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False) -> 
         if exists:
             raise SpecError([f"experiment {str(folder)!r} already exists; pass --resume to continue it or "
                              "choose another --name (it is never overwritten)"])
-        return {}
+        return {}, [Part(folder, int(spec.num_samples))]
     if not exists:
         raise SpecError([f"nothing to resume: experiment {str(folder)!r} does not exist"])
     if not trust:
@@ -260,7 +260,7 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False) -> 
         if not trust:
             check_trusted(part.folder)
         check_state_intact(part.folder)
-    return saved
+    return saved, parts
 
 
 def _saved_spec(path: Path) -> dict[str, Any]:
@@ -293,18 +293,16 @@ def _check_unchanged(spec: SearchSpec, saved: Mapping[str, Any]) -> None:
 
 def _check_growth(spec: SearchSpec, total: int) -> None:
     """A resume with another ``num_samples`` than the search's ``total``: growing it is allowed (a larger
-    number, a mode that can grow, and for a search relative to a baseline only once its bounds are fixed).
+    number; for a search relative to a baseline only once its bounds are fixed). A grid, whose
+    ``num_samples`` is its number of points, is refused by the spec check before this.
 
     Raises:
-        SpecError: a smaller number, a mode that cannot grow (a grid), or a baseline that never finished.
+        SpecError: a smaller number, or a baseline that never finished.
     """
     if spec.num_samples < total:
         raise SpecError([f"--num-samples {spec.num_samples} is below the search's {total} trials: a search "
                          "can grow (a larger --num-samples adds trials) but not shrink; resume without "
                          "--num-samples"])
-    searcher = searcher_of(spec, spec.params())
-    if searcher is not None and searcher.grows:
-        raise SpecError([f"--num-samples {spec.num_samples}: " + searcher.grows.format(total=total)])
     if any(c.relative for c in spec.parsed_constraints()) and read_bounds(spec.experiment_dir) is None:
         raise SpecError(["cannot grow this constrained search: its baseline trial never finished, so its "
                          "bounds are not fixed; resume it without --num-samples first"])

@@ -221,7 +221,7 @@ def _trial_setup(plan: SearchPlan, toy_sleep: float, echo: Callable[[str], Any])
     return TrialSetup(
         base=base, experiment_dir=str(plan.experiment_dir), objective=spec.objective, search_seed=spec.seed,
         cache_dir=cache_dir, toy_sleep=toy_sleep, gpu_fraction=spec.gpus_per_trial, continuation=pb2,
-        value_bounds=spec.pb2_bounds() if pb2 else {},
+        value_bounds=spec.pb2_bounds(plan.params) if pb2 else {},
     )
 
 

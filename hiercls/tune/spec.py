@@ -20,7 +20,7 @@ import yaml
 from hiercls.config import ConfigError, TrainConfig, coerce_field
 from hiercls.tune.checks import all_off_problems, branch_problems, config_problems, point_problems
 from hiercls.tune.constraints import Constraint, parse_constraint
-from hiercls.tune.modes import mode_problems, scheduler_of, searcher_of
+from hiercls.tune.modes import mode_problems, range_problems, scheduler_of, searcher_of
 from hiercls.tune.objective import MISTAKE_SEVERITY_WARNING, Objective, parse_objective
 from hiercls.tune.parameters import (
     TRIAL_KEYS,
@@ -232,10 +232,10 @@ class SearchSpec:
     def parsed_objective(self) -> Objective:
         return parse_objective(self.objective)
 
-    def pb2_bounds(self) -> dict[str, tuple[float, float]]:
+    def pb2_bounds(self, params: Mapping[str, Param] | None = None) -> dict[str, tuple[float, float]]:
         """PB2's ranges: each searched key's ``(low, high)`` (a ``pb2`` search's ``search:`` holds only
-        :func:`pb2_keys` with uniform or loguniform ranges)."""
-        return {name: (float(p.low), float(p.high)) for name, p in self.params().items()
+        :func:`pb2_keys` with uniform or loguniform ranges); ``params``: the parsed space, when at hand."""
+        return {name: (float(p.low), float(p.high)) for name, p in (params or self.params()).items()
                 if p.kind in ("uniform", "loguniform")}
 
     def parsed_constraints(self, problems: list[str] | None = None) -> list[Constraint]:
@@ -328,7 +328,7 @@ class SearchSpec:
         param_problems: list[str] = []
         params = self.params(param_problems)
         problems, notes = mode_problems(self, params)
-        problems = self._setting_problems() + problems
+        problems = self._setting_problems() + self._size_problems(params) + problems
         more, objective_notes = self._objective_problems()
         train, train_problems = self._train_problems()
         problems += more + train_problems + param_problems + self._space_problems(params, train)
@@ -347,18 +347,16 @@ class SearchSpec:
             ("max_failures", self.max_failures >= 0, ">= 0"),
             ("top", self.top >= 1, ">= 1"),
         ]
-        problems = [f"{key}={getattr(self, key)!r} is out of range; valid: {valid}"
-                    for key, ok, valid in checks if not ok]
+        problems = range_problems(self, checks)
         for key in ("gpus_per_trial", "cpus_per_trial"):
             value = getattr(self, key)
             if value > 1 and value != int(value):
                 problems.append(f"{key}={value}: above 1 it must be a whole number")
         if not self.name or "/" in str(self.name) or str(self.name).startswith("."):
             problems.append(f"name={self.name!r} must be a non-empty folder name without '/'")
-        return problems + self._size_problems()
+        return problems
 
-    def _size_problems(self) -> list[str]:
-        params = self.params()
+    def _size_problems(self, params: Mapping[str, Param]) -> list[str]:
         size = grid_size(params) if is_grid(params) else self.num_samples
         if not isinstance(size, int) or size <= MAX_SAMPLES or self.allow_large_search:
             return []
