@@ -64,7 +64,7 @@ from typing import Any
 import yaml
 
 from hiercls.config import ConfigError, TrainConfig, fill_added_keys, upgrade_saved_values
-from hiercls.experiment.layout import SPEC_FILE, TRIAL_INDEX, trial_config
+from hiercls.experiment.layout import SPEC_FILE, TRIAL_INDEX, searched_values, trial_config
 from hiercls.experiment.parts import part_folders
 from hiercls.experiment.state import UNFINISHED, newest_state_file, read_trial_states
 from hiercls.tune.spec import SearchSpec, SpecError, iter_params, parse_objective, parse_params
@@ -590,10 +590,13 @@ def _load_trial(path: Path, spec: Mapping[str, Any], tree: Mapping[str, Any], ob
 
     # searched values: params.json, else config.yaml, else Ray's copies; never defaults
     params_read = _read_json(path / PARAMS_FILE, dict, "a JSON object of searched values")
+    if params_read.value is not None:  # a PB2 trial's config holds a loguniform value as log10(key)
+        params_read = dataclasses.replace(params_read, value=searched_values(params_read.value))
     ray_config = next((r["config"] for r in result_lines if isinstance(r.get("config"), dict)), None)
+    state_config = (state.get(trial_id) or {}).get("config") or None
     sources = [(PARAMS_FILE, params_read.value), (CONFIG_FILE, config),
-               (f"{RAY_RESULT_FILE} (Ray's copy)", ray_config),
-               ("Ray's experiment state", (state.get(trial_id) or {}).get("config") or None)]
+               (f"{RAY_RESULT_FILE} (Ray's copy)", ray_config and searched_values(ray_config)),
+               ("Ray's experiment state", state_config and searched_values(state_config))]
     raw_params: dict[str, Any] | None = None
     recovered_from = None
     for name, candidate in sources:

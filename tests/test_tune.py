@@ -1089,6 +1089,12 @@ def test_pb2_moves_a_loguniform_value_in_log_space(ray_session, tmp_path):
     assert all(1e-4 <= r["lr"] <= 1.0 for r in epochs_run)
     assert all(1e-4 <= r["params"]["lr"] <= 1.0 for r in outcome.rows)  # the summary shows lr, decoded
     assert any(c["values"]["lr"] != c["donor_values"]["lr"] for c in continuations)
+    # the analysis reads lr back from the trial's log10(lr), with no "no value for searched key" problem
+    from analysis.experiment import load_experiment
+
+    trials = load_experiment(folder).trials
+    assert len(trials) == 4 and all(1e-4 <= t.params["lr"] <= 1.0 and not t.problems for t in trials), [
+        (t.params, t.problems) for t in trials]
 
 
 def test_the_only_best_trial_shown_respects_the_constraints(ray_session, tmp_path, capfd):

@@ -533,6 +533,37 @@ def test_torn_pickles_are_found_without_unpickling(tmp_path):
         check_state_intact(folder)
 
 
+@pytest.mark.slow
+def test_results_are_read_back_with_a_torn_error_pickle(ray_session, tmp_path):
+    """A trial's error.pkl torn by a full disk or a kill (before hiercls wrote atomically): Ray reads it
+    through the experiment's filesystem when it builds the search's results; hiercls's filesystem has it
+    read as missing, so Ray takes the error from error.txt instead of failing with the whole results."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    from hiercls.tune.atomicfs import atomic_local_filesystem
+
+    def failing_trial(config):  # defined here: Ray's workers receive it by value
+        raise RuntimeError("this trial fails on purpose")
+
+    storage = tmp_path / "storage"
+    tuner = tune.Tuner(failing_trial, run_config=tune.RunConfig(
+        name="fails", storage_path=str(storage), storage_filesystem=atomic_local_filesystem(),
+        failure_config=tune.FailureConfig(max_failures=0)))
+    assert tuner.fit().num_errors == 1
+    (error_pickle,) = (storage / "fails").glob("*/error.pkl")
+    error_pickle.write_bytes(error_pickle.read_bytes()[:20])
+
+    def results(filesystem):
+        return tune.Tuner.restore(str(storage / "fails"), failing_trial,
+                                  storage_filesystem=filesystem).get_results()
+
+    grid = results(atomic_local_filesystem())
+    assert grid.num_errors == 1 and "this trial fails on purpose" in str(grid[0].error)
+    with pytest.raises(Exception):  # noqa: B017 - Ray's own failure reading the torn pickle, any kind
+        results(pafs.LocalFileSystem())
+
+
 # ---------------------------------------------------------------------------------------------- item 2
 class _Planted:
     """Unpickling this creates ``marker`` (what a planted tuner.pkl could do, or worse)."""

@@ -36,13 +36,15 @@ def log_key(name: str) -> str:
 
 
 def searched_values(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial's searched values from its config (Ray's ``params.json``), each :func:`log_key` entry turned
-    back into its value (``{"log10(lr)": -2.0}`` -> ``{"lr": 0.01}``)."""
+    """A trial's searched values from its config (Ray's ``params.json``, its result's or state's copy), each
+    :func:`log_key` entry turned back into its value (``{"log10(lr)": -2.0}`` -> ``{"lr": 0.01}``), to 15
+    significant digits: a value written with fewer (``0.05``, encoded as ``math.log10(0.05)``) comes back
+    exactly."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         match = _LOG_KEY.fullmatch(str(key))
         if match and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[match.group("name")] = float(10.0 ** float(value))
+            out[match.group("name")] = float(f"{10.0 ** float(value):.15g}")
         else:
             out[key] = value
     return out

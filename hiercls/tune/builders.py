@@ -7,6 +7,7 @@ constraints: the best trial a user sees is hiercls's (:func:`hiercls.tune.runner
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -80,6 +81,7 @@ def _optuna(plan: SearchPlan, part: Part, sampler: Any, metric: Any, mode: Any,
 
 @searcher_builder("tpe")
 def tpe(plan: SearchPlan, part: Part) -> Built:
+    """TPE (seeded, ``startup_trials`` random first) over the study; PRUNED for an ASHA stop."""
     sampler = optuna.samplers.TPESampler(seed=plan.sampler_seed(part),
                                          n_startup_trials=plan.spec.startup_trials)
     max_epochs = plan.spec.epochs if plan.scheduler.name == "asha" else None
@@ -88,6 +90,7 @@ def tpe(plan: SearchPlan, part: Part) -> Built:
 
 @searcher_builder("nsga2")
 def nsga2(plan: SearchPlan, part: Part) -> Built:
+    """NSGA-II (seeded) on (val_top1_error, val_mistake_severity) over the study."""
     sampler = PicklableNSGAIISampler(seed=plan.sampler_seed(part))
     return _optuna(plan, part, sampler, list(MULTI_METRICS), ["min", "min"], None)
 
@@ -103,7 +106,7 @@ def grid_param_space(plan_or_spec: Any) -> dict[str, Any]:
 
 @searcher_builder("grid")
 def grid(plan: SearchPlan, part: Part) -> Built:
-    # each point once: one grid over the points, one sample of it
+    """Each point of the grid once: one grid over the points, one sample of it."""
     return Built(BasicVariantGenerator(max_concurrent=plan.max_concurrent or 0), grid_param_space(plan), 1)
 
 
@@ -111,13 +114,10 @@ def pb2_param_space(plan: SearchPlan) -> dict[str, Any]:
     """The Tuner's param space of a PB2 search: each searched key drawn from its range, a ``loguniform``
     one as the uniform draw of its logarithm under :func:`~hiercls.experiment.layout.log_key` (the same draw
     as ``tune.loguniform``), fixed keys as they are."""
-    space: dict[str, Any] = {}
+    bounds, space = pb2_bounds(plan), {}
     for name, p in plan.params.items():
-        if p.kind == "fixed":
-            space[name] = p.value
-        else:
-            low, high = pb2_bounds(plan)[_pb2_key(name, p.kind)]
-            space[_pb2_key(name, p.kind)] = tune.uniform(low, high)
+        key = _pb2_key(name, p.kind)
+        space[key] = p.value if p.kind == "fixed" else tune.uniform(*bounds[key])
     return space
 
 
@@ -141,15 +141,20 @@ def _pb2_key(name: str, kind: str) -> str:
 
 @searcher_builder("pb2")
 def pb2_population(plan: SearchPlan, part: Part) -> Built:
-    # Ray's PBT and PB2 take no search algorithm: the first values come from Ray's generator
+    """The first values from Ray's generator (PBT and PB2 take no search algorithm), points first; a
+    point's loguniform value under its log key, as the param space has it."""
+    kinds = {name: p.kind for name, p in plan.params.items()}
+    points = [{_pb2_key(k, kinds.get(k, "")): math.log10(v) if kinds.get(k) == "loguniform" else v
+               for k, v in point.items()} for point in plan.points(part) or []]
     generator = BasicVariantGenerator(max_concurrent=plan.max_concurrent or 0,
-                                      points_to_evaluate=plan.points(part))
+                                      points_to_evaluate=points or None)
     return Built(generator, pb2_param_space(plan), part.num_samples)
 
 
 # ---------------------------------------------------------------------------------------------- schedulers
 @scheduler_builder("asha")
 def asha(plan: SearchPlan) -> Any:
+    """ASHA on the ``epoch`` of each report, up to ``epochs``."""
     spec = plan.spec
     return ASHAScheduler(time_attr="epoch", metric=OBJECTIVE, mode="min", max_t=spec.epochs,
                          grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
@@ -157,13 +162,14 @@ def asha(plan: SearchPlan) -> Any:
 
 @scheduler_builder("none")
 def no_scheduler(plan: SearchPlan) -> None:
+    """No scheduler: every trial runs its full length."""
     return None
 
 
 @scheduler_builder("pb2")
 def pb2(plan: SearchPlan) -> Any:
-    # synchronous: at each perturbation epoch the whole population is compared (the lowest quarter
-    # continues from the best quarter's checkpoints), not whichever trials happen to have reported
+    """Synchronous PB2: every perturbation epoch the whole population is compared (the lowest quarter
+    continues from the best quarter's checkpoints), not whichever trials happen to have reported."""
     return PB2UntilLastEpoch(
         metric=OBJECTIVE, mode="min",
         perturbation_interval=plan.spec.perturbation_interval, synch=True, last_epoch=plan.spec.epochs,
