@@ -182,6 +182,17 @@ class Experiment:
     def name(self) -> str:
         return str(self.spec.get("name") or self.path.name)
 
+    @property
+    def objective_source(self) -> str:
+        """Where :attr:`objective_text` (what ``analysis.rank`` ranks by) comes from, for headers: the
+        search's objective in ``search_spec.yaml``, else top-1 error (a multi-objective search, or a spec
+        that records no objective)."""
+        if self.spec.get("multi_objective"):
+            return "the fallback: a multi-objective search has no single objective"
+        if self.spec.get("objective") is None:
+            return f"the fallback: {SPEC_FILE} records no objective"
+        return f"the search's objective, from {SPEC_FILE}"
+
     def trial(self, trial_id: str) -> Trial:
         """The trial ``trial_id`` (``trial_`` prefix accepted).
 

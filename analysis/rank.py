@@ -73,7 +73,10 @@ METRICS = (
 )
 CRM_METRICS = tuple("val_crm/" + m.removeprefix("val_") for m in METRICS)
 METRIC_COLUMNS = METRICS + CRM_METRICS
-RANKS = {"rank_top1_error": "val_top1_error", "rank_mistake_severity": "val_mistake_severity"}
+RANKS = {"rank_objective": "objective", "rank_top1_error": "val_top1_error",
+         "rank_mistake_severity": "val_mistake_severity"}
+"""The rank columns and the column each ranks by; the table is sorted by the first: the search's own
+objective (:attr:`Experiment.objective_text`)."""
 DEFAULT_OUT = "analysis"  # inside the experiment folder
 PROBLEM_SEPARATOR = " | "  # between a trial's problems in the problems column
 DAMAGED = " (!)"  # after the status of a trial with problems, in the readable tables
@@ -140,7 +143,7 @@ def build_table(
     require_finished: bool = True,
     bounds: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """One row per trial, best first.
+    """One row per trial, best first (by ``rank_objective``).
 
     Columns: ``trial_id``; ``status`` (complete, stopped early, unfinished, nan, error); ``loss`` and the
     parameters it takes (``alpha``, ``beta``, ...; empty for other losses); ``lr_schedule`` and its
@@ -150,9 +153,11 @@ def build_table(
     multi-objective search val_top1_error); the val metrics at that epoch (:data:`METRIC_COLUMNS`:
     top-1 error, mistake severity, hdist@1/5/20, coarse error as fractions or LCA heights, and their
     ``val_crm/`` variants); ``compared`` (whether the row takes part in ranks and fronts: complete
-    trials, plus stopped-early and unfinished ones with ``include_stopped``); ``rank_top1_error`` and
-    ``rank_mistake_severity`` (1 = best, ties share a rank; empty outside the compared rows, which in a
-    constrained search exclude the infeasible ones);
+    trials, plus stopped-early and unfinished ones with ``include_stopped``); ``rank_objective`` (by the
+    ``objective`` column: the search's objective as its ``search_spec.yaml`` records it, top-1 error for a
+    multi-objective search or a spec without one), ``rank_top1_error`` and ``rank_mistake_severity`` (1 =
+    best, ties share a rank; empty outside the compared rows, which in a constrained search exclude the
+    infeasible ones);
     ``pareto_error_severity`` and ``pareto_error_hdist5`` (on the front of the compared rows on
     (top-1 error, severity) / (top-1 error, hdist@5)); ``pareto_index`` (position on the first front
     sorted by top-1 error, from 0: what ``analysis.export --rank-by pareto:INDEX`` takes);
@@ -249,8 +254,8 @@ def build_table(
     if bounds:
         df["feasible"] = df["feasible"].astype("boolean")
         df.attrs["constraint_bounds"] = dict(bounds)
-    df["_unranked"] = df["rank_top1_error"].isna()
-    keys = ["_unranked", "rank_top1_error", "rank_mistake_severity", "val_top1_error", "trial_id"]
+    df["_unranked"] = df["rank_objective"].isna()
+    keys = ["_unranked", *RANKS, "val_top1_error", "trial_id"]
     df = df.sort_values(keys, na_position="last", kind="stable").drop(columns="_unranked")
     return df.reset_index(drop=True)
 
@@ -350,11 +355,12 @@ DISPLAY = [
 
 
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and text cells of the readable table (Markdown and console): the ranks by top-1 error (#)
-    and by mistake severity (sev#), the status (followed by ``(!)`` when the trial has problems: damaged
-    files or unknown values, listed in the ``problems`` column), loss and schedule with their
-    parameters, lr, ``epoch`` as selected/run/configured, the main metrics, and the front memberships
-    (``*`` on the front; the (error, severity) front shows its ``pareto:INDEX``)."""
+    """Header and text cells of the readable table (Markdown and console): the ranks by the search's
+    objective (#, :func:`rank_text` says which) and by mistake severity (sev#), the status (followed by
+    ``(!)`` when the trial has problems: damaged files or unknown values, listed in the ``problems``
+    column), loss and schedule with their parameters, lr, ``epoch`` as selected/run/configured, the main
+    metrics, and the front memberships (``*`` on the front; the (error, severity) front shows its
+    ``pareto:INDEX``)."""
     shown = [(h, c) for h, c in DISPLAY if c != "feasible" or "feasible" in table.columns]
     header = [h for h, _ in shown]
     body = []
@@ -362,7 +368,7 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         cells = []
         for head, col in shown:
             if head == "#":
-                cells.append(_fmt(row["rank_top1_error"]))
+                cells.append(_fmt(row["rank_objective"]))
             elif head == "loss (parameters)":
                 text = _param_text(row, row["loss"], "loss")
                 family = row.get("family")
@@ -406,6 +412,11 @@ def text_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str
     return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *body]]
 
 
+def rank_text(experiment: Experiment) -> str:
+    """What the first rank column (#) ranks by, and why (the readable tables' header)."""
+    return f"# ranks by {experiment.objective_text} ({experiment.objective_source})"
+
+
 def _scope_text(experiment: Experiment, scope: str) -> str:
     if scope == "best":
         return f"best (each trial's epoch with the lowest {experiment.objective_text})"
@@ -427,7 +438,8 @@ def write_outputs(
         f"# Trials of {experiment.name}",
         "",
         f"Experiment: `{experiment.path}`; {len(table)} trials ({counts}).",
-        f"Scope: {_scope_text(experiment, scope)}. Ranks (#) and Pareto fronts compare {compared}.",
+        f"Scope: {_scope_text(experiment, scope)}. Ranks and Pareto fronts compare {compared}; "
+        f"{rank_text(experiment)}, sev# by val_mistake_severity.",
         "Errors are fractions (0..1); severity and hdist in LCA-height units. `epoch`: the selected epoch "
         "(epochs run/configured).",
         "",
@@ -511,6 +523,7 @@ def _rank(args: argparse.Namespace) -> int:
     header, body = display_rows(table.head(args.top))
     counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
     print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
+    print(f"{rank_text(experiment)}; sev# by val_mistake_severity")
     if "feasible" in table.columns:
         judged = table["feasible"].dropna()  # the trials that ran in full, as the search counts them
         limits = "; ".join(f"{m} <= {b:.6g}" for m, b in table.attrs["constraint_bounds"].items())

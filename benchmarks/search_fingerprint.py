@@ -122,8 +122,8 @@ num_samples: 3
 epochs: 4
 scheduler: pb2
 perturbation_interval: 1
-max_concurrent: 2
-cpus_per_trial: 1
+max_concurrent: 3
+cpus_per_trial: 0.5
 train:
   architecture: plainnet
   loss: simple-hierarchy

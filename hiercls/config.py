@@ -48,6 +48,7 @@ __all__ = [
     "ConfigError", "RESUME_FREE_KEYS", "SWITCH_VALUES", "TrainConfig", "invalid_config", "load_config",
     "param_keys", "coerce_field",
     "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
+    "RUN_FOLDER_MARKERS", "read_config_file", "recorded_run_folder",
 ]
 
 
@@ -91,8 +92,10 @@ Switch = str
 """A config value ``auto`` (decided by the device: on for CUDA), ``true`` or ``false``; YAML booleans and
 ``on``/``off`` are read as ``true``/``false``."""
 SWITCH_VALUES = ("auto", "true", "false")
-# keys that may differ when a run is resumed: they change how fast it runs, not what it computes
-RESUME_FREE_KEYS = ("compile", "num_threads", "checkpoint_every")
+RESUME_FREE_KEYS = ("out_folder", "compile", "num_threads", "checkpoint_every")
+"""Keys that may differ when a run is resumed: ``out_folder`` is where the run is, not what it is (a run
+folder copied or moved elsewhere resumes where it now is, and its ``config.yaml`` then names that
+folder); the others change how fast it runs, not what it computes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -578,6 +581,77 @@ def upgrade_saved_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return fill_added_keys(out)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of keys to values in the YAML file at ``path`` (an empty file: no keys).
+
+    Raises:
+        ConfigError: one line naming the file and what is wrong with it: it does not exist, cannot be
+            read (the OS error), is not UTF-8 text (the first bad byte and its offset), is not YAML (the
+            line and column of the first problem), or holds something other than a mapping.
+    """
+    path = Path(path)
+    name = repr(str(path))
+    if not path.is_file():
+        raise ConfigError(f"config file {name} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        bad = f"byte 0x{err.object[err.start]:02x} at offset {err.start}"
+        raise ConfigError(
+            f"config file {name} is not UTF-8 text ({bad}); a config is a YAML text file of 'key: value' "
+            "lines"
+        ) from err
+    except OSError as err:
+        raise ConfigError(f"config file {name} cannot be read: {err.strerror or err}") from err
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"config file {name} is not valid YAML ({_yaml_problem(err)}); a config is a mapping of "
+            "'key: value' lines"
+        ) from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {name} must hold a mapping of keys to values, not a "
+                          f"{type(loaded).__name__}")
+    return loaded
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parser's error in one line: where (1-based line and column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+RUN_FOLDER_MARKERS = ("checkpoints", "all_epoch_results.json")
+"""What a training run writes beside its ``config.yaml`` before its first epoch ends (the ``checkpoints/``
+folder) or after (``all_epoch_results.json``): a ``config.yaml`` beside one of them is a run's recorded
+config (:func:`recorded_run_folder`)."""
+
+
+def recorded_run_folder(path: str | Path) -> Path | None:
+    """The run folder whose recorded config ``path`` is, else None.
+
+    A config file is a run's recorded config when it is named ``config.yaml`` and the folder holding it
+    also holds a ``checkpoints/`` folder or an ``all_epoch_results.json`` (:data:`RUN_FOLDER_MARKERS`).
+    That folder is the run, wherever the file's ``out_folder`` points: the folder it was written in,
+    which may since have been copied or moved. ``python -m hiercls.train --config PATH`` runs there
+    unless ``--out_folder`` (or ``--set out_folder=``) says otherwise. Any other config file (an
+    exported ``best.yaml``, a ``config.yaml`` kept elsewhere) is None: its ``out_folder`` applies.
+    """
+    path = Path(path)
+    if path.name != "config.yaml":
+        return None
+    folder = path.parent
+    if (folder / "checkpoints").is_dir() or (folder / "all_epoch_results.json").is_file():
+        return folder
+    return None
+
+
 def read_saved_config(path: str | Path) -> TrainConfig:
     """A ``config.yaml`` written by an earlier run, read with the meaning it had when written
     (:func:`upgrade_saved_values`).
@@ -585,15 +659,7 @@ def read_saved_config(path: str | Path) -> TrainConfig:
     Raises:
         ConfigError: as :func:`load_config`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"config file {str(path)!r} is unreadable: {err}") from err
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    loaded = read_config_file(path)
     loaded.pop("source", None)
     return TrainConfig.from_dict(upgrade_saved_values(loaded))
 
@@ -604,16 +670,12 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     A YAML file may carry a ``source:`` block (written by ``analysis.export``); it is ignored here.
 
     Raises:
-        ConfigError: missing or malformed file, unknown keys, wrong types.
+        ConfigError: a missing or unreadable file, one that is not UTF-8 text, not YAML or not a mapping
+            (:func:`read_config_file`), unknown keys, wrong types.
     """
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+        loaded = read_config_file(path)
         loaded.pop("source", None)
         values.update(loaded)
     values.update(overrides or {})

@@ -25,11 +25,14 @@ per-epoch reports, rewritten after every epoch), ``checkpoints/last.pth`` and ``
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
 import pickle
+import pickletools
 import random
+import re
 import sys
 import time
 import warnings
@@ -148,7 +151,10 @@ def load_checkpoint(path: str | Path, *, require: tuple[str, ...] = ("model",)) 
     """Read a hiercls checkpoint safely: ``torch.load(..., weights_only=True, map_location="cpu")``.
 
     Every tensor lands on the CPU (RNG states must be CPU ByteTensors; model and optimiser states are
-    copied to the run's device by ``load_state_dict``). Nothing in the file is executed.
+    copied to the run's device by ``load_state_dict``). Nothing in the file is executed. A file torch's
+    weights-only reader refuses is told apart without unpickling it (:func:`_pickle_imports` reads its
+    opcodes): one that holds a pickle importing Python objects "could run code"; one that is no pickle at
+    all (random bytes, text, a torn file) is corrupt.
 
     Args:
         path: a ``last.pth``, ``best.pth`` (or any dict checkpoint with ``require``'s keys).
@@ -156,8 +162,9 @@ def load_checkpoint(path: str | Path, *, require: tuple[str, ...] = ("model",)) 
 
     Raises:
         CheckpointError: one line naming ``path`` and what is wrong: missing, empty, corrupt or
-            truncated, an older hiercls format, Python objects other than tensors and plain values,
-            or missing keys.
+            truncated (not a torch checkpoint, nor a pickle), an older hiercls format, Python objects
+            other than tensors and plain values (refused, since unpickling them could run code), or
+            missing keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -174,19 +181,31 @@ def load_checkpoint(path: str | Path, *, require: tuple[str, ...] = ("model",)) 
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is corrupt ({_first_line(text)})"
             ) from err
+        imports = _pickle_imports(path)
+        if imports is None:  # torch's reader stopped on bytes that are no pickle: not an object, garbage
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt or truncated (not a torch checkpoint: {_NOT_A_PICKLE})"
+            ) from err
+        if not imports:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is not a torch checkpoint: a pickle of plain Python values that "
+                "torch's reader does not take; it is corrupt, or another program's file"
+            ) from err
         if "numpy" in text:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is in an older hiercls format (numpy RNG state) that cannot be "
                 "read without unpickling Python objects; finish that run with the hiercls version that "
                 "wrote it, or start again"
             ) from err
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", text)  # the one torch refused
+        named = refused.group(1) if refused else ", ".join(imports[:3])
         raise CheckpointError(
-            f"checkpoint {str(path)!r} holds Python objects other than tensors and plain values "
-            f"({_unsupported_global(text)}); it was not loaded, since unpickling it could run code"
+            f"checkpoint {str(path)!r} holds Python objects other than tensors and plain values (it imports "
+            f"{named}); it was not loaded, since unpickling it could run code"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as err:
         reason = _first_line(str(err)) if isinstance(err, (RuntimeError, OSError, ValueError)) else ""
-        reason = reason or f"not a torch checkpoint: {type(err).__name__}"
+        reason = reason or f"not a torch checkpoint: {_NOT_A_PICKLE}"
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({reason})") from err
     if not isinstance(state, dict):
         raise CheckpointError(
@@ -200,16 +219,69 @@ def load_checkpoint(path: str | Path, *, require: tuple[str, ...] = ("model",)) 
     return state
 
 
+_NOT_A_PICKLE = "neither torch's zip format nor a complete pickle"
+
+_IMPORT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4"})
+"""The pickle opcodes that fetch a Python object by name (or by copyreg's extension code): without one, a
+pickle has nothing to call, so unpickling it runs no code."""
+
+
+def _pickle_imports(path: Path, *, most: int = 16) -> list[str] | None:
+    """What the pickle in ``path`` (a plain pickle file, torch's legacy sequence of pickles, or the
+    ``data.pkl`` of torch's zip format) would import when unpickled, read with :mod:`pickletools`
+    (opcodes parsed, nothing unpickled or executed): ``module.name`` for each import (``EXT1`` ... for an
+    extension code), in order; an empty list for a pickle of plain values; None when the bytes do not
+    begin with a complete pickle (random bytes, text, a truncated file).
+
+    Up to ``most`` pickles in a row are read (torch's legacy format writes several, then raw tensor bytes,
+    where reading stops)."""
+    try:
+        if zipfile.is_zipfile(path):  # torch's format: the pickle is data.pkl, the tensors other members
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+                if name is None:
+                    return None
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError, EOFError):
+        return None
+    stream = io.BytesIO(data)
+    imports: list[str] = []
+    for count in range(most):
+        if stream.tell() >= len(data):
+            break
+        found: list[str] = []
+        strings: list[Any] = []  # the strings pushed, also from the memo: STACK_GLOBAL's module and name
+        memo: dict[Any, Any] = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                kind = opcode.name
+                if kind in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif kind == "STACK_GLOBAL":
+                    names = [str(v) for v in strings[-2:] if v is not None]
+                    found.append(".".join(names) if len(names) == 2 else "a name (STACK_GLOBAL)")
+                elif kind in _IMPORT_OPCODES:
+                    found.append(f"extension code {arg} ({kind})")
+                elif "UNICODE" in kind or "STRING" in kind:
+                    strings.append(arg)
+                elif kind == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif kind.endswith("PUT"):
+                    memo[arg] = strings[-1] if strings else None
+                elif kind.endswith("GET"):
+                    strings.append(memo.get(arg))
+        except Exception:  # pickletools raises ValueError; whatever it raises, these bytes are no pickle
+            if count == 0:
+                return None
+            break  # the raw bytes after the pickles of torch's legacy format
+        imports += [name for name in found if name not in imports]
+    return imports
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
-
-
-def _unsupported_global(text: str) -> str:
-    """The line of torch's weights-only refusal that names what was refused."""
-    for line in text.splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip().rstrip(".")[:200]
-    return "a plain pickle, not a torch checkpoint"
 
 
 def _check_training_checkpoint(state: Mapping[str, Any], path: Path) -> None:
@@ -788,8 +860,9 @@ def _check_same_run(config: TrainConfig, out: Path) -> None:
 
 
 def _comparable(config: TrainConfig) -> dict[str, Any]:
-    """The keys that must match for a resume: all but :data:`~hiercls.config.RESUME_FREE_KEYS` (speed
-    only), with ``amp`` and ``channels_last`` as the on/off they mean on the run's device."""
+    """The keys that must match for a resume: all but :data:`~hiercls.config.RESUME_FREE_KEYS` (where the
+    run is, and speed only), with ``amp`` and ``channels_last`` as the on/off they mean on the run's
+    device."""
     out = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE_KEYS}
     try:
         kind = resolve_device(config.device).type
@@ -864,10 +937,11 @@ def fit(
             this spelling (:func:`~hiercls.value_schedule.upgrade_record`, the values missing taken
             from the config that ran them).
         resume: continue from ``checkpoint_dir/last.pth`` if present; the folder's saved config must
-            equal ``config`` in every key but ``compile``, ``num_threads`` and ``checkpoint_every``
-            (``amp``/``channels_last`` compared as on/off on the run's device). Epochs after the last
-            checkpoint are recomputed. Bit-exact on the CPU always; on CUDA only with
-            ``deterministic: true``.
+            equal ``config`` in every key but ``out_folder`` (a run folder copied or moved elsewhere
+            resumes where it now is, and its ``config.yaml`` is rewritten to name it), ``compile``,
+            ``num_threads`` and ``checkpoint_every`` (``amp``/``channels_last`` compared as on/off on the
+            run's device). Epochs after the last checkpoint are recomputed. Bit-exact on the CPU always;
+            on CUDA only with ``deterministic: true``.
         overwrite: replace the results of an earlier run in the output folder.
         resume_from_best: with ``resume``, continue from ``best.pth`` instead (its weights and epoch;
             fresh optimiser momentum, RNGs reseeded: not exact), e.g. when ``last.pth`` is corrupt; the

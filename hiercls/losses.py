@@ -37,8 +37,8 @@ cosine-plus-xent           cosine distance + weighted CE on the same output,   `
 ranking-loss               DeViSE hinge rank loss on cosine scores,            ``margin=0.1``,
                            Frome et al. (NeurIPS 2013)                          ``devise_single_negative=
                                                                                 False``
-yolo-v2                    softmax cascade over each node's children,           ``alpha=0.1``
-                           HXE-weighted path CE (Redmon & Farhadi, CVPR 2017)
+yolo-v2                    softmax cascade over each node's children,           ``alpha=0.1``,
+                           HXE-weighted path CE (Redmon & Farhadi, CVPR 2017)   ``normalize=False``
 ========================== =================================================== ============================
 
 The embedding losses (``cosine-distance``, ``cosine-plus-xent``, ``ranking-loss``) take outputs
@@ -278,13 +278,18 @@ def hxe_edge_weights(hierarchy, alpha: float, normalize: bool = False) -> torch.
 
 _ALPHA = Param("alpha", "float", 0.1, "edge weights exp(-alpha * depth), larger = coarser", low=0.0,
                source="the original project's --alpha default", variable=True)
+# One declaration for both losses that weigh the path's edges (as _ALPHA is), so the flag, the config key
+# and the docs say the same thing for each.
+_NORMALIZE = Param(
+    "normalize", "bool", False,
+    "divide the edge weights by their sum over all nodes, as the reference code does by default",
+    source="the papers' formulas, unnormalised (Bertinetto et al. eq. 4; Redmon & Farhadi 2017); the "
+           "reference code's get_exponential_weighting(normalize=True) divides by about 104 on "
+           "cifar100-wordnet at alpha 0.1",
+)
 
 
-@LOSSES.register("hierarchical-cross-entropy", params=(
-    _ALPHA,
-    Param("normalize", "bool", False, "divide the edge weights by their sum, as the reference code does",
-          source="Bertinetto et al.'s paper (unnormalised, eq. 4)"),
-))
+@LOSSES.register("hierarchical-cross-entropy", params=(_ALPHA, _NORMALIZE))
 class HierarchicalCrossEntropyLoss(HierarchyLoss):
     """Hierarchical cross-entropy (HXE), Bertinetto et al., "Making Better Mistakes", CVPR 2020, eq. 4.
 
@@ -745,13 +750,18 @@ class RankingLoss(EmbeddingLoss):
 
     ``L_i = sum_{c != y_i} max(0, margin - s_{y_i} + s_c)``, mean over the batch. With
     ``devise_single_negative`` each sample takes one class drawn uniformly among those that violate the
-    margin (``margin - s_y + s_c > 0``, ``c != y``): ``L_i = max(0, margin - s_y + s_c)`` for that class, 0
-    when none violates (the paper stops at the first violating class of a random order, which draws that class
-    uniformly too). The draw uses torch's global generator on the outputs' device, which the engine seeds
-    and checkpoints, so a run and its resume draw the same classes.
+    margin (``margin - s_y + s_c > 0``, ``c != y``; :meth:`draw_negatives`): ``L_i = margin - s_y + s_c``
+    for that class, 0 when none violates (the paper stops at the first violating class of a random order,
+    which draws that class uniformly too). The draw uses torch's global generator on the outputs' device,
+    which the engine seeds and checkpoints, so a run and its resume draw the same classes.
 
     The reference code sums over every class including ``y`` itself, whose term is always ``margin``: its
-    values are ours plus ``margin`` per sample (the same gradient).
+    values are ours plus ``margin`` per sample (the same gradient). Its single negative differs too, and
+    here we keep the paper's rule: its mask of violating classes, ``margin + s_c - s_y > 0`` over *all*
+    classes, always holds the true class (its term is ``margin > 0``), so with ``k`` other violating classes
+    it draws ``y`` itself with probability ``1 / (k + 1)`` and always when none violates; such a sample
+    then adds the constant ``margin`` and no gradient. Ours never draws ``y``: the same sample gives a
+    violating negative's gradient, or 0 when there is none.
 
     Args:
         hierarchy: the class hierarchy (C classes).
@@ -770,20 +780,44 @@ class RankingLoss(EmbeddingLoss):
         self.margin = float(margin)
         self.devise_single_negative = bool(devise_single_negative)
 
-    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The hinge loss of every sample, float ``[N]``."""
+    def _hinge(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``max(0, margin - s_y + s_c)`` for every class ``c``, 0 at ``c = y``: float ``[N, C]``."""
         self._check(outputs, targets)
         s = self.cosines(outputs)
         t = targets.to(s.device)
         hinge = (self.margin - s.gather(1, t.view(-1, 1)) + s).clamp_min(0.0)
         others = torch.ones_like(hinge, dtype=torch.bool).scatter_(1, t.view(-1, 1), False)
-        hinge = hinge * others
+        return hinge * others
+
+    @staticmethod
+    def _draw(hinge: torch.Tensor) -> torch.Tensor:
+        """One column per row of ``hinge`` ``[N, C]``, uniform among its positive entries: long ``[N, 1]``
+        (a row without any gives an arbitrary column, whose entry is 0). Takes ``N x C`` uniform numbers
+        from torch's global generator."""
+        keys = torch.rand(hinge.shape, device=hinge.device, dtype=hinge.dtype)
+        keys = keys.masked_fill(~(hinge > 0), -1.0)
+        return keys.argmax(dim=1, keepdim=True)
+
+    def draw_negatives(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The negative class ``devise_single_negative`` draws for every sample: long ``[N]``, a class other
+        than ``targets[i]`` drawn uniformly among the margin-violating ones (Frome et al. 2013, Sec. 3.2),
+        -1 where none violates. Draws as :meth:`per_sample` does: with the same generator state both
+        pick the same classes.
+
+        Args:
+            outputs: float ``[N, D]``; targets: long ``[N]``.
+        """
+        hinge = self._hinge(outputs, targets)
+        pick = self._draw(hinge)
+        found = hinge.gather(1, pick).squeeze(1) > 0
+        return torch.where(found, pick.squeeze(1), torch.full_like(pick.squeeze(1), -1))
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The hinge loss of every sample, float ``[N]``."""
+        hinge = self._hinge(outputs, targets)
         if not self.devise_single_negative:
             return hinge.sum(dim=1)
-        keys = torch.rand(hinge.shape, device=hinge.device, dtype=hinge.dtype)
-        keys = keys.masked_fill(~((hinge > 0) & others), -1.0)
-        pick = keys.argmax(dim=1, keepdim=True)
-        return hinge.gather(1, pick).squeeze(1)
+        return hinge.gather(1, self._draw(hinge)).squeeze(1)
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.per_sample(outputs, targets).mean()
@@ -797,7 +831,7 @@ class RankingLoss(EmbeddingLoss):
 # --------------------------------------------------------------------------------------------------------
 
 
-@LOSSES.register("yolo-v2", params=(_ALPHA,))
+@LOSSES.register("yolo-v2", params=(_ALPHA, _NORMALIZE))
 class YoloV2Loss(HierarchyLoss):
     """YOLO-v2's hierarchical softmax (Redmon & Farhadi, "YOLO9000: Better, Faster, Stronger", CVPR 2017,
     Sec. 4 "Hierarchical classification"), as the reference code's softmax cascade.
@@ -813,19 +847,33 @@ class YoloV2Loss(HierarchyLoss):
     log p(node | parent)`` (``[N, C]``, a distribution over the leaves), so every metric, CRM included, is
     computed on them. A node with one child has ``p = 1``.
 
+    ``normalize=True`` divides every lambda by ``Z = sum over all N nodes (root included) of
+    exp(-alpha * depth)``, as HXE's ``normalize`` does. The reference code (fiveai's making-better-mistakes,
+    ``YOLOLoss`` with ``get_weighting(hierarchy, "exponential", value=alpha)``, whose ``normalize`` defaults
+    to True) always does this, so its yolo-v2 loss and gradients are ours divided by ``Z``: about 104 on
+    ``cifar100-wordnet`` at ``alpha = 0.1`` (86 on ``cifar100-l5``, 101 on ``cifar100-coarse``). The default
+    here stays unnormalised: it is the paper's cascade (Redmon & Farhadi weigh the path's cross-entropies
+    equally; ``alpha = 0`` is then exactly ``-log p(y)``, the same scale as cross-entropy and HXE), and
+    existing runs and searches keep their meaning. ``Z`` is a constant for a given tree and ``alpha``, so
+    the two differ only in scale; but a learning rate tuned for one does not carry over to the other (SGD's
+    steps shrink ``Z``-fold with normalisation; Adam's barely change), so set ``normalize`` to reproduce
+    the reference code's runs.
+
     Args:
         hierarchy: the class hierarchy (``parent_index``, ``depth``); any tree.
         alpha: decay, ``>= 0`` (default 0.1).
+        normalize: see above (default False).
 
     Call: ``outputs`` float ``[N, nodes - 1]``, ``targets`` long ``[N]`` -> scalar.
     """
 
-    def __init__(self, hierarchy, *, alpha: float) -> None:
+    def __init__(self, hierarchy, *, alpha: float, normalize: bool) -> None:
         parent = hierarchy.parent_index.tolist()
         root = parent.index(-1)
         nodes = [n for n in range(len(parent)) if n != root]  # output j <-> node nodes[j]
         super().__init__(hierarchy.num_classes, num_outputs=len(nodes))
         self.alpha = float(alpha)
+        self.normalize = bool(normalize)
         self._hierarchy, self._nodes = hierarchy, nodes  # the CPU source of the weights (set_values)
         column = {node: j for j, node in enumerate(nodes)}
         internal = sorted({parent[n] for n in nodes})
@@ -848,8 +896,8 @@ class YoloV2Loss(HierarchyLoss):
 
     def _weighted_path(self, path: torch.Tensor) -> torch.Tensor:
         """float64 ``[C, O]`` on the CPU: ``path`` (1 on each class's path) times the HXE weight of each
-        output's node for the current ``alpha``."""
-        weights = hxe_edge_weights(self._hierarchy, self.alpha).tolist()
+        output's node for the current ``alpha`` and ``normalize``."""
+        weights = hxe_edge_weights(self._hierarchy, self.alpha, self.normalize).tolist()
         lam = torch.tensor([weights[n] for n in self._nodes], dtype=torch.float64)
         return path.cpu() * lam
 
@@ -882,7 +930,7 @@ class YoloV2Loss(HierarchyLoss):
         return self.per_sample(outputs, targets).mean()
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}, normalize={self.normalize}"
 
 
 # --------------------------------------------------------------------------------------------------------

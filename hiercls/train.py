@@ -6,7 +6,9 @@ project's flags work as they were (``--architecture --loss --alpha --beta --lamb
 --lr_schedule --epochs --batch_size --lr --out_folder --data_path``), also with hyphens, and so do the
 reference code's embedding flags (``--barzdenzler --devise --word_vectors --use_2fc --fc_inner_dim
 --use_fc_batchnorm --lr_fc --weight_decay_fc --train_backbone_after --embedding_size``; the booleans bare or
-with ``True``/``False``).
+with ``True``/``False``). A run's recorded ``config.yaml`` given to ``--config`` (one in a run folder, beside
+its ``checkpoints/`` or ``all_epoch_results.json``) runs in the folder holding it unless ``--out_folder`` is
+given, whatever ``out_folder`` it names: a run folder copied or moved elsewhere resumes where it now is.
 
 Examples::
 
@@ -15,6 +17,7 @@ Examples::
         --out_folder runs/hxe
     python -m hiercls.train --config best.yaml          # a config exported by analysis.export
     python -m hiercls.train ... --resume                # continue an interrupted run
+    python -m hiercls.train --config runs/b/config.yaml --resume   # a copied or moved run, where it is now
     python -m hiercls.train --barzdenzler --loss cosine-distance --hierarchy cifar100-wordnet
     python -m hiercls.train --devise --loss ranking-loss --word_vectors wiki.en.bin
     python -m hiercls.train --smoke-test
@@ -42,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from hiercls.cli import parse_overrides
-from hiercls.config import ConfigError, TrainConfig, load_config, param_keys
+from hiercls.config import ConfigError, TrainConfig, load_config, param_keys, recorded_run_folder
 from hiercls.registry import (
     HIERARCHIES,
     LOSSES,
@@ -173,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit status: 0 done, 1 the loss went NaN, 2 bad input (flags, config, data, checkpoint), "
                "3 a write failed (disk full, read-only, permission), 130 interrupted (rerun with --resume).",
     )
-    parser.add_argument("--config", help="YAML file of config keys (e.g. an earlier run's config.yaml)")
+    parser.add_argument("--config", help="YAML file of config keys (e.g. an earlier run's config.yaml: a "
+                                         "config.yaml in a run folder, beside its checkpoints/ or "
+                                         "all_epoch_results.json, runs in that folder unless --out_folder "
+                                         "is given)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set t0=10 --set milestones=[60,120,160]")
     for key, extra, kind, text in _flags():
@@ -238,8 +244,15 @@ SMOKE_TEST = {"epochs": 1, "max_train_samples": 1000, "val_size": 500, "batch_si
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < ``--config`` < flags < ``--set``, then the smoke-test settings if asked for.
 
+    When ``--config`` is a run's recorded ``config.yaml`` (:func:`~hiercls.config.recorded_run_folder`:
+    named ``config.yaml``, beside a ``checkpoints/`` folder or an ``all_epoch_results.json``) and neither
+    ``--out_folder`` nor ``--set out_folder=`` is given, the output folder is the folder holding that
+    file, not the ``out_folder`` it names: a run folder copied or moved elsewhere is resumed (or refused)
+    where it now is, and the folder it was copied from is never touched.
+
     Raises:
-        ConfigError: unknown keys, wrong types, bad --set items.
+        ConfigError: a ``--config`` file that is missing, unreadable, not UTF-8, not YAML or not a mapping
+            (one line naming it), unknown keys, wrong types, bad --set items.
     """
     not_config = ("config", "set", "resume", "overwrite", "smoke_test", "resume_from_best", "check")
     flags = {k: v for k, v in vars(args).items() if k not in not_config}
@@ -248,7 +261,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides = {**overrides, **SMOKE_TEST}
         if "out_folder" not in overrides:
             overrides["out_folder"] = tempfile.mkdtemp(prefix="hiercls-smoke-")
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    folder = recorded_run_folder(args.config) if args.config is not None and "out_folder" not in overrides \
+        else None
+    if folder is not None and not _same_folder(config.out_folder, folder):
+        logging.getLogger("hiercls").info(
+            "%s is the recorded config of the run in %s: the run is there, not in %s, the folder the file "
+            "names (--out_folder chooses another)", args.config, folder, config.out_folder)
+        config = config.replace(out_folder=str(folder))
+    return config
+
+
+def _same_folder(named: str | None, folder: Path) -> bool:
+    """Whether the config's ``out_folder`` is ``folder`` (the same place, however spelled)."""
+    return named is not None and Path(named).resolve() == folder.resolve()
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001

@@ -81,6 +81,21 @@ def tiny_run(cifar_dir: Path, tmp_path: Path):
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_key(tmp_path_factory):
+    """Every test (and every subprocess it starts) signs experiments with a key of its own session, not the
+    user's (hiercls.experiment.manifest): ``HIERCLS_KEY_FILE`` in the environment."""
+    from hiercls.experiment.manifest import KEY_ENV
+
+    previous = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("hiercls-key") / "experiment.key")
+    yield
+    if previous is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance (2 CPUs, no dashboard) shared by the search and analysis tests."""

@@ -89,3 +89,26 @@ def run_main(argv: Sequence[str], module: str = "hiercls.train", capsys=None) ->
     else:
         stdout, stderr = out.getvalue(), err.getvalue()
     return subprocess.CompletedProcess(["python", "-m", module, *argv], status, stdout, stderr)
+
+
+TIMING = ("epoch_seconds", "images_per_second", "compile_seconds")
+"""The epoch record keys that measure time: they differ between two runs of one config."""
+
+
+def without_timing(history):
+    """Epoch records without their :data:`TIMING` keys (to compare two runs' histories exactly)."""
+    return [{k: v for k, v in record.items() if k not in TIMING} for record in history]
+
+
+def synthetic_cifar():
+    """A tiny seeded stand-in for CIFAR-100 in memory (uint8 [200, 3, 32, 32] training images, labels 0..99
+    twice; 100 test images): real training runs in seconds without the data."""
+    from hiercls.data import Cifar100
+
+    g = torch.Generator().manual_seed(0)
+    return Cifar100(
+        train_images=torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_labels=torch.arange(200) % 100,
+        test_images=torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=g),
+        test_labels=torch.arange(100) % 100,
+    )

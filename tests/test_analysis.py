@@ -186,8 +186,13 @@ def test_pareto_mask_rules():
 # ---------------------------------------------------------------------------------------------- ranking
 def test_rank_scope_best(synth):
     table = build_table(load_experiment(synth), "best")
-    assert list(table["trial_id"][:4]) == ["dddd0004", "bbbb0002", "cccc0003", "aaaa0001"]  # tie: severity
+    # ranked by the search's objective, val_top1_error + 0.1 * val_mistake_severity (0.63, 0.66, 0.69, 0.72),
+    # not by top-1 error (d's 0.44 is the lowest)
+    assert list(table["trial_id"][:4]) == ["bbbb0002", "cccc0003", "dddd0004", "aaaa0001"]
     r = rows(table)
+    assert {k: v["rank_objective"] for k, v in r.items() if v["compared"]} == {
+        "bbbb0002": 1, "cccc0003": 2, "dddd0004": 3, "aaaa0001": 4}
+    assert [round(v, 6) for v in table["objective"][:4]] == [0.63, 0.66, 0.69, 0.72]
     assert r["aaaa0001"]["epoch"] == 2 and r["aaaa0001"]["val_top1_error"] == 0.50  # lowest objective
     assert r["aaaa0001"]["objective"] == pytest.approx(0.72)
     assert r["bbbb0002"]["epoch"] == 3 and r["dddd0004"]["epoch"] == 3
@@ -229,24 +234,58 @@ def test_include_stopped_changes_ranks_and_fronts(synth):
     assert not r["ffff0006"]["compared"]  # NaN and errored trials never take part
 
 
+@pytest.mark.parametrize("objective, order, source", [
+    # severity at each trial's best epoch: c 1.5, b 1.7, a 2.0, d 2.1 (by top-1 error b would come first)
+    ("val_mistake_severity", ["cccc0003", "bbbb0002", "aaaa0001", "dddd0004"],
+     "the search's objective, from search_spec.yaml"),
+    (None, ["dddd0004", "bbbb0002", "aaaa0001", "cccc0003"],
+     "the fallback: search_spec.yaml records no objective"),
+    ("multi", ["dddd0004", "bbbb0002", "aaaa0001", "cccc0003"],
+     "the fallback: a multi-objective search has no single objective"),
+])
+def test_the_first_rank_follows_the_searchs_objective(synth, tmp_path, capsys, objective, order, source):
+    """The first rank column (#) ranks by the objective search_spec.yaml records; top-1 error without one
+    (or for a multi-objective search), and the header says which."""
+    spec = yaml.safe_load((synth / "search_spec.yaml").read_text())
+    if objective == "multi":
+        spec["multi_objective"] = True
+    elif objective is None:
+        del spec["objective"]
+    else:
+        spec["objective"] = objective
+    (synth / "search_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    table = build_table(load_experiment(synth), "best")
+    metric = "val_mistake_severity" if objective == "val_mistake_severity" else "val_top1_error"
+    assert list(table["trial_id"][:4]) == order and list(table["rank_objective"][:4]) == [1, 2, 3, 4]
+    assert list(table["objective"][:4]) == list(table[metric][:4])
+    assert rank_cli.main([str(synth), "--out", str(tmp_path / "out"), "--top", "1", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert f"# ranks by {metric} ({source}); sev# by val_mistake_severity" in printed
+    assert [ln.split()[2] for ln in printed.splitlines() if ln.startswith("1 ")] == [order[0]]
+
+
 def test_rank_cli_writes_tables_and_prints_top_rows(synth, tmp_path, capsys):
     out = tmp_path / "analysis"
     assert rank_cli.main([str(synth), "--out", str(out), "--top", "2", "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert "7 trials (4 complete, 1 stopped early, 1 nan, 1 error)" in printed
+    assert ("# ranks by val_top1_error + 0.1 * val_mistake_severity (the search's objective, from "
+            "search_spec.yaml); sev# by val_mistake_severity") in printed
     lines = [ln for ln in printed.splitlines() if ln.startswith(("1 ", "2 "))]
-    assert [ln.split()[1:3] for ln in lines] == [["4", "dddd0004"], ["2", "bbbb0002"]]  # #, sev#, trial
+    assert [ln.split()[1:3] for ln in lines] == [["2", "bbbb0002"], ["1", "cccc0003"]]  # #, sev#, trial
     assert "aaaa0001" not in printed.split("wrote:")[0]
     import pandas as pd
 
     csv = pd.read_csv(out / "trials.csv")
-    assert list(csv["trial_id"][:4]) == ["dddd0004", "bbbb0002", "cccc0003", "aaaa0001"] and len(csv) == 7
+    assert list(csv["trial_id"][:4]) == ["bbbb0002", "cccc0003", "dddd0004", "aaaa0001"] and len(csv) == 7
     for col in ("status", "loss", "alpha", "beta", "lr_schedule", "t0", "epochs_run", "epochs", "epoch",
                 "val_top1_error", "val_mistake_severity", "val_hdist@1", "val_hdist@5", "val_hdist@20",
-                "val_coarse_error", "val_crm/top1_error", "val_crm/mistake_severity", "rank_top1_error",
+                "val_coarse_error", "val_crm/top1_error", "val_crm/mistake_severity", "rank_objective",
+                "rank_top1_error",
                 "rank_mistake_severity", "pareto_error_severity", "pareto_error_hdist5"):
         assert col in csv.columns, col
     md = (out / "trials.md").read_text()
+    assert "# ranks by val_top1_error + 0.1 * val_mistake_severity (the search's objective" in md
     assert "| # | sev# | trial | status |" in md and "hierarchical-cross-entropy (alpha=0.3" in md
     assert md.count("\n| ") == 8 and "pareto:1" in md  # header + 7 rows; b is pareto:1
     assert rank_cli.main([str(synth), "--out", str(out), "--scope", "last", "--no-plots"]) == 0

@@ -230,6 +230,58 @@ def test_malicious_best_pth_never_runs(trained, cifar_dir, tmp_path, capsys):
     assert not marker.exists()
 
 
+def _files_that_are_not_checkpoints(folder: Path) -> dict[str, Path]:
+    """Files torch's weights-only reader refuses although they hold no Python object: random bytes, text
+    (one starting with ``c``, pickle's GLOBAL opcode, which torch reads as an import), JSON."""
+    import random
+
+    made = {"random-bytes": random.Random(0).randbytes(4096), "text": b"config: yes\nepochs: 2\n",
+            "json": b'{"model": {}, "epoch": 1}\n', "nul-bytes": bytes(100)}
+    for name, content in made.items():
+        (folder / f"{name}.pth").write_bytes(content)
+    return {name: folder / f"{name}.pth" for name in made}
+
+
+def test_a_file_that_is_not_a_checkpoint_is_corrupt_not_code(tmp_path):
+    """Issue 22: random bytes, text or JSON as a .pth are corrupt (the file named), not a file that
+    'could run code' (what torch's refusal of their first byte used to be read as); a pickle of plain
+    values is no torch checkpoint either."""
+    for name, path in _files_that_are_not_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as refused:
+            load_checkpoint(path)
+        assert str(refused.value) == (f"checkpoint {str(path)!r} is corrupt or truncated (not a torch "
+                                      "checkpoint: neither torch's zip format nor a complete pickle)"), name
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(pickle.dumps({"model": {"w": [1.0, 2.0]}, "epoch": 1}))
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(plain)
+    assert "is not a torch checkpoint: a pickle of plain Python values" in str(refused.value)
+    assert "run code" not in str(refused.value)
+
+
+@pytest.mark.parametrize("how", ["plain-pickle", "protocol-0", "torch-save", "torch-legacy"])
+def test_a_pickle_payload_could_run_code_and_never_runs(tmp_path, how):
+    """A .pth that really holds a pickle importing a callable (``__reduce__`` -> ``os.system``, harmless
+    here) keeps the 'could run code' refusal, names what it imports, and is never executed, in every
+    form: a plain pickle (protocols 4 and 0) and torch's zip and legacy formats."""
+    marker = tmp_path / "PWNED"
+    payload = {"format": "hiercls-checkpoint", "version": 2, "model": _Payload(marker), "config": {}}
+    path = tmp_path / "received.pth"
+    if how == "plain-pickle":
+        path.write_bytes(pickle.dumps(payload))
+    elif how == "protocol-0":
+        path.write_bytes(pickle.dumps(payload, protocol=0))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=how == "torch-save")
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint {str(path)!r} holds Python objects other than tensors")
+    assert f"(it imports {os.system.__module__}.system)" in message and "could run code" in message
+    assert "corrupt" not in message
+    assert not marker.exists()
+
+
 def yaml_config(run: Path) -> dict:
     import yaml
 

@@ -78,6 +78,7 @@ def test_registered_names():
 def test_defaults():
     assert loss_params("cross-entropy") == {}
     assert loss_params("hierarchical-cross-entropy") == {"alpha": 0.1, "normalize": False}
+    assert loss_params("yolo-v2") == {"alpha": 0.1, "normalize": False}
     assert loss_params("soft-labels") == {"beta": 10.0}
     assert loss_params("simple-hierarchy") == {
         "lambda_fine": 1.0,
@@ -102,6 +103,8 @@ def test_defaults():
         ("hierarchical-cross-entropy", {"alpha": -0.1}, r"alpha=-0.1 .*\[0.0, inf\)"),
         ("hierarchical-cross-entropy", {"alpha": float("nan")}, "alpha=nan"),
         ("hierarchical-cross-entropy", {"normalize": "yes"}, "normalize='yes'"),
+        ("yolo-v2", {"normalize": 1}, "normalize=1"),
+        ("yolo-v2", {"beta": 1.0}, r"'beta'.*valid: alpha, normalize"),
         ("soft-labels", {"beta": 0}, r"beta=0 .*\(0.0, inf\)"),
         ("soft-labels", {"beta": -3.0}, "beta=-3.0"),
         ("simple-hierarchy", {"lambda_fine": -1}, "lambda_fine=-1"),
@@ -588,6 +591,41 @@ def test_ranking_loss_single_negative_draws_one_violating_class(two_by_two):
     assert loss(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([1])).item() == 0.0
 
 
+def test_single_negative_is_never_the_true_class(two_by_two):
+    """Frome et al. (2013) draw the negative among the classes other than the true one; fiveai's mask
+    (``margin + s_c - s_y > 0`` over all classes) always holds the true class, whose term is ``margin``."""
+    margin = 3.0  # above any cosine gap (at most 2): every class violates, the true one too in fiveai's mask
+    loss = build_loss("ranking-loss", two_by_two, margin=margin, devise_single_negative=True)
+    torch.manual_seed(5)
+    n = 2000
+    x, t = torch.randn(n, 4, dtype=torch.float64), torch.randint(0, 4, (n,))
+    s = loss.cosines(x)
+    fiveai_mask = margin + s - s.gather(1, t.view(-1, 1)) > 0
+    assert fiveai_mask.all()  # the reference code could draw y for every sample (1 time in 4 here)
+    state = torch.get_rng_state()
+    drawn = loss.draw_negatives(x, t)
+    assert drawn.dtype == torch.long and drawn.shape == (n,)
+    assert not (drawn == t).any() and (drawn >= 0).all()
+    # uniform over the 3 other classes: each of (class, negative) 12 pairs about n / 12 times
+    pairs = torch.bincount(t * 4 + drawn, minlength=16).view(4, 4)
+    assert (pairs.diagonal() == 0).all()
+    off = pairs[~torch.eye(4, dtype=torch.bool)]
+    assert off.min() > n / 12 * 0.7, pairs
+    # per_sample draws the same classes from the same generator state: its value is that class's term
+    torch.set_rng_state(state)
+    values = loss.per_sample(x, t)
+    expected = margin - s.gather(1, t.view(-1, 1)).squeeze(1) + s.gather(1, drawn.view(-1, 1)).squeeze(1)
+    torch.testing.assert_close(values, expected.to(values.dtype))
+    # only the true class "violates" (margin 0.1, y's cosine 1 above every other by > 0.1): fiveai draws y
+    # and adds the constant margin; ours draws nothing (-1) and adds 0
+    e = torch.eye(4, dtype=torch.float64)
+    small = build_loss("ranking-loss", two_by_two, class_embeddings=e, devise_single_negative=True)
+    alone = torch.eye(4, dtype=torch.float64)
+    targets = torch.arange(4)
+    assert torch.equal(small.draw_negatives(alone, targets), torch.full((4,), -1))
+    assert small(alone, targets).item() == 0.0
+
+
 def _yolo_reference(h: Hierarchy, x: torch.Tensor, target: int, alpha: float) -> float:
     """The path loss written out: a softmax over the children of each node on the path."""
     parent = h.parent_index.tolist()
@@ -615,6 +653,61 @@ def test_yolo_v2_is_the_weighted_path_cross_entropy(tiny, alpha):
     assert value.item() == pytest.approx(expected, abs=1e-9)
     value.backward()
     assert torch.isfinite(x.grad).all()
+
+
+def _fiveai_weight_sum(h: Hierarchy, alpha: float) -> float:
+    """The divisor of fiveai's ``get_exponential_weighting(hierarchy, alpha, normalize=True)`` (its
+    ``get_weighting`` default, used by its yolo-v2 and HXE): ``exp(-alpha * len(p))`` for every tree
+    position ``p`` of the nltk tree (the root and the leaves included), summed with ``math.fsum``."""
+    return math.fsum(math.exp(-alpha * len(p)) for p in h.to_nltk().treepositions())
+
+
+def test_yolo_v2_normalize_is_fiveais_scale_on_wordnet():
+    h = load_hierarchy("cifar100-wordnet")
+    # node depths of the tree: 1 root, 4, 16, 27, 26, 34, 30, 20, 5 nodes at depths 0..8 (163 nodes)
+    by_depth = [1, 4, 16, 27, 26, 34, 30, 20, 5]
+    z = sum(n * math.exp(-0.1 * d) for d, n in enumerate(by_depth))
+    assert z == pytest.approx(104.41419728618918, rel=1e-14)  # the "about 104x" of issue 22
+    assert _fiveai_weight_sum(h, 0.1) == pytest.approx(z, rel=1e-14)
+    plain = build_loss("yolo-v2", h, alpha=0.1)
+    normed = build_loss("yolo-v2", h, alpha=0.1, normalize=True)
+    assert "normalize=True" in repr(normed) and "normalize=False" in repr(plain)
+    # fiveai's weight of each output's node: exp(-0.1 * depth) / Z on every class's path
+    depth = torch.tensor([int(h.depth[n]) for n in normed._nodes], dtype=torch.float64)
+    torch.testing.assert_close(normed.weighted_path, normed.path * torch.exp(-0.1 * depth) / z)
+    torch.manual_seed(4)
+    x = torch.randn(8, normed.num_outputs, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 100, (8,))
+    value = normed(x, t)
+    expected = sum(_yolo_reference(h, x.detach()[i], int(t[i]), 0.1) for i in range(8)) / 8 / z
+    assert value.item() == pytest.approx(expected, rel=1e-12)
+    assert plain(x, t).item() == pytest.approx(z * value.item(), rel=1e-12)  # ours is Z times fiveai's
+    # gradients scale the same way
+    value.backward()
+    grad = x.grad.clone()
+    x.grad = None
+    plain(x, t).backward()
+    torch.testing.assert_close(x.grad, z * grad)
+    # the scores (leaf probabilities) do not depend on the weights
+    torch.testing.assert_close(normed.scores(x.detach()), plain.scores(x.detach()))
+
+
+def test_yolo_v2_normalize_on_the_tiny_tree_by_hand(tiny):
+    # depths: root 0; A, B, c 1; a1, a2, B1 2; b1, b2 3
+    z = 1 + 3 * math.exp(-0.7) + 3 * math.exp(-1.4) + 2 * math.exp(-2.1)
+    assert _fiveai_weight_sum(tiny, 0.7) == pytest.approx(z, rel=1e-14)
+    loss = build_loss("yolo-v2", tiny, alpha=0.7, normalize=True)
+    x = torch.zeros(1, loss.num_outputs, dtype=torch.float64)
+    # all outputs 0: class b1's path has log 3 (3 children of root), 0 (B1 only child of B), log 2
+    value = loss(x, torch.tensor([TINY_CLASSES.index("b1")]))
+    by_hand = (math.exp(-0.7) * math.log(3) + math.exp(-1.4) * 0.0 + math.exp(-2.1) * math.log(2)) / z
+    assert value.item() == pytest.approx(by_hand, rel=1e-12)
+    # alpha changed in place keeps the normalisation (Z recomputed for the new alpha)
+    loss.set_values(alpha=0.0)
+    fresh = build_loss("yolo-v2", tiny, alpha=0.0, normalize=True)
+    assert torch.equal(loss.weighted_path, fresh.weighted_path)
+    # alpha 0: every weight 1 / 9 (9 nodes)
+    assert loss(x, torch.tensor([2])).item() == pytest.approx((math.log(3) + math.log(2)) / 9, rel=1e-12)
 
 
 def test_yolo_v2_leaf_probabilities(tiny):

@@ -108,6 +108,24 @@ def test_training_flags_are_the_declared_parameters_in_both_spellings():
     assert flags == set(_declared(LOSSES)) | set(_declared(SCHEDULES))
 
 
+def test_normalize_is_one_declaration_shared_by_hxe_and_yolo_v2():
+    # issue 22: yolo-v2 takes HXE's normalize switch, so its flag, config key, checks and docs come from
+    # that one declaration
+    assert LOSSES.owners("normalize") == ["hierarchical-cross-entropy", "yolo-v2"]
+    assert LOSSES.params("yolo-v2")["normalize"] is LOSSES.params("hierarchical-cross-entropy")["normalize"]
+    parser = build_parser()
+    text = next(a.help for a in parser._actions if a.dest == "normalize")
+    assert text.startswith("hierarchical-cross-entropy, yolo-v2: ") and "default: False" in text
+    assert parser.parse_args(["--loss", "yolo-v2", "--normalize"]).normalize is True
+    config = TrainConfig.from_dict({"loss": "yolo-v2", "normalize": True}).resolved()
+    assert config.to_dict()["normalize"] is True
+    with pytest.raises(ConfigError, match="normalize=.*does not take it"):
+        TrainConfig.from_dict({"loss": "soft-labels", "normalize": True}).validate()
+    page = (ROOT / "docs/reference/parameters.md").read_text()
+    yolo = page.split("### `yolo-v2`")[1].split("##")[0]
+    assert "| `normalize` | bool | `False` |" in yolo
+
+
 def test_config_keys_are_the_fixed_keys_plus_the_declared_parameters():
     valid = TrainConfig.valid_keys()
     assert set(valid) == set(TrainConfig.field_names()) | set(_declared(LOSSES)) | set(_declared(SCHEDULES))

@@ -79,6 +79,35 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys, args, message) -
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("lr: 0.1\nloss: soft-labels\n".encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0)"),
+        (b"loss: soft-labels\nbeta: 5\xe9\n", "is not UTF-8 text (byte 0xe9 at offset 25)"),
+        (b"loss: soft-labels\nbeta: [5\n", "is not valid YAML (line 3, column 1: expected ',' or ']'"),
+        (b"epochs: 3\n  lr: 0.1\n", "is not valid YAML (line 2, column 5: mapping values are not allowed"),
+        (b"loss: !!python/object/apply:os.system [true]\n", "is not valid YAML (line 1, column 7: could not "
+                                                          "determine a constructor"),
+        (b"- loss\n- soft-labels\n", "must hold a mapping of keys to values, not a list"),
+    ],
+    ids=["utf-16", "latin-1", "unclosed-list", "bad-indent", "python-tag", "list"],
+)
+def test_a_config_file_that_is_not_utf8_yaml_is_one_line(tmp_path, capsys, content, problem) -> None:
+    """``--config`` naming a file that is not UTF-8 or not YAML: one line naming the file and what is
+    wrong, exit 2, no traceback (today: UnicodeDecodeError, or YAML's own multi-line error); also with
+    ``--check``."""
+    config = tmp_path / "run.yaml"
+    config.write_bytes(content)
+    for check in ([], ["--check"]):
+        proc = run_cli("--config", str(config), "--out_folder", str(tmp_path / "o"), *check, capsys=capsys)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"python -m hiercls.train: error: config file {str(config)!r} {problem}")
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_data_folder(tmp_path, capsys) -> None:
     code = main(["--data-dir", str(tmp_path / "nowhere"), "--out_folder", str(tmp_path / "o"), *SMALL,
                  "--set", "download=false"])

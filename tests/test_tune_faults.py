@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hiercls.experiment.manifest import MANIFEST_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python tune_main.py: error:"
 
@@ -389,7 +391,8 @@ def test_atomic_filesystem_keeps_the_old_file_on_a_full_disk(tmpfs, tmp_path):
             finally:
                 module.os.write = real
         assert (target / "experiment_state-x.json").read_text() == first  # the old file, whole
-        assert sorted(p.name for p in target.iterdir()) == ["experiment_state-x.json"]
+        assert sorted(p.name for p in target.iterdir() if MANIFEST_FILE not in p.name) == [
+            "experiment_state-x.json"]  # and its signed record (hiercls.experiment.manifest)
         assert pickle.loads(pickle.dumps(fs)).type_name == fs.type_name  # trial processes get it
     finally:
         if mounted:
@@ -620,11 +623,15 @@ def test_world_writable_experiment_with_a_planted_tuner_pkl_is_refused(tmp_path)
 
 
 def test_another_users_experiment_is_refused(tmp_path, monkeypatch):
+    from hiercls.experiment.manifest import adopt
     from hiercls.tune.guard import UntrustedExperimentError, check_trusted, untrusted_paths
 
     folder = _planted_experiment(tmp_path / "storage", tmp_path / "pwned")
     (folder / "trial_abc" / "error.pkl").write_bytes(b"x")
-    check_trusted(folder)  # ours, not world-writable
+    with pytest.raises(UntrustedExperimentError, match="pickle_manifest.json. is missing"):
+        check_trusted(folder)  # ours, not world-writable, but no record of who wrote its pickles
+    adopt(folder)
+    check_trusted(folder)  # ours, not world-writable, every pickle recorded with our key
     me = os.getuid()
     monkeypatch.setattr(os, "getuid", lambda: me + 4242)
     bad = untrusted_paths(folder)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from docpages import generator
 
+from hiercls.experiment.manifest import adopt
 from hiercls.tune import modes
 from hiercls.tune.modes import (
     NO_EFFECT,
@@ -187,6 +188,7 @@ def _saved_experiment(tmp_path: Path, spec_: SearchSpec, trials: int, status: st
                   for i in range(trials)]
     state = json.dumps({"trial_data": trial_data, "runner_data": {}})
     (folder / "experiment_state-2026.json").write_text(state)
+    adopt(folder)  # its pickles recorded as this user's, as a search records what it writes
     return folder
 
 

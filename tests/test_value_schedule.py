@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from inprocess import run_main
+from inprocess import run_main, synthetic_cifar, without_timing
 
 from hiercls import engine
 from hiercls.build import check_config
@@ -33,22 +33,10 @@ from hiercls.schedules import LR_SCALE_KEY, build_schedule, learning_rate
 from hiercls.train import build_parser, config_from_args
 from hiercls.value_schedule import all_variable_keys, upgrade_record, value_schedule_problems, variable_keys
 
-TIMING = ("epoch_seconds", "images_per_second", "compile_seconds")
-
-
-def without_timing(history):
-    return [{k: v for k, v in record.items() if k not in TIMING} for record in history]
-
 
 @pytest.fixture(scope="module")
 def data() -> Cifar100:
-    g = torch.Generator().manual_seed(0)
-    return Cifar100(
-        train_images=torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
-        train_labels=torch.arange(200) % 100,
-        test_images=torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=g),
-        test_labels=torch.arange(100) % 100,
-    )
+    return synthetic_cifar()
 
 
 def tiny(out: Path, **changes) -> TrainConfig:

@@ -11,10 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATE_GLOB", "UNFINISHED", "newest_state_file", "read_trial_states"]
+__all__ = ["LOST_FOLDER", "STATE_GLOB", "UNFINISHED", "lost_trial_folders", "newest_state_file",
+           "read_trial_states"]
 
 STATE_GLOB = "experiment_state-*.json"
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # statuses of trials a resume would continue
+LOST_FOLDER = "lost"
+"""Where a resume sets aside the trial folders of :func:`lost_trial_folders` (inside the experiment)."""
 
 
 def newest_state_file(folder: str | Path, pattern: str = STATE_GLOB) -> Path | None:
@@ -50,3 +53,14 @@ def read_trial_states(folder: str | Path) -> dict[str, dict[str, Any]]:
         return out
     except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return {}
+
+
+def lost_trial_folders(folder: str | Path) -> list[Path]:
+    """The ``trial_*`` folders in ``folder`` (one Ray experiment) that its newest saved state does not list:
+    trials a driver started after its last save and was then killed. Ray never runs them again (a resume
+    runs their values as new trials), so they are no part of the search. Empty when no state can be read."""
+    states = read_trial_states(folder)
+    if not states:
+        return []
+    listed = {str(s.get("relative_logdir") or f"trial_{tid}") for tid, s in states.items()}
+    return sorted(p for p in Path(folder).glob("trial_*") if p.is_dir() and p.name not in listed)

@@ -4,7 +4,9 @@ Ray's ``pyarrow.fs.copy_files`` truncates and then writes, so a full disk or a k
 ``experiment_state-*.json`` (``Tuner.restore`` then starts a *new* search), ``error.pkl`` or
 ``params.json``. :func:`atomic_local_filesystem` (Ray's ``storage_filesystem``) writes each file to
 ``.NAME.XXXXXXXX.hiercls-tmp`` beside it and renames it over ``NAME`` only once written and closed without
-an error (state files fsynced first); an ``error.pkl`` torn anyway (written before) reads as missing.
+an error (state files fsynced first); an ``error.pkl`` torn anyway (written before) reads as missing. A file
+Ray unpickles on restore is recorded in the experiment's signed record first
+(:mod:`hiercls.experiment.manifest`).
 
 Old checkpoints are deleted late: Ray deletes a trial's older checkpoint as soon as a newer one is
 registered, while the saved state may still name it. The deletion waits until two uploads of
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import os
 import re
 import secrets
@@ -27,6 +30,7 @@ from typing import Any
 import pyarrow
 import pyarrow.fs as pafs
 
+from hiercls.experiment.manifest import record, signed_name
 from hiercls.tune.guard import pickle_problem
 
 __all__ = ["TEMP_SUFFIX", "AtomicLocalHandler", "atomic_local_filesystem", "flush_deferred_deletions",
@@ -112,6 +116,9 @@ class _AtomicWriter:
             raise FileExistsError(errno.EEXIST, "no free temporary name", path)
         self._tmp: str | None = candidate
         self._size = 0
+        # a file Ray unpickles on restore: its SHA-256 goes into the signed record before it is in place
+        self._signed = signed_name(path)
+        self._sha = hashlib.sha256() if self._signed else None
         self.closed = False
         self._waiting: list[str] | None = None
         if fnmatch.fnmatchcase(name, "experiment_state-*.json"):
@@ -136,6 +143,8 @@ class _AtomicWriter:
         try:
             while view:
                 written = os.write(self._fd, view)
+                if self._sha is not None:
+                    self._sha.update(view[:written])
                 view = view[written:]
                 self._size += written
         except BaseException:
@@ -166,6 +175,8 @@ class _AtomicWriter:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            if self._signed is not None:
+                record(*self._signed, self._sha.hexdigest())
             os.replace(self._tmp, self.path)
             self._tmp = None
         except BaseException:

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter
 
 from hiercls.experiment.layout import TRIAL_INDEX, log_key
 from hiercls.experiment.parts import Part
@@ -23,7 +23,14 @@ from hiercls.experiment.study import open_storage
 from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.parameters import grid_points
 from hiercls.tune.plan import SearchPlan
-from hiercls.tune.space import DefineByRun, PB2UntilLastEpoch, PicklableNSGAIISampler, SearchAlgorithm
+from hiercls.tune.space import (
+    DefineByRun,
+    PB2UntilLastEpoch,
+    PicklableNSGAIISampler,
+    RelocatingSearchGenerator,
+    RelocatingVariantGenerator,
+    SearchAlgorithm,
+)
 
 __all__ = [
     "SCHEDULER_BUILDERS", "SEARCHER_BUILDERS", "Built", "grid_param_space", "new_tuner", "pb2_bounds",
@@ -76,7 +83,8 @@ def _optuna(plan: SearchPlan, part: Part, sampler: Any, metric: Any, mode: Any,
         experiment_dir=str(part.folder), max_epochs=max_epochs, constraints=plan.constraints,
         full_epochs=spec.epochs, bounds=plan.bounds if part is plan.grow else None,
     )
-    return Built(ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent), None, part.num_samples)
+    limited = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
+    return Built(RelocatingSearchGenerator(limited), None, part.num_samples)
 
 
 @searcher_builder("tpe")
@@ -107,7 +115,8 @@ def grid_param_space(plan_or_spec: Any) -> dict[str, Any]:
 @searcher_builder("grid")
 def grid(plan: SearchPlan, part: Part) -> Built:
     """Each point of the grid once: one grid over the points, one sample of it."""
-    return Built(BasicVariantGenerator(max_concurrent=plan.max_concurrent or 0), grid_param_space(plan), 1)
+    generator = RelocatingVariantGenerator(max_concurrent=plan.max_concurrent or 0)
+    return Built(generator, grid_param_space(plan), 1)
 
 
 def pb2_param_space(plan: SearchPlan) -> dict[str, Any]:
@@ -142,12 +151,14 @@ def _pb2_key(name: str, kind: str) -> str:
 @searcher_builder("pb2")
 def pb2_population(plan: SearchPlan, part: Part) -> Built:
     """The first values from Ray's generator (PBT and PB2 take no search algorithm), points first; a
-    point's loguniform value under its log key, as the param space has it."""
+    point's loguniform value under its log key, as the param space has it. Every member is created at
+    once (no generator limit): PB2 compares the trials that exist, so a limit would leave later members
+    out of every comparison. The plan refused a ``max_concurrent`` and the runner a cluster that cannot run
+    them all at once, unless ``pb2_time_multiplexed`` (then Ray runs as many as fit and takes turns)."""
     kinds = {name: p.kind for name, p in plan.params.items()}
     points = [{_pb2_key(k, kinds.get(k, "")): math.log10(v) if kinds.get(k) == "loguniform" else v
                for k, v in point.items()} for point in plan.points(part) or []]
-    generator = BasicVariantGenerator(max_concurrent=plan.max_concurrent or 0,
-                                      points_to_evaluate=points or None)
+    generator = RelocatingVariantGenerator(max_concurrent=0, points_to_evaluate=points or None)
     return Built(generator, pb2_param_space(plan), part.num_samples)
 
 
@@ -186,8 +197,11 @@ def trial_dirname(trial: Any) -> str:
 def new_tuner(plan: SearchPlan, part: Part, runnable: Any, callbacks: Sequence[Any] = (),
               filesystem: Any = None) -> tune.Tuner:
     """The Tuner of ``part`` (the experiment itself, or a growth's ``grow-k``): the plan's searcher and
-    scheduler, trial folders ``trial_<id>``, one checkpoint kept per trial (three under PB2: a donor's
-    must outlive its next save until its recipient has restored it)."""
+    scheduler, trial folders ``trial_<id>``, one checkpoint kept per trial (under PB2
+    ``perturbation_interval + 1``: a donor saves at most one checkpoint an epoch until the next
+    synchronous perturbation, which waits for its recipient, so the checkpoint it gave is still there when
+    the recipient restores it; with fewer, a recipient slower to start than the donor's next epochs found
+    it deleted and errored)."""
     built = SEARCHER_BUILDERS[plan.searcher.name](plan, part)
     tune_config = tune.TuneConfig(
         search_alg=built.search_alg, scheduler=SCHEDULER_BUILDERS[plan.scheduler.name](plan),
@@ -195,7 +209,8 @@ def new_tuner(plan: SearchPlan, part: Part, runnable: Any, callbacks: Sequence[A
     )
     run_config = tune.RunConfig(
         name=part.name, storage_path=str(part.folder.parent), storage_filesystem=filesystem,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=3 if plan.scheduler.name == "pb2" else 1),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=plan.spec.perturbation_interval + 1 if plan.scheduler.name == "pb2" else 1),
         failure_config=tune.FailureConfig(max_failures=plan.spec.max_failures),
         verbose=1, callbacks=list(callbacks) or None,
     )

@@ -24,7 +24,7 @@ from hiercls.tune.parameters import (
 )
 
 __all__ = ["GRID_CHECK_LIMIT", "all_off_problems", "branch_problems", "config_problems", "grace_problems",
-           "grid_problems", "point_problems"]
+           "grid_problems", "nothing_searched_problems", "point_problems"]
 
 GRID_CHECK_LIMIT = 1000
 """A grid search of up to this many points has every point checked (:func:`config_problems`); a larger
@@ -138,6 +138,19 @@ def all_off_problems(params: Mapping[str, Param], train: Mapping[str, Any]) -> l
     return problems
 
 
+def nothing_searched_problems(params: Mapping[str, Param], where: str | None) -> list[str]:
+    """A space file (``where``) that searches nothing (no distribution, choice or grid entry anywhere in
+    ``search:``): every trial would train the same config, only its seed differing. A spec built in
+    Python (``where`` None) is not judged: it may repeat one config over seeds on purpose."""
+    if where is None or any(p.kind != "fixed" for p, _ in iter_params(params)):
+        return []
+    return [f"{where}: search: has no searched parameter (every value is fixed), so every "
+            "trial would train the same config; a space needs at least one distribution, choice or grid "
+            "entry under search:, e.g. lr: {type: loguniform, low: 0.01, high: 0.2} (see "
+            "search_spaces/default.yaml); to repeat one config over seeds, train it with python -m "
+            "hiercls.train --seed N"]
+
+
 def point_problems(points_to_evaluate: Any, params: Mapping[str, Param]) -> list[str]:
     """``points_to_evaluate`` that is not a list, and points that are not mappings or that name keys,
     values or branches outside the space."""
@@ -169,37 +182,47 @@ def grid_problems(params: Mapping[str, Param]) -> list[str]:
 def config_problems(epochs: Any, params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
     """:func:`~hiercls.build.check_config` on both ends of every branch combination (every point of a grid
     search of up to :data:`GRID_CHECK_LIMIT` points): names, declared ranges, and what the loss and
-    schedule check on the hierarchy."""
+    schedule check on the hierarchy. A problem several of these configs share (a missing word-vectors
+    file fails them all) is one line."""
     from hiercls.build import check_config  # imports torch: only when a space is checked
 
-    problems = []
     if not isinstance(epochs, int) or epochs < 1:
-        return problems
+        return []
     base = {**train, "epochs": epochs, "evaluate_test": False, "download": False}
+    checked = _checked_configs(params, base)
+    found: dict[str, list[str]] = {}
+    for where, values in checked:
+        try:
+            check_config(TrainConfig.from_dict(values))
+        except ConfigError as err:
+            for problem in err.problems:
+                found.setdefault(problem, []).append(where)
+    return [f"{_places(where, len(checked))}: {problem}" for problem, where in found.items()]
+
+
+def _places(where: list[str], checked: int) -> str:
+    """Where a problem of :func:`config_problems` was found: its one config, or how many of them."""
+    if len(where) == 1:
+        return where[0]
+    if len(where) == checked:
+        return f"search, all {checked} configs checked"
+    return f"{where[0]} and {len(where) - 1} more of the {checked} configs checked"
+
+
+def _checked_configs(params: Mapping[str, Param], base: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """``(where, config values)`` of each config :func:`config_problems` checks, each once."""
     if is_grid(params) and grid_size(params) <= GRID_CHECK_LIMIT:
-        for i, point in enumerate(grid_points(params)):
-            try:
-                check_config(TrainConfig.from_dict({**base, **point}))
-            except ConfigError as err:
-                shown = ", ".join(f"{k}={v}" for k, v in point.items())
-                problems += [f"search, grid point {i} ({shown}): {problem}" for problem in err.problems]
-        return problems
-    seen = set()
+        return [(f"search, grid point {i} ({', '.join(f'{k}={v}' for k, v in point.items())})",
+                 {**base, **point}) for i, point in enumerate(grid_points(params))]
+    out: dict[str, tuple[str, dict]] = {}
     for combo in assignments(params):
+        label = ", ".join(f"{n}={combo[n].value}" for n in ("loss", "lr_schedule") if n in combo
+                          and combo[n].kind == "fixed")
         for end in ("low", "high"):
             values = {**base, **{name: _end_value(p, end) for name, p in combo.items()}}
-            key = repr(sorted(values.items(), key=lambda kv: kv[0]))
-            if key in seen:
-                continue
-            seen.add(key)
-            label = ", ".join(f"{n}={combo[n].value}" for n in ("loss", "lr_schedule") if n in combo
-                              and combo[n].kind == "fixed")
-            try:
-                check_config(TrainConfig.from_dict(values))
-            except ConfigError as err:
-                where = f" ({label})" if label else ""
-                problems += [f"search{where}, {end} end of the ranges: {text}" for text in err.problems]
-    return problems
+            where = f"search{f' ({label})' if label else ''}, {end} end of the ranges"
+            out.setdefault(repr(sorted(values.items(), key=lambda kv: kv[0])), (where, values))
+    return list(out.values())
 
 
 def _end_value(p: Param, end: str) -> Any:

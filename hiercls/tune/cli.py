@@ -10,10 +10,14 @@ Exit status (:mod:`hiercls.storage`):
 2     something fixable in the input, found before any trial ran: the spec or a flag, the data
       folder, an unreachable or non-Ray ``--address``, a resource request no node fits, an
       experiment that exists (new search) or cannot be resumed, an untrusted experiment folder,
-      an installed Ray or Optuna that breaks what hiercls relies on (hiercls.tune.contracts)
+      an installed Ray or Optuna that breaks what hiercls relies on (hiercls.tune.contracts), an
+      experiment another driver is running or resuming (its lock names the holder), an
+      ``--optuna-storage`` URL that cannot be opened or written (not a URL, a driver that is not
+      installed, an SQLite file in a missing or read-only folder; nothing is written)
 3     an OS error while writing (no space, quota, read-only or unwritable ``--storage-path``; the
       search is stopped, its finished trials and state kept, ``summary.csv`` written if possible),
-      or a torn Ray experiment state that ``--resume`` refuses
+      or a torn Ray experiment state, or an Optuna journal garbled before its last record, empty or
+      not replayable, that ``--resume`` refuses (a torn last record is dropped, the original kept)
 130   interrupted (Ctrl-C, twice included, or SIGTERM); resume with the printed command
 ====  ===========================================================================================
 
@@ -30,6 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hiercls.experiment.layout import SPEC_FILE
+from hiercls.experiment.lock import ExperimentInUseError
+from hiercls.experiment.manifest import ManifestError
+from hiercls.experiment.study import StudyStorageError
 from hiercls.storage import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_WRITE, StorageError, describe_os_error
 from hiercls.tune.cluster import ResourceError
 from hiercls.tune.contracts import ContractError
@@ -112,10 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                "Results: STORAGE_PATH/NAME (summary.csv, one folder per trial). Resume with: python "
                "tune_main.py --name NAME --storage-path DIR --resume. Resuming unpickles Ray's saved state "
                "(tuner.pkl, experiment_state-*.json, searcher-state-*.pkl, the trials' *.pkl), which runs "
-               "code from those files: a folder or state file owned by another user or world-writable is "
-               "refused unless --trust-experiment. Exit status: 0 done; 2 fixable input (spec, data folder, "
-               "unreachable or non-Ray --address, resources no node has, an untrusted or unresumable "
-               "experiment, a Ray or Optuna that breaks hiercls's contracts); 3 an OS error while writing "
+               "code from those files: a pickle not in the experiment's record signed with your key "
+               "(~/.config/hiercls/experiment.key), or a folder or state file owned by another user or "
+               "world-writable, is refused unless --trust-experiment. One driver at a time: a second search "
+               "or resume of an experiment is refused, naming the holder. Exit status: 0 done; 2 fixable "
+               "input (spec, data folder, unreachable or non-Ray --address, resources no node has, an "
+               "untrusted, unresumable or busy experiment, a Ray or Optuna that breaks hiercls's contracts); "
+               "3 an OS error while writing "
                "(no space, read-only, unwritable --storage-path: finished trials are kept, resume after "
                "fixing it) or a torn Ray state; 130 interrupted (Ctrl-C, SIGTERM); never 1.",
     )
@@ -132,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
              "front",
     )
     parser.add_argument(
+        "--pb2-time-multiplexed", dest="pb2_time_multiplexed", action="store_true", default=None,
+        help="PB2 with more members than run at once (a smaller max_concurrent is still refused): every "
+             "member is started, as many run as the cluster fits, and Ray pauses each at every "
+             "perturbation epoch to run the others; without it such a PB2 search is refused",
+    )
+    parser.add_argument(
         "--constraint", dest="constraints", action="append", default=None, metavar="'METRIC <= BOUND'",
         help="search only among trials meeting this bound (repeatable): 'val_top1_error <= 0.235', or "
              "relative to the first points_to_evaluate trial (run in full before any other): "
@@ -146,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "saved state: the folder is checked first (see --trust-experiment), and a "
                              "torn state is refused (exit 3) rather than starting a new search")
     parser.add_argument("--trust-experiment", action="store_true",
-                        help="resume even when the experiment folder or a state file in it belongs to "
-                             "another user or is world-writable (its pickles run code when unpickled)")
+                        help="resume even an experiment whose pickles are not all in its record signed with "
+                             "your key (someone else's, or made before hiercls kept that record), or whose "
+                             "folder or a state file in it belongs to another user or is world-writable (its "
+                             "pickles run code when unpickled); its pickles are then recorded as yours")
     parser.add_argument("--allow-large-search", dest="allow_large_search", action="store_true",
                         default=None,
                         help=f"allow --num-samples above {MAX_SAMPLES:,} (Ray keeps every trial in memory "
@@ -177,6 +195,7 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     overrides = {key: getattr(args, key) for _, key, _, _ in _OPTIONS}
     overrides["multi_objective"] = args.multi_objective
     overrides["allow_large_search"] = args.allow_large_search
+    overrides["pb2_time_multiplexed"] = args.pb2_time_multiplexed
     overrides["constraints"] = args.constraints
     if args.smoke_test and args.space:
         raise SpecError(["--smoke-test uses the shipped space 'smoke'; do not combine it with --space"])
@@ -228,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C while Tune saves its state, or one before Ray started
         print(f"{parser.prog}: {_interrupted_line(spec)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (SpecError, ResourceError, UntrustedExperimentError, ContractError) as err:
+    except (SpecError, ResourceError, UntrustedExperimentError, ContractError, ExperimentInUseError,
+            StudyStorageError, ManifestError) as err:
         error(err)
         return EXIT_INPUT
     except StorageError as err:

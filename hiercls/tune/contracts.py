@@ -13,7 +13,7 @@ import inspect
 import pickle
 from collections.abc import Callable
 
-from hiercls.tune.guard import GUARDED_LOGGERS
+from hiercls.tune.guard import GUARDED_LOGGERS, RAY_RESUME_HINT
 
 __all__ = ["CONTRACTS", "Contract", "ContractError", "broken_contracts", "check_contracts"]
 
@@ -87,6 +87,16 @@ def _trial_files() -> None:
              "checkpoint folders are no longer checkpoint_NNNNNN")
 
 
+def _trial_storage() -> None:
+    from ray.tune.experiment import Trial
+
+    _require(callable(getattr(Trial, "set_storage", None)), "Trial.set_storage is gone")
+    _source_has("ray.train._internal.storage:StorageContext.__init__", "self.storage_fs_path",
+                "self.experiment_dir_name")
+    _source_has("ray.tune.search.search_generator:SearchGenerator.set_state", 'state["experiment"]')
+    _source_has("ray.tune.experiment.config_parser", 'storage=spec.get("storage")')
+
+
 def _raylet_config() -> None:
     from ray._raylet import Config
 
@@ -100,6 +110,11 @@ def _pb2_hook() -> None:
     _require(parameters == ["self", "tune_controller", "trial", "result"],
              f"PB2.on_trial_result takes {parameters}")
     _require("synch" in inspect.signature(PB2).parameters, "PB2 takes no synch")
+
+
+def _ray_resume_hint() -> None:
+    # Ray's source writes it as two f-strings: "... the most recent state was " "saved.\nResume ..."
+    _source_has("ray.tune.tune:run", RAY_RESUME_HINT.removesuffix("saved."), "saved.\\nResume experiment")
 
 
 _CONTROLLER = "ray.tune.execution.tune_controller:TuneController"
@@ -120,6 +135,10 @@ CONTRACTS = tuple(Contract(*row) for row in (
     ("the loggers whose records carry trial and upload failures",
      "hiercls.tune.guard.ray_log_guard (a full disk stops the search)",
      lambda: [importlib.import_module(name) for name in GUARDED_LOGGERS]),
+    ("after an interrupt, ray.tune.tune logs 'Experiment has been interrupted, but the most recent state was "
+     "saved. Resume experiment with: Tuner.restore(...)'",
+     "hiercls.tune.guard.ray_log_guard (drops it: hiercls prints its own --resume command)",
+     _ray_resume_hint),
     ("Tuner.fit turns SIGUSR1 into 'save the state and stop'",
      "hiercls.tune.runner.interrupt_tune (a storage failure stops the search)",
      lambda: _source_has("ray.tune.tune", "SIGUSR1", "signal_interrupt_tune_run")),
@@ -127,6 +146,12 @@ CONTRACTS = tuple(Contract(*row) for row in (
      "hiercls.tune.runner: the warning about a snapshot every epoch is turned off",
      lambda: _source_has("ray.tune.execution.experiment_state",
                          "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")),
+    ("Trial.set_storage, StorageContext.storage_fs_path/experiment_dir_name; a restored generator's new "
+     "trials take the saved experiment's storage", "hiercls.tune.space.RelocatingSearchGenerator and "
+     "RelocatingVariantGenerator (a copied or moved experiment's new trials live in it)", _trial_storage),
+    ("Optuna's journal file lock is the journal's name + '.lock'",
+     "hiercls.tune.runner: a resume removes a killed driver's stale lock (no 30 s wait)",
+     lambda: _source_has("optuna.storages.journal._file", 'LOCK_FILE_SUFFIX = ".lock"')),
     ("ray._raylet.Config.initialize", "hiercls.tune.cluster.enable_cluster_token re-reads RAY_AUTH_MODE",
      _raylet_config),
     ("PB2.on_trial_result(tune_controller, trial, result) and PB2(synch=...)",

@@ -1,10 +1,11 @@
 """Checks that make ``--resume`` safe, and a guard over Ray Tune's log during a search.
 
 ``Tuner.restore`` *unpickles* Ray's saved state: code stored there runs in the driver. Before Ray starts,
-:func:`check_trusted` refuses an experiment folder someone else could have written (unless
-``--trust-experiment``) and :func:`check_state_intact` a torn state (Ray would silently start a *new*
-search). During the search :func:`ray_log_guard` turns a storage write failure into one recorded error
-and a Ctrl-C-like stop, and a failed restore into an exception. Nothing here unpickles: pickles are only
+:func:`check_trusted` refuses an experiment folder someone else could have written, or holding a pickle
+not in its signed record (:mod:`hiercls.experiment.manifest`), unless ``--trust-experiment``; and
+:func:`check_state_intact` a torn state (Ray would silently start a *new* search). During the search
+:func:`ray_log_guard` turns a storage write failure into one recorded error and a Ctrl-C-like stop, and a
+failed restore into an exception. Nothing here unpickles: pickles are only
 walked opcode by opcode (:mod:`pickletools`).
 """
 
@@ -21,6 +22,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hiercls.experiment.manifest import ManifestError, manifest_problems
 from hiercls.experiment.state import STATE_GLOB, newest_state_file
 from hiercls.storage import StorageError
 
@@ -100,14 +102,17 @@ def untrusted_paths(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
 
 
 def check_trusted(folder: str | os.PathLike[str]) -> None:
-    """Refuse to resume an experiment folder another user could have written (:func:`untrusted_paths`).
+    """Refuse to resume an experiment folder another user could have written (:func:`untrusted_paths`),
+    or one holding a pickle that is not in its record signed with this user's key
+    (:func:`hiercls.experiment.manifest.manifest_problems`: a copy's owner is whoever copied it).
 
     Raises:
         UntrustedExperimentError: one line naming the first unsafe path, its reason and how many more
-            there are, and ``--trust-experiment``.
+            there are, and ``--trust-experiment``; or the user's key cannot be used.
     """
     bad = untrusted_paths(folder)
     if not bad:
+        _check_pickles(folder)
         return
     path, reason = bad[0]
     more = f" (and {len(bad) - 1} more path(s))" if len(bad) > 1 else ""
@@ -117,6 +122,20 @@ def check_trusted(folder: str | os.PathLike[str]) -> None:
         "any code planted in those files; fix the owner or permissions (e.g. chmod -R o-w), or pass "
         "--trust-experiment if you trust everyone who can write there"
     )
+
+
+def _check_pickles(folder: str | os.PathLike[str]) -> None:
+    try:
+        problems = manifest_problems(folder)
+    except ManifestError as err:
+        raise UntrustedExperimentError(str(err)) from err
+    if problems:
+        more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
+        raise UntrustedExperimentError(
+            f"refusing to resume {str(folder)!r}: {problems[0]}{more}. Resuming unpickles Ray's saved "
+            "state, which runs any code planted in it; pass --trust-experiment if you trust whoever wrote "
+            "every file there (its pickles are then recorded as yours)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- torn state
@@ -221,6 +240,9 @@ def storage_os_error(exc: BaseException | None = None, text: str = "") -> OSErro
 GUARDED_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state",
                    "ray.train._internal.syncer", "ray.tune.tune", "ray._private.worker")
 RESTORE_FAILED = "Failed to restore the run state"
+RAY_RESUME_HINT = "Experiment has been interrupted, but the most recent state was saved."
+"""Ray's own hint after an interrupt (``ray.tune.tune``), "Resume experiment with: Tuner.restore(...)":
+dropped, since hiercls prints its own resume command (``python tune_main.py ... --resume``)."""
 
 
 class _Guard(logging.Filter):
@@ -238,6 +260,8 @@ class _Guard(logging.Filter):
             raise RestoreFailedError(
                 f"Ray could not restore the experiment: {type(exc).__name__}: {exc}"
             ) from exc
+        if message.startswith(RAY_RESUME_HINT):
+            return False  # hiercls prints its own resume command
         if record.levelno < logging.WARNING:
             return True
         failure = storage_os_error(exc, message)
@@ -250,8 +274,9 @@ class _Guard(logging.Filter):
 @contextlib.contextmanager
 def ray_log_guard(on_storage_error: Callable[[OSError], None]) -> Iterator[None]:
     """While active, Ray's warnings and errors caused by a storage write failure (ENOSPC, EDQUOT, EROFS)
-    go to ``on_storage_error(OSError)`` instead of the terminal, and Ray's "Failed to restore the run
-    state" raises :class:`RestoreFailedError` (Ray would otherwise start a new search)."""
+    go to ``on_storage_error(OSError)`` instead of the terminal, Ray's "Failed to restore the run
+    state" raises :class:`RestoreFailedError` (Ray would otherwise start a new search), and Ray's resume
+    hint (:data:`RAY_RESUME_HINT`) is dropped."""
     guard = _Guard(on_storage_error)
     loggers = [logging.getLogger(name) for name in GUARDED_LOGGERS]
     for logger in loggers:

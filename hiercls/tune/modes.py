@@ -18,9 +18,9 @@ from hiercls.tune.parameters import Param, grid_size, is_grid
 from hiercls.value_schedule import all_variable_keys
 
 __all__ = [
-    "NO_EFFECT", "REFUSE", "SCHEDULERS", "SCHEDULER_SETTINGS", "SEARCHERS", "SEARCHER_SETTINGS", "WARN",
-    "Mode", "Rule", "mode_problems", "range_problems", "register", "scheduler_of", "searcher_of",
-    "unregister",
+    "NO_EFFECT", "POPULATION_SETTINGS", "REFUSE", "SCHEDULERS", "SCHEDULER_SETTINGS", "SEARCHERS",
+    "SEARCHER_SETTINGS", "WARN", "Mode", "Rule", "mode_problems", "population_problems", "range_problems",
+    "register", "scheduler_of", "searcher_of", "unregister",
 ]
 
 REFUSE, WARN, NO_EFFECT = "refused", "warned", "no effect"
@@ -32,6 +32,9 @@ SEARCHER_SETTINGS = ("startup_trials", "points_to_evaluate", "constraints", "opt
 """The settings a searcher takes or not (each searcher row has a rule for the others)."""
 SCHEDULER_SETTINGS = ("grace_period", "reduction_factor", "perturbation_interval")
 """The settings a scheduler takes or not."""
+POPULATION_SETTINGS = ("pb2_time_multiplexed",)
+"""Scheduler settings of a population (``Mode.population``): checked as :data:`SCHEDULER_SETTINGS` are
+(taken, or a rule), listed apart because the generated table's columns are the settings every mode has."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +51,11 @@ class Mode:
     """One row of the capability table: ``name`` (what ``searcher:``/``scheduler:`` say), ``summary`` and
     ``selected_by`` (docs), ``takes`` (the settings of its kind it uses), ``rules`` (a :class:`Rule` for
     each other one; none: refused with a generic line), ``checks(spec, params) -> (problems, warnings)``
-    (what only this mode needs). Searchers also have ``schedulers`` (default first) and
-    ``scheduler_rules`` (why another is refused), ``select(spec, params)`` (chosen without ``searcher:``),
-    ``study`` (keeps an Optuna study) and ``trials`` (what ``num_samples`` counts, docs)."""
+    (what only this mode needs). A scheduler with ``population`` compares its trials as one population at
+    each perturbation: every member must run at once (:func:`population_problems`). Searchers also have
+    ``schedulers`` (default first) and ``scheduler_rules`` (why another is refused), ``select(spec,
+    params)`` (chosen without ``searcher:``), ``study`` (keeps an Optuna study) and ``trials`` (what
+    ``num_samples`` counts, docs)."""
 
     name: str
     summary: str
@@ -63,6 +68,7 @@ class Mode:
     study: bool = False
     checks: Callable[[Any, Mapping[str, Param]], tuple[list[str], list[str]]] | None = None
     trials: str = "trials in all"
+    population: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -155,6 +161,8 @@ _NO_OPTUNA = "PB2 runs without Optuna (Ray's PBT and PB2 take no search algorith
 _ASHA_ONLY = Rule(NO_EFFECT, "ASHA's setting; with scheduler none every trial runs in full (kept so that a "
                   "space can switch to scheduler: asha)")
 _PB2_ONLY = Rule(WARN, "perturbation_interval is PB2's (scheduler: pb2); it has no effect with scheduler {}")
+_POPULATION_ONLY = Rule(WARN, "pb2_time_multiplexed is PB2's (scheduler: pb2); it has no effect with "
+                        "scheduler {}")
 
 SEARCHERS: dict[str, Mode] = {}
 """The searchers, in the order their ``select`` is tried."""
@@ -191,7 +199,7 @@ register(Mode(
         "startup_trials": Rule(WARN, "startup_trials has no effect with PB2: its first values are drawn at "
                                "random from the ranges, later ones by its Gaussian-process bandit"),
     },
-    checks=_pb2_checks, trials="members of the population (trained side by side)",
+    checks=_pb2_checks, trials="members of the population (all run at once, unless pb2_time_multiplexed)",
 ))
 register(Mode(
     "grid", "every point of the grid once, in order (Ray's basic variant generator, no Optuna)",
@@ -233,16 +241,19 @@ register(Mode(
 register(Mode(
     "asha", "ASHA stops weak trials at its rungs (time_attr epoch, max_t epochs)",
     "the default of TPE", takes=("grace_period", "reduction_factor"),
-    rules={"perturbation_interval": _PB2_ONLY}, checks=_asha_checks,
+    rules={"perturbation_interval": _PB2_ONLY, "pb2_time_multiplexed": _POPULATION_ONLY},
+    checks=_asha_checks,
 ), scheduler=True)
 register(Mode(
     "none", "every trial runs its full length", "the default of a grid and of NSGA-II",
     rules={"grace_period": _ASHA_ONLY, "reduction_factor": _ASHA_ONLY,
-           "perturbation_interval": _PB2_ONLY},
+           "perturbation_interval": _PB2_ONLY, "pb2_time_multiplexed": _POPULATION_ONLY},
 ), scheduler=True)
 register(Mode(
     "pb2", "every perturbation_interval epochs the lowest quarter continues from the best quarter's "
-    "checkpoints with new values (synchronous)", "scheduler: pb2", takes=("perturbation_interval",),
+    "checkpoints with new values (synchronous; every member runs at once, or with pb2_time_multiplexed "
+    "Ray pauses members at each perturbation epoch and runs the others)", "scheduler: pb2",
+    takes=("perturbation_interval", "pb2_time_multiplexed"), population=True,
     rules={key: Rule(WARN, f"{key} has no effect with PB2: it stops no trial, it compares the population "
                      "every perturbation_interval epochs") for key in ("grace_period", "reduction_factor")},
     checks=_pb2_scheduler_checks,
@@ -293,7 +304,8 @@ def mode_problems(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], li
             f"scheduler={scheduler.name!r} with searcher {searcher.name}: it runs with "
             f"{' or '.join(searcher.schedulers)}"))
     for action, message in (_given_rules(spec, searcher, SEARCHER_SETTINGS, "searcher")
-                            + _given_rules(spec, scheduler, SCHEDULER_SETTINGS, "scheduler")):
+                            + _given_rules(spec, scheduler, SCHEDULER_SETTINGS + POPULATION_SETTINGS,
+                                           "scheduler")):
         if action == REFUSE:
             problems.append(message)
         elif action == WARN:
@@ -304,3 +316,44 @@ def mode_problems(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], li
             problems += more
             notes += more_notes
     return problems, notes
+
+
+def population_problems(spec: Any, members: int, capacity: int | None = None,
+                        per_trial: str = "") -> list[str]:
+    """Why a population of ``members`` (a scheduler with ``population``: PB2) cannot run at once: a
+    ``max_concurrent`` below it (decided in the plan), or a cluster that runs ``capacity`` trials of
+    ``per_trial`` (e.g. ``2 CPU, 0 GPU a trial``) at once (known once Ray runs), unless
+    ``pb2_time_multiplexed``; a ``max_concurrent`` below it even then (Ray's PB2 starts every member, so
+    nothing would hold them to it). [] when none."""
+    limit, multiplexed = spec.max_concurrent, bool(spec.pb2_time_multiplexed)
+    alike = "PB2 compares only members that run side by side, so"
+    if limit is not None and limit < members and multiplexed:
+        return [f"max_concurrent={limit} with pb2_time_multiplexed: true: Ray's PB2 starts all {members} "
+                "members and runs as many as the cluster fits, so max_concurrent cannot hold them to "
+                f"{limit}; valid: max_concurrent auto (or >= {members}), and more --cpus-per-trial / "
+                "--gpus-per-trial for fewer at once"]
+    if limit is not None and limit < members:
+        return [f"num_samples={members} PB2 members but max_concurrent={limit}: {alike} "
+                f"{_members(limit + 1, members)} would start as others end and never continue from another's "
+                f"checkpoint; valid: max_concurrent >= {members} or auto, {_fewer(limit)}or max_concurrent "
+                f"auto with {_MULTIPLEXED}"]
+    if capacity is not None and capacity < members and not multiplexed:
+        return [f"num_samples={members} PB2 members but the cluster runs {capacity} at once ({per_trial}): "
+                f"{alike} {_members(capacity + 1, members)} could not run beside the others; valid: "
+                f"{_fewer(capacity)}"
+                f"fewer --cpus-per-trial / --gpus-per-trial, a larger cluster, or {_MULTIPLEXED}"]
+    return []
+
+
+def _members(first: int, last: int) -> str:
+    """``members 5-8``, or ``member 3`` for one."""
+    return f"member {last}" if first == last else f"members {first}-{last}"
+
+
+def _fewer(slots: int) -> str:
+    """Fewer members as a way on, when that still leaves a population (two or more)."""
+    return f"fewer members (--num-samples {slots}), " if slots >= 2 else ""
+
+
+_MULTIPLEXED = ("pb2_time_multiplexed: true (--pb2-time-multiplexed: all members start, and Ray pauses "
+                "members at each perturbation epoch to run the others)")

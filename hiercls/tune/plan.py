@@ -16,12 +16,13 @@ from typing import Any
 import yaml
 
 from hiercls.experiment.layout import SPEC_FILE
+from hiercls.experiment.lock import LOCK_FILE, check_not_in_use
 from hiercls.experiment.parts import GROW_PREFIX, Part, read_parts, unfinished
-from hiercls.experiment.study import open_storage, storage_text, study_names
+from hiercls.experiment.study import check_study, open_storage, storage_text, study_names
 from hiercls.tune import toy, trainable
 from hiercls.tune.constraints import Constraint, merge_bounds, read_bounds
 from hiercls.tune.guard import STATE_GLOB, TUNER_FILE, check_state_intact, check_trusted
-from hiercls.tune.modes import Mode, scheduler_of, searcher_of
+from hiercls.tune.modes import Mode, population_problems, scheduler_of, searcher_of
 from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.parameters import Param
 from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
@@ -60,10 +61,18 @@ class SearchPlan:
     bounds: Mapping[str, float] | None
     max_concurrent: int | None
     notes: tuple[str, ...] = ()
+    trusted: bool = False
+    """``--trust-experiment`` on a resume: its pickles were not checked (and are recorded as the user's)."""
 
     @property
     def experiment_dir(self) -> Path:
         return self.spec.experiment_dir
+
+    @property
+    def members(self) -> int:
+        """The trials of the Ray experiment this plan starts (a growth's, else the search's): under PB2, the
+        members of the population, all compared at each perturbation epoch."""
+        return (self.grow if self.grow is not None else self.parts[0]).num_samples
 
     def starts_tuner(self) -> bool:
         """Whether a new Ray experiment is built (a new search or a growth): it needs ``max_concurrent``."""
@@ -94,6 +103,7 @@ class SearchPlan:
             f"scheduler: {self.scheduler.name}" + (f" ({shown})" if shown else ""),
             f"trials: {spec.num_samples} of {spec.epochs} epochs, trainable {self.trainable}, "
             f"{self.max_concurrent or 'as many as the cluster runs'} at once",
+            *([self._population_line()] if self.scheduler.population else []),
             f"objective: {spec.objective}" + (" (NSGA-II: val_top1_error, val_mistake_severity)"
                                               if self.searcher.name == "nsga2" else ""),
         ]
@@ -101,6 +111,15 @@ class SearchPlan:
             lines.append(f"Optuna study: {storage_text(self.experiment_dir, spec.optuna_storage)}")
         lines += [f"constraint: {c.text}" for c in self.constraints]
         return lines + [f"warning: {note}" for note in self.notes]
+
+    def _population_line(self) -> str:
+        """How the population runs: all at once, or time-multiplexed (``pb2_time_multiplexed``)."""
+        if self.spec.pb2_time_multiplexed:
+            return (f"population: {self.members} members, time-multiplexed (pb2_time_multiplexed): all are "
+                    "started, as many run as the cluster fits, and Ray pauses members at each perturbation "
+                    "epoch to run the others")
+        return (f"population: {self.members} members, all running at once (pb2_time_multiplexed false: a "
+                f"cluster that runs fewer than {self.members} trials at once is refused when Ray starts)")
 
     def with_capacity(self, capacity: int) -> SearchPlan:
         """This plan with ``max_concurrent`` set to ``capacity`` when it was left to the cluster."""
@@ -136,13 +155,22 @@ def make_plan(spec: SearchSpec, *, resume: bool = False, trainable: str | None =
     done = sum(p.num_samples for p in parts)
     grow = Part(spec.experiment_dir / f"{GROW_PREFIX}{len(parts)}", spec.num_samples - done) \
         if resume and spec.num_samples > done else None
+    if scheduler.population and (grow is not None or not resume):  # a Ray experiment starts: all at once
+        _refuse(population_problems(spec, (grow or parts[0]).num_samples))
     constraints = tuple(spec.parsed_constraints())
     return SearchPlan(
         spec=spec, searcher=searcher, scheduler=scheduler, params=params, trainable=chosen, resume=resume,
         parts=tuple(parts), restore_last=resume and (grow is None or unfinished(parts[-1])), grow=grow,
         constraints=constraints, bounds=_bounds(spec, constraints, resume),
-        max_concurrent=spec.max_concurrent, notes=tuple(notes),
+        max_concurrent=spec.max_concurrent, notes=tuple(notes), trusted=trust and resume,
     )
+
+
+def _refuse(problems: list[str]) -> None:
+    """Raises:
+        SpecError: listing ``problems``, when there are any."""
+    if problems:
+        raise SpecError(problems)
 
 
 def _bounds(spec: SearchSpec, constraints: tuple[Constraint, ...], resume: bool
@@ -156,17 +184,16 @@ def _bounds(spec: SearchSpec, constraints: tuple[Constraint, ...], resume: bool
 
 
 def _check_study(spec: SearchSpec) -> None:
-    """A new search needs its own study: ``--optuna-storage`` must open and hold no study of its name.
+    """A new search needs its own study: ``--optuna-storage`` must open (an SQLite file's folder must exist
+    and be writable) and hold no study of its name. Checked before anything is written.
 
     Raises:
-        SpecError: the URL cannot be opened, or it holds a study named ``spec.name``.
+        StudyStorageError: the URL cannot be opened or written (one line naming it; exit status 2).
+        SpecError: it holds a study named ``spec.name``.
     """
     if not spec.optuna_storage:
         return
-    try:
-        names = study_names(open_storage(spec.experiment_dir, spec.optuna_storage))
-    except ValueError as err:
-        raise SpecError([str(err)]) from err
+    names = study_names(open_storage(spec.experiment_dir, spec.optuna_storage))
     if spec.name in names:
         raise SpecError([f"--optuna-storage {spec.optuna_storage!r} already holds a study named "
                          f"{spec.name!r}: a new search needs its own (choose another --name, or --resume "
@@ -232,11 +259,16 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False
         SpecError: the experiment exists (new search), does not exist or has nothing to restore
             (resume), or its saved spec differs (the changed keys are listed).
         UntrustedExperimentError: the folder or a state file in it is another user's or world-writable
-            (see :func:`hiercls.tune.guard.untrusted_paths`), and ``trust`` is False.
+            (see :func:`hiercls.tune.guard.untrusted_paths`), or holds a pickle not in its signed record
+            (:mod:`hiercls.experiment.manifest`), and ``trust`` is False.
         TornStateError: Ray's saved state is incomplete (:func:`hiercls.tune.guard.check_state_intact`).
+        JournalError: the Optuna journal is damaged beyond a torn last record
+            (:func:`hiercls.experiment.study.check_study`).
+        StudyStorageError: the ``--optuna-storage`` database cannot be opened or written.
     """
     folder = spec.experiment_dir
-    exists = folder.is_dir() and any(folder.iterdir())
+    check_not_in_use(folder)
+    exists = folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
     if not resume:
         if exists:
             raise SpecError([f"experiment {str(folder)!r} already exists; pass --resume to continue it or "
@@ -260,6 +292,7 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False
         if not trust:
             check_trusted(part.folder)
         check_state_intact(part.folder)
+    check_study(folder, spec.optuna_storage)  # the parts write into the experiment's journal
     return saved, parts
 
 

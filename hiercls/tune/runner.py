@@ -24,10 +24,15 @@ from ray import tune
 from hiercls.config import param_keys
 from hiercls.data import decode_once
 from hiercls.experiment.layout import SPEC_FILE, SUMMARY_FILE
+from hiercls.experiment.lock import experiment_lock
+from hiercls.experiment.manifest import adopt, user_key
 from hiercls.experiment.parts import Part, write_parts
+from hiercls.experiment.state import LOST_FOLDER, lost_trial_folders
+from hiercls.experiment.study import STUDY_FILE
 from hiercls.registry import TRAINING_PARAMS
 from hiercls.storage import StorageError, atomic_write_text, check_writable, describe_os_error
 from hiercls.tune.atomicfs import atomic_local_filesystem, flush_deferred_deletions, remove_stale_temporaries
+from hiercls.tune.batch import STOP_GRACE_S, SigtermStop
 from hiercls.tune.builders import new_tuner
 from hiercls.tune.cluster import (
     ResourceError,
@@ -40,9 +45,19 @@ from hiercls.tune.cluster import (
 from hiercls.tune.constraints import read_bounds, write_bounds
 from hiercls.tune.contracts import check_contracts
 from hiercls.tune.guard import RestoreFailedError, TornStateError, ray_log_guard
+from hiercls.tune.modes import population_problems
 from hiercls.tune.plan import TRAINABLE_KEY, SearchPlan, make_plan, resume_command
+from hiercls.tune.space import restoring_into
 from hiercls.tune.spec import DataNotReadyError, SearchSpec
-from hiercls.tune.summary import SearchOutcome, best_row, pareto_rows, rank_key, summarize, write_summary
+from hiercls.tune.summary import (
+    SearchOutcome,
+    best_row,
+    pareto_rows,
+    rank_key,
+    results_on_disk,
+    summarize,
+    write_summary,
+)
 from hiercls.tune.toy import toy_trial
 from hiercls.tune.trainable import TrialSetup, train_trial
 
@@ -74,23 +89,34 @@ def run_search(spec: SearchSpec, *, resume: bool = False, trainable: str | None 
         SpecError: invalid spec or experiment folder state (before Ray starts).
         UntrustedExperimentError: resuming a folder another user could have written (before Ray starts).
         ContractError: the installed Ray or Optuna breaks what hiercls relies on (before Ray starts).
+        ExperimentInUseError: another driver runs or resumes the same experiment (before Ray starts).
         ResourceError: no node can host a trial, or the cluster at ``address`` cannot be joined.
         StorageError: the folder is not writable (before Ray starts); Ray's saved state is torn
             (:class:`~hiercls.tune.guard.TornStateError`); or a write failed during the search
             (:class:`SearchStorageError`: stopped, state and finished trials kept, the table printed).
     """
     started = time.perf_counter()
-    plan = make_plan(spec, resume=resume, trainable=trainable, trust=trust)
+    folder = make_plan(spec, resume=resume, trainable=trainable, trust=trust).experiment_dir  # input errors
     check_contracts()
-    for note in plan.notes:
-        echo(f"warning: {note}")
-    check_writable(plan.experiment_dir, "--storage-path")
-    setup = _trial_setup(plan, toy_sleep, echo)
-    failures: list[OSError] = []
-    with _ray_session(plan, echo, ray_init_kwargs, sigterm_interrupts) as plan:
-        _prepare_folder(plan, echo)
-        runs = _run_parts(plan, setup, callbacks, failures, echo)
-    outcome = _outcome(plan, runs, failures, started)
+    user_key()  # the key that signs the experiment's pickles (hiercls.experiment.manifest), made once
+    check_writable(folder, "--storage-path")
+    with experiment_lock(folder):
+        # again under the lock: a driver that held it may have changed the experiment meanwhile
+        plan = make_plan(spec, resume=resume, trainable=trainable, trust=trust)
+        for note in plan.notes:
+            echo(f"warning: {note}")
+        setup = _trial_setup(plan, toy_sleep, echo)
+        failures: list[OSError] = []
+        with _ray_session(plan, echo, ray_init_kwargs, sigterm_interrupts) as plan:
+            _prepare_folder(plan, echo)
+            runs = _run_parts(plan, setup, callbacks, failures, echo)
+        outcome = _outcome(plan, runs, failures, started)
+        return _finish(plan, outcome, failures, echo)
+
+
+def _finish(plan: SearchPlan, outcome: SearchOutcome, failures: list[OSError],
+            echo: Callable[[str], Any]) -> SearchOutcome:
+    """``summary.csv`` and the table; a failed write raises :class:`SearchStorageError` after the table."""
     summary_error = None
     try:
         write_summary(outcome)
@@ -130,19 +156,27 @@ def _storage_failure(outcome: SearchOutcome, spec: SearchSpec, failures: list[OS
 @contextlib.contextmanager
 def _ray_session(plan: SearchPlan, echo: Callable[[str], Any], ray_init_kwargs: Mapping[str, Any] | None,
                  sigterm_interrupts: bool) -> Iterator[SearchPlan]:
-    """Ray started (or joined, or the running instance), the resource request checked, ``max_concurrent``
-    left to the cluster set to its capacity; yields the plan so completed. Ray is shut down after, when
+    """Ray started (or joined, or the running instance), the resource request checked, a PB2 population
+    the cluster cannot run at once refused (unless ``pb2_time_multiplexed``), ``max_concurrent`` left to
+    the cluster set to its capacity; yields the plan so completed. Ray is shut down after, when
     this started it; a failed restore is a :class:`TornStateError`."""
     # one checkpoint kept per trial forces an experiment snapshot after every epoch; that is intended
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     own_ray = _start_ray(plan.spec.address, echo, ray_init_kwargs)
-    previous_sigterm = None
+    previous_sigterm, stop = None, SigtermStop(lambda: _finish_on_disk(plan, echo))
     if sigterm_interrupts and threading.current_thread() is threading.main_thread():
-        previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+        previous_sigterm = signal.signal(signal.SIGTERM, stop)
     try:
-        check_resources(plan.spec.cpus_per_trial, plan.spec.gpus_per_trial)
-        if plan.starts_tuner() and plan.max_concurrent is None:
-            plan = plan.with_capacity(cluster_capacity(plan.spec.cpus_per_trial, plan.spec.gpus_per_trial))
+        cpus, gpus = plan.spec.cpus_per_trial, plan.spec.gpus_per_trial
+        check_resources(cpus, gpus)
+        capacity = cluster_capacity(cpus, gpus) if plan.starts_tuner() else None
+        if capacity is not None and plan.scheduler.population:  # PB2: every member at once, or refused
+            problems = population_problems(plan.spec, plan.members, capacity,
+                                           f"{cpus:g} CPU, {gpus:g} GPU a trial")
+            if problems:
+                raise ResourceError(problems[0])
+        if capacity is not None and plan.max_concurrent is None:
+            plan = plan.with_capacity(capacity)
             echo(f"max_concurrent: {plan.max_concurrent} (trials the cluster's resources run at once)")
         yield plan
     except RestoreFailedError as err:
@@ -153,6 +187,7 @@ def _ray_session(plan: SearchPlan, echo: Callable[[str], Any], ray_init_kwargs: 
     finally:
         if own_ray:
             shutdown_ray()
+        stop.disarm()  # Ray stopped: the normal way on prints the table
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
@@ -196,8 +231,22 @@ def shutdown_ray() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _sigterm_as_sigint(number: int, frame: Any) -> None:
-    signal.raise_signal(signal.SIGINT)
+def _finish_on_disk(plan: SearchPlan, echo: Callable[[str], Any]) -> None:
+    """The table and ``summary.csv`` of a search Ray could not stop (:mod:`hiercls.tune.batch`), from the
+    state Ray saved last and the trials' ``result.json``."""
+    echo(f"SIGTERM: the search did not stop within {STOP_GRACE_S:g} s (Ray's own processes were signalled "
+         "too, as a batch system signals the whole job): its table comes from what is on disk")
+    parts = [*plan.parts, *([plan.grow] if plan.grow is not None and plan.grow.folder.is_dir() else [])]
+    rows = sorted((row for part in parts for row in summarize(results_on_disk(part.folder), plan.spec,
+                                                              folder=part.folder)), key=rank_key)
+    outcome = SearchOutcome(
+        experiment_dir=plan.experiment_dir, rows=rows, best=best_row(rows), interrupted=True, seconds=0.0,
+        pareto=pareto_rows(rows) if plan.searcher.name == "nsga2" else [],
+        bounds=read_bounds(plan.experiment_dir) if plan.spec.constraints else None)
+    with contextlib.suppress(StorageError):
+        write_summary(outcome)
+    for line in format_table(outcome, plan.spec):
+        echo(line)
 
 
 def interrupt_tune() -> bool:
@@ -238,8 +287,18 @@ def _prepare_folder(plan: SearchPlan, echo: Callable[[str], Any]) -> None:
         write_bounds(folder, plan.constraints, plan.bounds, None)
     for part in plan.parts if plan.resume else ():
         remove_stale_temporaries(part.folder)
+        for lost in lost_trial_folders(part.folder):  # kept, out of the search's way
+            (part.folder / LOST_FOLDER).mkdir(exist_ok=True)
+            lost.rename(part.folder / LOST_FOLDER / lost.name)
+            echo(f"{lost.name} was started after Ray's last save by a driver that was then killed: moved to "
+                 f"{LOST_FOLDER}/ (its values run again as a new trial)")
     if plan.resume:  # deletions a failed search in this process left waiting: the restored state names them
         flush_deferred_deletions(folder, delete=False)
+        # a killed driver's Optuna journal lock (Optuna waits 30 s for it): this driver holds the experiment
+        (folder / f"{STUDY_FILE}.lock").unlink(missing_ok=True)
+    if plan.trusted:  # --trust-experiment: from now on its pickles are recorded as the user's
+        count = sum(adopt(part.folder) for part in plan.parts)
+        echo(f"--trust-experiment: {count} pickled state file(s) of {folder} recorded as yours")
 
 
 class _Runs(NamedTuple):
@@ -272,9 +331,10 @@ def _run_parts(plan: SearchPlan, setup: TrialSetup, callbacks: Sequence[Any], fa
     with ray_log_guard(on_storage_error):
         if plan.restore_last:
             echo(f"resuming {parts[-1].folder}")
-            results = tune.Tuner.restore(str(parts[-1].folder), runnable_in(parts[-1]),
-                                         resume_unfinished=True, restart_errored=True,
-                                         storage_filesystem=filesystem).fit()
+            with restoring_into(parts[-1].folder):  # new trials and the study live where it is now
+                results = tune.Tuner.restore(str(parts[-1].folder), runnable_in(parts[-1]),
+                                             resume_unfinished=True, restart_errored=True,
+                                             storage_filesystem=filesystem).fit()
         elif not plan.resume:
             results = new_tuner(plan, parts[-1], runnable_in(parts[-1]), callbacks, filesystem).fit()
         if plan.grow is not None and not failures and (results is None or _part_done(results, parts[-1])):
@@ -283,11 +343,16 @@ def _run_parts(plan: SearchPlan, setup: TrialSetup, callbacks: Sequence[Any], fa
             parts.append(plan.grow)
             write_parts(plan.experiment_dir, parts)  # search_spec.yaml holds the new total already
             results = new_tuner(plan, plan.grow, runnable_in(plan.grow), callbacks, filesystem).fit()
-        earlier = [(p, tune.Tuner.restore(str(p.folder), runnable_in(p), storage_filesystem=filesystem)
-                    .get_results()) for p in parts[:-1]]
+        earlier = [(p, _results_of(p, runnable_in(p), filesystem)) for p in parts[:-1]]
     if not failures:  # Tune's final state is saved: older checkpoints it no longer names can go
         flush_deferred_deletions(plan.experiment_dir)  # every part's (they are inside)
     return _Runs(parts[-1], results, earlier)
+
+
+def _results_of(part: Part, runnable: Any, filesystem: Any) -> Any:
+    """The results of an earlier part, read back through Ray (which unpickles its state)."""
+    with restoring_into(part.folder):
+        return tune.Tuner.restore(str(part.folder), runnable, storage_filesystem=filesystem).get_results()
 
 
 def _part_done(results: Any, part: Part) -> bool:
@@ -304,9 +369,10 @@ def _outcome(plan: SearchPlan, runs: _Runs, failures: list[OSError], started: fl
         rows += summarize(part_results, spec, folder=part.folder)
     rows.sort(key=rank_key)
     bounds = read_bounds(spec.experiment_dir) if spec.constraints else None
-    interrupted = bool(failures) or not _part_done(runs.results, runs.current)
+    unfinished = any(r["status"] == "unfinished" for r in rows)  # Ray's in-memory results may say otherwise
+    interrupted = bool(failures) or not _part_done(runs.results, runs.current) or unfinished
     baseline_failed = (spec.constraints and bounds is None and not failures
-                       and not any(r["status"] == "unfinished" for r in rows))
+                       and not unfinished)
     return SearchOutcome(
         experiment_dir=spec.experiment_dir, rows=rows, best=best_row(rows),
         interrupted=interrupted and not baseline_failed, seconds=time.perf_counter() - started,
@@ -379,17 +445,19 @@ def format_table(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
     judged = outcome.bounds is not None
     header = ["#", "trial", "loss (parameters)", "schedule (parameters)", *TRAINING_PARAMS, "wd", "val_err",
               "severity", "objective", "epochs", "status", *(["feasible"] if judged else [])]
-    body = [_table_row(i, row, spec.epochs, judged) for i, row in enumerate(shown, start=1)]
+    scheduler = spec.scheduler_in_use()
+    body = [_table_row(i, row, spec.epochs, judged, scheduler == "asha")
+            for i, row in enumerate(shown, start=1)]
     widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
     lines = ["", title]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *body]]
-    return lines + _footer_lines(outcome, spec)
+    return lines + _footer_lines(outcome, spec, scheduler)
 
 
-def _table_row(i: int, row: Mapping[str, Any], epochs: int, judged: bool) -> list[str]:
+def _table_row(i: int, row: Mapping[str, Any], epochs: int, judged: bool, asha: bool) -> list[str]:
     loss_text, sched_text = (row[kind] + (f" ({p})" if (p := _param_text(row, param_keys(kind))) else "")
                              for kind in ("loss", "lr_schedule"))
-    status = row["status"] + (" (ASHA stop)" if row["stopped_early"] else "")
+    status = row["status"] + (" (ASHA stop)" if asha and row["stopped_early"] else "")
     return [str(i), row["trial_id"], loss_text, sched_text,
             *(_short(row["params"].get(k, "")) for k in (*TRAINING_PARAMS, "weight_decay")),
             f"{row['val_top1_error']:.4f}", f"{row['val_mistake_severity']:.4f}", f"{row['objective']:.4f}",
@@ -397,12 +465,15 @@ def _table_row(i: int, row: Mapping[str, Any], epochs: int, judged: bool) -> lis
             *([{True: "yes", False: "NO", None: "-"}[row.get("feasible")]] if judged else [])]
 
 
-def _footer_lines(outcome: SearchOutcome, spec: SearchSpec) -> list[str]:
-    """The counts, the constraints, where results live, the best trial, how to resume."""
+def _footer_lines(outcome: SearchOutcome, spec: SearchSpec, scheduler: str) -> list[str]:
+    """The counts (early stops under ASHA, the one scheduler that stops trials; else the scheduler's
+    name), the constraints, where results live, the best trial, how to resume."""
     count = {key: sum(r["status"] == key for r in outcome.rows) for key in ("nan", "error", "unfinished")}
     unfinished = f", {count['unfinished']} unfinished" if count["unfinished"] else ""
-    lines = [f"{outcome.num_trials} trials: {outcome.num_stopped_early} stopped early by ASHA, "
-             f"{count['nan']} went NaN, {count['error']} errored{unfinished}; {outcome.seconds:.0f} s",
+    stops = (f": {outcome.num_stopped_early} stopped early by ASHA," if scheduler == "asha"
+             else f" (scheduler {scheduler}):")
+    lines = [f"{outcome.num_trials} trials{stops} {count['nan']} went NaN, {count['error']} "
+             f"errored{unfinished}; {outcome.seconds:.0f} s",
              *_constraint_lines(outcome, spec),
              f"results: {outcome.experiment_dir} (all trials: {outcome.experiment_dir / SUMMARY_FILE})"]
     if outcome.best is not None:

@@ -6,12 +6,14 @@ last epoch.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import pickle
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +23,17 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
-from ray.tune.search import Searcher
+from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
 
 from hiercls.experiment.layout import TRIAL_INDEX
 from hiercls.experiment.parts import GROW_PREFIX
-from hiercls.experiment.study import STUDY_FILE
+from hiercls.experiment.study import STUDY_FILE, recover_journal
 from hiercls.tune.constraints import Constraint, constraint_values, merge_bounds, write_bounds
 from hiercls.tune.parameters import Param
 
-__all__ = ["TRIAL_INDEX", "DefineByRun", "PB2UntilLastEpoch", "PicklableNSGAIISampler", "SearchAlgorithm"]
+__all__ = ["TRIAL_INDEX", "DefineByRun", "PB2UntilLastEpoch", "PicklableNSGAIISampler",
+           "RelocatingSearchGenerator", "RelocatingVariantGenerator", "SearchAlgorithm", "restore_target",
+           "restoring_into"]
 
 
 log = logging.getLogger("hiercls.tune")
@@ -154,7 +158,7 @@ class SearchAlgorithm(Searcher):
         one = isinstance(mode, str)
         directions = ["minimize" if m == "min" else "maximize" for m in ([mode] if one else mode)]
         self._study = optuna.create_study(
-            storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
+            storage=self._opened_storage(), sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
             study_name=self._study_name, load_if_exists=True,
             **({"direction": directions[0]} if one else {"directions": directions}))
         for point in points_to_evaluate or []:
@@ -182,8 +186,10 @@ class SearchAlgorithm(Searcher):
         if new:
             self._numbers[trial_id] = trial.number
             trial.set_user_attr("ray_trial_id", trial_id)
-            if self._experiment_dir is not None:
-                trial.set_user_attr("trial_folder", f"{self._experiment_dir}/trial_{trial_id}")
+            if self._experiment_dir is not None:  # relative: the experiment may be copied or moved
+                part = Path(self._experiment_dir).name
+                prefix = f"{part}/" if part.startswith(GROW_PREFIX) else ""
+                trial.set_user_attr("trial_folder", f"{prefix}trial_{trial_id}")
         return {**trial.params, **fixed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -232,6 +238,32 @@ class SearchAlgorithm(Searcher):
         return TrialState.COMPLETE
 
     # ------------------------------------------------------------------ save and restore
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (in ``tuner.pkl``) without the open study: a journal is reopened in the folder the
+        experiment is restored from (:func:`restoring_into`), so a copy never writes into the original's."""
+        state = dict(self.__dict__)
+        if state.get("_storage") is None or isinstance(state["_storage"], JournalStorage):
+            state["_storage"] = None
+        state.update(_study=None, _trials={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if isinstance(self._storage, JournalStorage):  # pickled by an earlier version: the original's file
+            self._storage = None
+        target = restore_target()
+        if target is not None and self._experiment_dir is not None:
+            self._experiment_dir = str(target)
+
+    def _opened_storage(self) -> Any:
+        """The study's storage: the URL's database, else the journal of the experiment this searcher's part
+        belongs to (in ``experiment_dir``, or its parent for a ``grow-<k>`` part)."""
+        if self._storage is None and self._experiment_dir is not None:
+            folder = Path(self._experiment_dir)
+            root = folder.parent if folder.name.startswith(GROW_PREFIX) else folder
+            self._storage = JournalStorage(JournalFileBackend(str(root / STUDY_FILE)))
+        return self._storage
+
     def save(self, checkpoint_path: str) -> None:
         state = {"version": self.STATE_VERSION, "numbers": self._numbers, "done": sorted(self._done),
                  "steps": self._steps, "sampler": self._sampler, "bounds": self._bounds,
@@ -240,26 +272,38 @@ class SearchAlgorithm(Searcher):
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Continue from the state :meth:`save` (or Ray's ``OptunaSearch``) wrote at ``checkpoint_path``; a
+        torn last record of the study's journal (in ``experiment_dir``) is dropped before the study is
+        opened (:func:`hiercls.experiment.study.recover_journal`).
+
+        Raises:
+            JournalError: the journal is garbled before its last line (a resume refuses it before Ray).
+            StorageError: a torn journal could not be rewritten (no space, read-only).
+        """
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)  # noqa: S301 - the experiment's own file, checked by check_trusted
+            state = pickle.load(f)  # noqa: S301 - the experiment's own file, in its signed manifest
         if state.get("version") != self.STATE_VERSION:
             state = _state_of_optuna_search(state)
         self._numbers, self._done = dict(state["numbers"]), set(state["done"])
         self._steps = {k: list(v) for k, v in state["steps"].items()}
         self._sampler, self._bounds = state["sampler"], state["bounds"]
         self._baseline_trial, self._baseline_failed = state["baseline_trial"], state["baseline_failed"]
-        self._storage = _journal_in(Path(checkpoint_path).parent, self._storage)
-        self._study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+        # the journal _opened_storage reads; a torn record dropped before anything is appended after it
+        recover_journal(self._experiment_dir or Path(checkpoint_path).parent)
+        self._study = optuna.load_study(study_name=self._study_name, storage=self._opened_storage(),
                                         sampler=self._sampler, pruner=optuna.pruners.NopPruner())
         continued = {n for tid, n in self._numbers.items() if tid not in self._done}
         by_number = {t.number: t for t in self._study.get_trials(deepcopy=False) if t.number in continued}
         self._trials = {tid: optuna.trial.Trial(self._study, by_number[n]._trial_id)
                         for tid, n in self._numbers.items() if n in by_number}
         for frozen in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in continued:
+            if frozen.number not in continued:  # started after Ray's last save: Ray will not run it again
                 self._study.tell(frozen.number, state=TrialState.FAIL)
-                log.warning("optuna trial %d was left running by a stopped driver: marked failed",
-                            frozen.number)
+                self._study.enqueue_trial(dict(frozen.params), user_attrs={"rerun_of": frozen.number})
+                log.warning("optuna trial %d was left running by a stopped driver before Ray saved it: "
+                            "marked failed, and its values run again as a new trial", frozen.number)
+        if self._baseline_trial is not None and self._baseline_trial not in self._numbers:
+            self._baseline_trial = None  # the baseline was such a trial: its rerun is the baseline
 
     # ------------------------------------------------------------------ constraints
     def _ran_in_full(self, result: Mapping[str, Any] | None) -> bool:
@@ -298,17 +342,6 @@ class SearchAlgorithm(Searcher):
                 and isinstance(epoch, (int, float)) and epoch < self._max_epochs)
 
 
-def _journal_in(folder: Path, storage: Any) -> Any:
-    """The study's storage for an experiment restored from ``folder`` (the experiment, or a grown
-    search's part inside it): its own journal file when there is one there (a moved or copied experiment
-    must not write its trials into the original's file), else ``storage`` (a database URL is kept)."""
-    if not isinstance(storage, JournalStorage):
-        return storage
-    root = folder.parent if folder.name.startswith(GROW_PREFIX) else folder
-    journal = root / STUDY_FILE
-    return JournalStorage(JournalFileBackend(str(journal))) if journal.is_file() else storage
-
-
 def _state_of_optuna_search(old: Mapping[str, Any]) -> dict[str, Any]:
     """The saved state of an experiment started before hiercls ran Optuna through its own searcher (Ray's
     ``OptunaSearch``, whose ``__dict__`` was pickled) in today's form."""
@@ -318,3 +351,54 @@ def _state_of_optuna_search(old: Mapping[str, Any]) -> dict[str, Any]:
         "bounds": old.get("_bounds"), "baseline_trial": old.get("_baseline_trial"),
         "baseline_failed": old.get("_baseline_failed"),
     }
+
+
+# ---------------------------------------------------------------------------------------------- relocation
+_RESTORING: list[Path] = []  # the part folder Ray restores now (innermost last)
+
+
+@contextlib.contextmanager
+def restoring_into(folder: str | Path) -> Iterator[None]:
+    """While Ray restores (and runs) the experiment part in ``folder``: new trials and the searcher's study
+    live there, whatever folder the saved state names (an experiment copied or moved since)."""
+    _RESTORING.append(Path(folder))
+    try:
+        yield
+    finally:
+        _RESTORING.pop()
+
+
+def restore_target() -> Path | None:
+    """The folder :func:`restoring_into` names now, or None."""
+    return _RESTORING[-1] if _RESTORING else None
+
+
+def _in_place(trial: Any) -> Any:
+    """``trial`` (new, made from the saved experiment's spec) with its storage in the restored folder, as
+    Ray's controller moves the trials it restores (``Trial.set_storage``): Ray's saved search generator
+    keeps the experiment's spec, storage path included, from where the search started."""
+    target = restore_target()
+    storage = getattr(trial, "storage", None)
+    if trial is None or target is None or storage is None:
+        return trial
+    if Path(storage.storage_fs_path) != target.parent or storage.experiment_dir_name != target.name:
+        moved = copy.copy(storage)
+        moved.storage_fs_path, moved.experiment_dir_name = str(target.parent), target.name
+        trial.set_storage(moved)
+    return trial
+
+
+class RelocatingSearchGenerator(SearchGenerator):
+    """Ray's generator over a :class:`~ray.tune.search.Searcher` whose new trials live where the experiment
+    is restored from (:func:`restoring_into`), not where it started."""
+
+    def next_trial(self) -> Any:
+        return _in_place(super().next_trial())
+
+
+class RelocatingVariantGenerator(BasicVariantGenerator):
+    """Ray's variant generator (grid, PB2's population) whose new trials live where the experiment is
+    restored from (:func:`restoring_into`), not where it started."""
+
+    def next_trial(self) -> Any:
+        return _in_place(super().next_trial())

@@ -18,7 +18,13 @@ from typing import Any
 import yaml
 
 from hiercls.config import ConfigError, TrainConfig, coerce_field
-from hiercls.tune.checks import all_off_problems, branch_problems, config_problems, point_problems
+from hiercls.tune.checks import (
+    all_off_problems,
+    branch_problems,
+    config_problems,
+    nothing_searched_problems,
+    point_problems,
+)
 from hiercls.tune.constraints import Constraint, parse_constraint
 from hiercls.tune.modes import mode_problems, range_problems, scheduler_of, searcher_of
 from hiercls.tune.objective import MISTAKE_SEVERITY_WARNING, Objective, parse_objective
@@ -146,6 +152,7 @@ class SearchSpec:
     optuna_storage: str | None = None
     constraints: list[str] = dataclasses.field(default_factory=list)
     perturbation_interval: int = 4
+    pb2_time_multiplexed: bool = False
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     search: dict[str, Any] = dataclasses.field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -324,7 +331,7 @@ class SearchSpec:
         the objective and constraints; the fixed training keys; the space: unknown keys or names, empty or
         inverted ranges, parameters outside the branch that selects their loss or schedule, an ASHA grace
         period not above the largest searched start epoch, loss terms that can all be off at once, bad
-        ``points_to_evaluate``, values the loss or schedule rejects."""
+        ``points_to_evaluate``, values the loss or schedule rejects, a space file that searches nothing."""
         param_problems: list[str] = []
         params = self.params(param_problems)
         problems, notes = mode_problems(self, params)
@@ -398,6 +405,8 @@ class SearchSpec:
         problems = [f"search.{p.name}: also fixed under train: (remove one)"
                     for p, context in iter_params(params) if p.name in train and not context]
         problems += branch_problems(params, train) + all_off_problems(params, train)
+        if self.scheduler != "pb2":  # PB2 says which ranges it needs
+            problems += nothing_searched_problems(params, self.space_file)
         if not is_grid(params):
             problems += point_problems(self.points_to_evaluate, params)
         return problems + config_problems(self.epochs, params, train)

@@ -4,13 +4,15 @@ Pareto front, and ``summary.csv`` in the experiment folder. Imports no Ray.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hiercls.experiment.layout import SUMMARY_FILE, TRIAL_INDEX, pareto_mask, searched_values
 from hiercls.experiment.state import UNFINISHED, read_trial_states
@@ -19,8 +21,8 @@ from hiercls.tune.constraints import constraint_values, is_feasible, read_bounds
 from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.spec import SearchSpec
 
-__all__ = ["MULTI_METRICS", "SearchOutcome", "best_row", "pareto_rows", "rank_key", "summarize",
-           "write_summary"]
+__all__ = ["MULTI_METRICS", "DiskResult", "SearchOutcome", "best_row", "pareto_rows", "rank_key",
+           "results_on_disk", "summarize", "write_summary"]
 
 
 @dataclasses.dataclass
@@ -58,6 +60,33 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+class DiskResult(NamedTuple):
+    """A trial's result as :func:`summarize` reads it, from the experiment folder instead of Ray: its last
+    ``result.json`` record (``metrics``), its searched ``config``, its folder (``path``); ``error`` is always
+    None (Ray's saved status says ERROR)."""
+
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    path: Path
+    error: Any = None
+
+
+def results_on_disk(folder: Path) -> list[DiskResult]:
+    """Every trial in the newest saved Ray state of ``folder`` (one part of a search), with its last
+    complete ``result.json`` record: what a search interrupted without Ray (a lost GCS) can still rank."""
+    out = []
+    for trial_id, state in read_trial_states(folder).items():
+        path = folder / str(state.get("relative_logdir") or f"trial_{trial_id}")
+        metrics: dict[str, Any] = {}
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in (path / "result.json").read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    metrics = record if isinstance(record, dict) else metrics
+        out.append(DiskResult(metrics, dict(state.get("config") or {}), path))
+    return out
 
 
 def summarize(results: Any, spec: SearchSpec, folder: Path | None = None) -> list[dict[str, Any]]:
