@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from hiercls.experiment.manifest import KEY_ENV
+
+# Every test, and every subprocess a test starts (test modules copy os.environ when imported, after this),
+# signs experiments with a key of its own, never the user's (hiercls.experiment.manifest).
+os.environ[KEY_ENV] = os.path.join(tempfile.mkdtemp(prefix="hiercls-test-key-"), "experiment.key")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HIERCLS_SHARED_DIR", ROOT.parent / "shared"))
@@ -79,21 +86,6 @@ def tiny_run(cifar_dir: Path, tmp_path: Path):
         return TrainConfig.from_dict(values)
 
     return make
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_key(tmp_path_factory):
-    """Every test (and every subprocess it starts) signs experiments with a key of its own session, not the
-    user's (hiercls.experiment.manifest): ``HIERCLS_KEY_FILE`` in the environment."""
-    from hiercls.experiment.manifest import KEY_ENV
-
-    previous = os.environ.get(KEY_ENV)
-    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("hiercls-key") / "experiment.key")
-    yield
-    if previous is None:
-        os.environ.pop(KEY_ENV, None)
-    else:
-        os.environ[KEY_ENV] = previous
 
 
 @pytest.fixture(scope="session")

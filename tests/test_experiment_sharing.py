@@ -486,3 +486,46 @@ def test_a_growth_interrupted_resumes_its_running_trial_from_its_checkpoint(ray_
     assert len(starts) == 2 and starts[0][0] == starts[1][0], starts
     assert starts[0][1] == "1" and int(starts[1][1]) >= 4, starts  # continued, not from scratch
     assert len((storage / "g" / "toy_starts.log").read_text().splitlines()) == 2  # the first part: once each
+
+
+def test_a_record_no_process_holds_on_this_host_is_not_in_use(tmp_path):
+    """A lock record naming a live process of this host that holds no lock on the file (a copy made while
+    its driver ran, or a PID used again since): the read-only check and the lock both go on; while the
+    record's process really holds the lock, both refuse."""
+    from hiercls.experiment.lock import check_not_in_use
+
+    folder = tmp_path / "exp"
+    _record(folder, socket.gethostname(), os.getppid())  # alive, holds nothing
+    (folder / "search_spec.yaml").write_text("{}")  # an experiment: the lock file stays after a release
+    check_not_in_use(folder)
+    with experiment_lock(folder) as holder:
+        assert holder.pid == os.getpid()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, json, os, socket, time\n"
+        f"fd = os.open({str(folder / LOCK_FILE)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "record = {'host': socket.gethostname(), 'pid': os.getpid(), 'started': 0}\n"
+        "os.write(fd, json.dumps(record).encode())\n"
+        "print('held', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ExperimentInUseError, match=f"process {holder.pid} on host"):
+            check_not_in_use(folder)
+        with pytest.raises(ExperimentInUseError, match=f"process {holder.pid} on host"):
+            with experiment_lock(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_an_in_memory_study_database_and_a_missing_journal_are_refused(tmp_path, capsys):
+    import tune_main
+
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        argv = ["--trainable", "toy", "--name", "mem", "--storage-path", str(tmp_path), "--optuna-storage",
+                url, "--check"]
+        assert tune_main.main(argv) == 2
+        errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(PROG)]
+        assert len(errors) == 1 and "is an in-memory database" in errors[0], errors
+    assert not (tmp_path / "mem").exists()

@@ -422,7 +422,7 @@ def test_a_space_file_that_is_not_utf8_is_refused(tmp_path, capsys, no_ray):
     assert code == 2, (out, err)
     errors = [line for line in err.splitlines() if line.startswith(PROG)]
     assert len(errors) == 1 and "Traceback" not in err, err
-    assert str(space) in err and "utf-8" in err and "not a readable YAML file" in err
+    assert f"{space}: not UTF-8 text (byte 0xe9 at offset 22); save the space file as UTF-8" in err
     assert not (tmp_path / "storage").exists()
 
 

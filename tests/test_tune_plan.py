@@ -15,6 +15,7 @@ import yaml
 from docpages import generator
 
 from hiercls.experiment.manifest import adopt
+from hiercls.experiment.study import STUDY_FILE, JournalError, open_storage
 from hiercls.tune import modes
 from hiercls.tune.modes import (
     NO_EFFECT,
@@ -189,6 +190,9 @@ def _saved_experiment(tmp_path: Path, spec_: SearchSpec, trials: int, status: st
     state = json.dumps({"trial_data": trial_data, "runner_data": {}})
     (folder / "experiment_state-2026.json").write_text(state)
     adopt(folder)  # its pickles recorded as this user's, as a search records what it writes
+    import optuna  # the TPE search's study, in its journal
+
+    optuna.create_study(study_name=spec_.name, storage=open_storage(folder))
     return folder
 
 
@@ -209,6 +213,14 @@ def test_resume_and_growth_are_decided_from_the_experiment(tmp_path):
         make_plan(spec(tmp_path, num_samples=4))
     with pytest.raises(SpecError, match="the search specification changed in 1 key"):
         make_plan(spec(tmp_path, num_samples=4, epochs=7), resume=True)
+
+
+def test_a_resume_without_its_study_journal_is_refused(tmp_path):
+    folder = _saved_experiment(tmp_path, spec(tmp_path, num_samples=4), trials=4)
+    (folder / STUDY_FILE).unlink()
+    with pytest.raises(JournalError, match="its Optuna journal .* is missing .*nothing was changed"):
+        make_plan(spec(tmp_path, num_samples=4), resume=True)
+    assert not (folder / STUDY_FILE).exists()
 
 
 def test_an_unfinished_part_is_restored_before_it_grows(tmp_path):

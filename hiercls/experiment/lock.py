@@ -88,15 +88,41 @@ def lock_holder(folder: str | os.PathLike[str]) -> Holder | None:
 
 
 def check_not_in_use(folder: str | os.PathLike[str]) -> None:
-    """Refuse, without taking the lock, an experiment whose lock record names a driver still running
-    (another host's record counts as running). Used by read-only checks (``--check``, the plan).
+    """Refuse, without taking the lock, an experiment whose lock record names a driver still running that
+    holds the lock (another host's record counts as running; on this host a record whose kernel lock no
+    one holds does not: a copy, or a PID used again). Used by read-only checks (``--check``, the plan).
 
     Raises:
         ExperimentInUseError: naming the holder.
     """
     holder = lock_holder(folder)
-    if not _stale(holder):
-        raise _refusal(Path(folder), holder)
+    if _stale(holder):
+        return
+    held = _held(Path(folder))
+    if held is False and holder.host == socket.gethostname():
+        return  # a record no one holds: a copy made while its driver ran, or a PID used again since
+    raise _refusal(Path(folder), holder)
+
+
+def _held(folder: Path) -> bool | None:
+    """Whether some process holds the kernel lock on ``folder``'s lock file (probed with a shared lock that
+    is let go at once); None where the file system has no locks."""
+    try:
+        import fcntl
+
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _refusal(folder: Path, holder: Holder | None) -> ExperimentInUseError:

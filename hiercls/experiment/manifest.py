@@ -187,7 +187,9 @@ def manifest_problems(folder: str | os.PathLike[str]) -> list[str]:
     key = user_key(create=False)
     files = _read(root, key) if key is not None else None
     if files is None:
-        state = "is missing" if not (root / MANIFEST_FILE).exists() else "is not signed with your key"
+        missing_key = "" if key is not None else ", which does not exist"
+        state = "is missing" if not (root / MANIFEST_FILE).exists() else (
+            f"is not signed with your key ({str(key_path())!r}{missing_key})")
         return [f"its record of the pickles hiercls wrote ({MANIFEST_FILE}) {state}: it was written by "
                 "someone else, on a machine with another key, or by hiercls before it kept that record"]
     out = []

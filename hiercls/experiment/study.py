@@ -115,6 +115,10 @@ def _rdb_storage(url: str, way: str = _VALID_URL) -> Any:
     database = _sqlite_file(url)
     if database is not None:
         _check_sqlite(url, database, way)
+    elif _in_memory(url):
+        raise StudyStorageError(f"--optuna-storage {url!r} is an in-memory database: the study would end "
+                                "with the driver, so a resume or a growth would start a new one (its trial "
+                                f"indices, and so seeds, again from 0); {way}")
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as err:  # the dialect's driver (psycopg, MySQLdb, ...)
@@ -140,6 +144,18 @@ def _sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
         return None
     return Path(name)
+
+
+def _in_memory(url: str) -> bool:
+    """Whether ``url`` is an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``)."""
+    try:
+        from sqlalchemy.engine import make_url  # installed with Optuna
+
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - reported by RDBStorage itself
+        return False
+    name = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (not name or name == ":memory:" or "mode=memory" in url)
 
 
 def _check_sqlite(url: str, database: Path, way: str) -> None:

@@ -17,8 +17,16 @@ import yaml
 
 from hiercls.experiment.layout import SPEC_FILE
 from hiercls.experiment.lock import LOCK_FILE, check_not_in_use
+from hiercls.experiment.manifest import user_key
 from hiercls.experiment.parts import GROW_PREFIX, Part, read_parts, unfinished
-from hiercls.experiment.study import check_study, open_storage, storage_text, study_names
+from hiercls.experiment.study import (
+    STUDY_FILE,
+    JournalError,
+    check_study,
+    open_storage,
+    storage_text,
+    study_names,
+)
 from hiercls.tune import toy, trainable
 from hiercls.tune.constraints import Constraint, merge_bounds, read_bounds
 from hiercls.tune.guard import STATE_GLOB, TUNER_FILE, check_state_intact, check_trusted
@@ -139,6 +147,8 @@ def make_plan(spec: SearchSpec, *, resume: bool = False, trainable: str | None =
             resumed (missing, nothing saved, changed spec, a growth that is not allowed).
         UntrustedExperimentError: resuming a folder another user could have written (unless ``trust``).
         TornStateError: Ray's saved state of a part is torn.
+        JournalError: a resume's Optuna journal is missing or damaged.
+        ManifestError: the user's key is readable by others.
     """
     notes = spec.validate()
     spec = spec.resolved()
@@ -148,8 +158,9 @@ def make_plan(spec: SearchSpec, *, resume: bool = False, trainable: str | None =
     searcher = searcher_of(spec, params)
     scheduler = scheduler_of(spec, searcher)
     saved, parts = check_experiment(spec, resume=resume, trust=trust)
-    if searcher.study and not resume:
-        _check_study(spec)
+    user_key(create=False)  # a key others can read is refused before anything runs
+    if searcher.study:
+        _check_study(spec, resume)
     chosen = _choose_trainable(spec, trainable, saved, resume)
     _check_reports(spec, chosen, searcher)
     done = sum(p.num_samples for p in parts)
@@ -183,15 +194,23 @@ def _bounds(spec: SearchSpec, constraints: tuple[Constraint, ...], resume: bool
     return None if any(c.relative for c in constraints) else merge_bounds(constraints, None)
 
 
-def _check_study(spec: SearchSpec) -> None:
+def _check_study(spec: SearchSpec, resume: bool) -> None:
     """A new search needs its own study: ``--optuna-storage`` must open (an SQLite file's folder must exist
-    and be writable) and hold no study of its name. Checked before anything is written.
+    and be writable) and hold no study of its name. A resume needs the study it had: its journal file (the
+    URL is checked by :func:`check_experiment`). Checked before anything is written.
 
     Raises:
         StudyStorageError: the URL cannot be opened or written (one line naming it; exit status 2).
         SpecError: it holds a study named ``spec.name``.
+        JournalError: resuming without the experiment's journal (exit status 3).
     """
-    if not spec.optuna_storage:
+    journal = spec.experiment_dir / STUDY_FILE
+    if resume and not spec.optuna_storage and not journal.is_file():
+        raise JournalError(f"cannot resume {str(spec.experiment_dir)!r}: its Optuna journal {str(journal)!r} "
+                           "is missing (the searcher's study: every trial's values and results); restore it "
+                           "from a backup, or start the search again under a new --name (nothing was "
+                           "changed)")
+    if resume or not spec.optuna_storage:
         return
     names = study_names(open_storage(spec.experiment_dir, spec.optuna_storage))
     if spec.name in names:

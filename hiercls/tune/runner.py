@@ -107,7 +107,7 @@ def run_search(spec: SearchSpec, *, resume: bool = False, trainable: str | None 
             echo(f"warning: {note}")
         setup = _trial_setup(plan, toy_sleep, echo)
         failures: list[OSError] = []
-        with _ray_session(plan, echo, ray_init_kwargs, sigterm_interrupts) as plan:
+        with _ray_session(plan, echo, ray_init_kwargs, sigterm_interrupts, started) as plan:
             _prepare_folder(plan, echo)
             runs = _run_parts(plan, setup, callbacks, failures, echo)
         outcome = _outcome(plan, runs, failures, started)
@@ -155,7 +155,7 @@ def _storage_failure(outcome: SearchOutcome, spec: SearchSpec, failures: list[OS
 # ---------------------------------------------------------------------------------------------- Ray
 @contextlib.contextmanager
 def _ray_session(plan: SearchPlan, echo: Callable[[str], Any], ray_init_kwargs: Mapping[str, Any] | None,
-                 sigterm_interrupts: bool) -> Iterator[SearchPlan]:
+                 sigterm_interrupts: bool, started: float) -> Iterator[SearchPlan]:
     """Ray started (or joined, or the running instance), the resource request checked, a PB2 population
     the cluster cannot run at once refused (unless ``pb2_time_multiplexed``), ``max_concurrent`` left to
     the cluster set to its capacity; yields the plan so completed. Ray is shut down after, when
@@ -163,7 +163,7 @@ def _ray_session(plan: SearchPlan, echo: Callable[[str], Any], ray_init_kwargs: 
     # one checkpoint kept per trial forces an experiment snapshot after every epoch; that is intended
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     own_ray = _start_ray(plan.spec.address, echo, ray_init_kwargs)
-    previous_sigterm, stop = None, SigtermStop(lambda: _finish_on_disk(plan, echo))
+    previous_sigterm, stop = None, SigtermStop(lambda: _finish_on_disk(plan, echo, started))
     if sigterm_interrupts and threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, stop)
     try:
@@ -231,7 +231,7 @@ def shutdown_ray() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _finish_on_disk(plan: SearchPlan, echo: Callable[[str], Any]) -> None:
+def _finish_on_disk(plan: SearchPlan, echo: Callable[[str], Any], started: float) -> None:
     """The table and ``summary.csv`` of a search Ray could not stop (:mod:`hiercls.tune.batch`), from the
     state Ray saved last and the trials' ``result.json``."""
     echo(f"SIGTERM: the search did not stop within {STOP_GRACE_S:g} s (Ray's own processes were signalled "
@@ -240,7 +240,8 @@ def _finish_on_disk(plan: SearchPlan, echo: Callable[[str], Any]) -> None:
     rows = sorted((row for part in parts for row in summarize(results_on_disk(part.folder), plan.spec,
                                                               folder=part.folder)), key=rank_key)
     outcome = SearchOutcome(
-        experiment_dir=plan.experiment_dir, rows=rows, best=best_row(rows), interrupted=True, seconds=0.0,
+        experiment_dir=plan.experiment_dir, rows=rows, best=best_row(rows), interrupted=True,
+        seconds=time.perf_counter() - started,
         pareto=pareto_rows(rows) if plan.searcher.name == "nsga2" else [],
         bounds=read_bounds(plan.experiment_dir) if plan.spec.constraints else None)
     with contextlib.suppress(StorageError):

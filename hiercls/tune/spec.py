@@ -184,7 +184,10 @@ class SearchSpec:
         path = resolve_space(path) if path is not None else DEFAULT_SPACE
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        except UnicodeDecodeError as err:
+            bad = f"byte 0x{err.object[err.start]:02x} at offset {err.start}"
+            raise SpecError([f"{path}: not UTF-8 text ({bad}); save the space file as UTF-8"]) from err
+        except (OSError, yaml.YAMLError) as err:
             raise SpecError([f"{path}: not a readable YAML file: {err}"]) from err
         if not isinstance(raw, dict):
             raise SpecError([f"{path}: must hold a mapping of settings"])
