@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hiercls.experiment.manifest import MANIFEST_FILE
+from hiercls.experiment.lock import LOCK_FILE
+from hiercls.experiment.manifest import MANIFEST_FILE, adopt
+from hiercls.tune.guard import UntrustedExperimentError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python tune_main.py: error:"
@@ -469,8 +471,10 @@ def small_experiment(ray_session, tmp_path):
 
 
 def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file's size and time, but Ray's storage marker and the driver lock's record (not results)."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file() and p.name != ".validate_storage_marker"}
+            for p in folder.rglob("*") if p.is_file() and p.name not in (".validate_storage_marker",
+                                                                            LOCK_FILE)}
 
 
 @pytest.mark.slow
@@ -510,6 +514,9 @@ def test_torn_experiment_state_is_refused_and_never_starts_a_new_search(small_ex
     # complete JSON that Ray still cannot restore: Ray would log "Failed to restore the run state" and
     # start a new search; hiercls stops instead (exit 3) and the experiment keeps one state file
     state.write_text(json.dumps({"trial_data": [["{}", "{}"]], "runner_data": {}, "stats": {}}))
+    with pytest.raises(UntrustedExperimentError, match=f"'{state.name}' is not one hiercls wrote"):
+        run_search(spec, resume=True, echo=lambda line: None)  # not what the search wrote: refused first
+    adopt(folder)  # as if the search had written it
     before = _listing(folder)
     with pytest.raises(TornStateError, match="Ray could not restore"):
         run_search(spec, resume=True, echo=lambda line: None)
