@@ -151,6 +151,11 @@ def _locked(folder: Path) -> Iterator[None]:
             os.close(fd)
 
 
+def _add(files: dict[str, list[str]], name: str, digest: str) -> None:
+    """``digest`` as ``name``'s newest, its last :data:`KEEP` digests kept."""
+    files[name] = [d for d in files.get(name, []) if d != digest][-(KEEP - 1):] + [digest]
+
+
 def record(folder: str | os.PathLike[str], relative: str, digest: str) -> None:
     """Add ``digest`` (SHA-256 hex) for ``relative`` to the signed record of ``folder``, keeping that name's
     last :data:`KEEP` digests. A record that is not authentic is not extended: it starts again.
@@ -163,7 +168,7 @@ def record(folder: str | os.PathLike[str], relative: str, digest: str) -> None:
     key = user_key()
     with _locked(root):
         files = _read(root, key) or {}
-        files[relative] = [d for d in files.get(relative, []) if d != digest][-(KEEP - 1):] + [digest]
+        _add(files, relative, digest)
         _write(root, key, files)
 
 
@@ -218,7 +223,6 @@ def adopt(folder: str | os.PathLike[str]) -> int:
     with _locked(root):
         files = _read(root, key) or {}
         for name in names:
-            digest = _digest(root / name)
-            files[name] = [d for d in files.get(name, []) if d != digest][-(KEEP - 1):] + [digest]
+            _add(files, name, _digest(root / name))
         _write(root, key, files)
     return len(names)

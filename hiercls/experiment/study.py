@@ -131,31 +131,31 @@ def _rdb_storage(url: str, way: str = _VALID_URL) -> Any:
         raise StudyStorageError(f"--optuna-storage {url!r} cannot be opened ({reason}); {way}") from err
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of an ``sqlite:///PATH`` URL (relative to the working folder, as SQLite opens
-    it); None for another or an unparsable URL, or an in-memory database."""
+def _sqlite_database(url: str) -> str | None:
+    """The database of an ``sqlite://`` URL (``""`` for none: in memory); None for another or an
+    unparsable URL."""
     try:
         from sqlalchemy.engine import make_url  # installed with Optuna
 
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - reported by RDBStorage itself
         return None
-    name = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+    return parsed.database or "" if parsed.get_backend_name() == "sqlite" else None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of an ``sqlite:///PATH`` URL (relative to the working folder, as SQLite opens
+    it); None for another or an unparsable URL, or an in-memory database."""
+    name = _sqlite_database(url)
+    if not name or name == ":memory:" or name.startswith("file:"):
         return None
     return Path(name)
 
 
 def _in_memory(url: str) -> bool:
     """Whether ``url`` is an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``)."""
-    try:
-        from sqlalchemy.engine import make_url  # installed with Optuna
-
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - reported by RDBStorage itself
-        return False
-    name = parsed.database or ""
-    return parsed.get_backend_name() == "sqlite" and (not name or name == ":memory:" or "mode=memory" in url)
+    name = _sqlite_database(url)
+    return name is not None and (name in ("", ":memory:") or "mode=memory" in url)
 
 
 def _check_sqlite(url: str, database: Path, way: str) -> None:

@@ -109,11 +109,9 @@ def check_trusted(folder: str | os.PathLike[str]) -> None:
     Raises:
         UntrustedExperimentError: one line naming the first unsafe path, its reason and how many more
             there are, and ``--trust-experiment``; or the user's key cannot be used.
-        TornStateError: Ray's saved state is torn (:func:`check_state_intact`; checked before the record).
     """
     bad = untrusted_paths(folder)
     if not bad:
-        check_state_intact(folder)  # a torn state file is named as torn (exit 3), not as unknown
         _check_pickles(folder)
         return
     path, reason = bad[0]

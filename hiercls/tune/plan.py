@@ -295,6 +295,7 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False
         return {}, [Part(folder, int(spec.num_samples))]
     if not exists:
         raise SpecError([f"nothing to resume: experiment {str(folder)!r} does not exist"])
+    check_state_intact(folder)  # first: a torn state file is named as torn, not as one hiercls did not write
     if not trust:
         check_trusted(folder)
     if not restorable(folder):
@@ -302,15 +303,14 @@ def check_experiment(spec: SearchSpec, *, resume: bool, trust: bool = False
                          "its first save); start again under another --name"])
     saved = _saved_spec(folder / SPEC_FILE)
     _check_unchanged(spec, saved)
-    check_state_intact(folder)
     try:
         parts = read_parts(folder, int(saved.get("num_samples") or spec.num_samples))
     except ValueError as err:
         raise SpecError([str(err)]) from err
     for part in parts[1:]:
+        check_state_intact(part.folder)
         if not trust:
             check_trusted(part.folder)
-        check_state_intact(part.folder)
     check_study(folder, spec.optuna_storage)  # the parts write into the experiment's journal
     return saved, parts
 

@@ -237,13 +237,9 @@ def _finish_on_disk(plan: SearchPlan, echo: Callable[[str], Any], started: float
     echo(f"SIGTERM: the search did not stop within {STOP_GRACE_S:g} s (Ray's own processes were signalled "
          "too, as a batch system signals the whole job): its table comes from what is on disk")
     parts = [*plan.parts, *([plan.grow] if plan.grow is not None and plan.grow.folder.is_dir() else [])]
-    rows = sorted((row for part in parts for row in summarize(results_on_disk(part.folder), plan.spec,
-                                                              folder=part.folder)), key=rank_key)
-    outcome = SearchOutcome(
-        experiment_dir=plan.experiment_dir, rows=rows, best=best_row(rows), interrupted=True,
-        seconds=time.perf_counter() - started,
-        pareto=pareto_rows(rows) if plan.searcher.name == "nsga2" else [],
-        bounds=read_bounds(plan.experiment_dir) if plan.spec.constraints else None)
+    rows = [row for part in parts for row in summarize(results_on_disk(part.folder), plan.spec,
+                                                       folder=part.folder)]
+    outcome = _search_outcome(plan, rows, lambda bounds: True, started)
     with contextlib.suppress(StorageError):
         write_summary(outcome)
     for line in format_table(outcome, plan.spec):
@@ -368,15 +364,25 @@ def _outcome(plan: SearchPlan, runs: _Runs, failures: list[OSError], started: fl
     rows = summarize(runs.results, spec, folder=runs.current.folder)
     for part, part_results in runs.earlier:
         rows += summarize(part_results, spec, folder=part.folder)
-    rows.sort(key=rank_key)
-    bounds = read_bounds(spec.experiment_dir) if spec.constraints else None
-    unfinished = any(r["status"] == "unfinished" for r in rows)  # Ray's in-memory results may say otherwise
-    interrupted = bool(failures) or not _part_done(runs.results, runs.current) or unfinished
-    baseline_failed = (spec.constraints and bounds is None and not failures
-                       and not unfinished)
+
+    def interrupted(bounds: Mapping[str, Any] | None) -> bool:
+        unfinished = any(r["status"] == "unfinished" for r in rows)  # Ray's in-memory results may differ
+        baseline_failed = spec.constraints and bounds is None and not failures and not unfinished
+        stopped = bool(failures) or not _part_done(runs.results, runs.current) or unfinished
+        return bool(stopped and not baseline_failed)
+
+    return _search_outcome(plan, rows, interrupted, started)
+
+
+def _search_outcome(plan: SearchPlan, rows: list[dict[str, Any]],
+                    interrupted: Callable[[Mapping[str, Any] | None], bool], started: float) -> SearchOutcome:
+    """The outcome of ``rows`` (every part's trials): ranked, the best one, the Pareto front (NSGA-II), the
+    constraint bounds read back, ``interrupted(bounds)``, the seconds since ``started``."""
+    rows = sorted(rows, key=rank_key)
+    bounds = read_bounds(plan.experiment_dir) if plan.spec.constraints else None
     return SearchOutcome(
-        experiment_dir=spec.experiment_dir, rows=rows, best=best_row(rows),
-        interrupted=interrupted and not baseline_failed, seconds=time.perf_counter() - started,
+        experiment_dir=plan.experiment_dir, rows=rows, best=best_row(rows), interrupted=interrupted(bounds),
+        seconds=time.perf_counter() - started,
         pareto=pareto_rows(rows) if plan.searcher.name == "nsga2" else [], bounds=bounds,
     )
 
