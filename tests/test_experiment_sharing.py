@@ -22,7 +22,13 @@ import yaml
 
 from hiercls.experiment import lock as lockmod
 from hiercls.experiment import manifest
-from hiercls.experiment.lock import LOCK_FILE, ExperimentInUseError, experiment_lock, lock_holder
+from hiercls.experiment.lock import (
+    LOCK_FILE,
+    ExperimentInUseError,
+    check_not_in_use,
+    experiment_lock,
+    lock_holder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -96,6 +102,8 @@ def test_without_file_locks_the_record_decides(tmp_path, monkeypatch):
     with pytest.raises(ExperimentInUseError, match=f"process {os.getppid()} on host"):
         with experiment_lock(folder):
             pass
+    with pytest.raises(ExperimentInUseError, match=f"process {os.getppid()} on host"):
+        check_not_in_use(folder)  # the read-only check: no lock to probe, the record decides
     _record(folder, socket.gethostname(), _dead_pid())
     with experiment_lock(folder) as holder:
         assert holder.pid == os.getpid()
@@ -497,8 +505,6 @@ def test_a_record_no_process_holds_on_this_host_is_not_in_use(tmp_path):
     """A lock record naming a live process of this host that holds no lock on the file (a copy made while
     its driver ran, or a PID used again since): the read-only check and the lock both go on; while the
     record's process really holds the lock, both refuse."""
-    from hiercls.experiment.lock import check_not_in_use
-
     folder = tmp_path / "exp"
     _record(folder, socket.gethostname(), os.getppid())  # alive, holds nothing
     (folder / "search_spec.yaml").write_text("{}")  # an experiment: the lock file stays after a release

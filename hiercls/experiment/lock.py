@@ -65,6 +65,7 @@ class Holder:
         return True
 
     def describe(self) -> str:
+        """``process PID on host HOST (since YYYY-mm-dd HH:MM:SS: COMMAND)``, local time."""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"process {self.pid} on host {self.host} (since {when}: {self.command})"
 
