@@ -1,7 +1,7 @@
 """One-shot check of the accelerated path on a GPU (and, in a quick mode, on the CPU in CI).
 
     python benchmarks/gpu_check.py                        # on a CUDA machine: at most ~4 minutes
-    python benchmarks/gpu_check.py --quick --device cpu   # CI: plainnet only, eager, 2 steps per section
+    python benchmarks/gpu_check.py --quick --device cpu   # CI: plainnet and a narrow speednet, eager, 2 steps
 
 Writes a JSON report (``--report``, default ``gpu_check_report.json``; rewritten after every section, so a
 run cut short still leaves what it measured) and prints a table. Every section runs in its own
@@ -22,8 +22,12 @@ Data: synthetic CIFAR-shaped uint8 images (seeded; labels ``i % 100``), or the r
     of the matmul peak; ``compile_seconds`` apart; ``kernels_per_step`` (CUDA kernels, memcpy and
     memset launched in one steady-state step, from ``torch.profiler``; on the CPU the aten ops
     dispatched); ``syncs_per_step`` (CUDA only: synchronising calls reported by
-    ``torch.cuda.set_sync_debug_mode``). The first entries (ResNet-18 at batch 512 compiled and eager,
-    batch 128 eager) run before the other sections; the rest (plainnet, WRN-28-10) after them.
+    ``torch.cuda.set_sync_debug_mode``). The first entries (ResNet-18 at batch 512 compiled; speednet at
+    batch 512 compiled and eager; ResNet-18 at batch 512 eager and batch 128 eager) run before the other
+    sections; the rest (plainnet, WRN-28-10) after them. speednet's entries are built from the speedrun
+    recipe (``recipes/speedrun.yaml``: width 64, depth 2, one-cycle Nesterov SGD, crop padding 2,
+    alternating flip, whitened and frozen stem, channels_last on; bf16 autocast at ``auto``, so on
+    CUDA), with 10 warm-up and 40 timed steps.
     Target: ResNet-18, batch 512, compiled, at 35 % or more of the bf16 matmul peak.
 ``packing``
     one against four training processes on one GPU (ResNet-18, batch 128, eager; each packed process
@@ -31,6 +35,21 @@ Data: synthetic CIFAR-shaped uint8 images (seeded; labels ``i % 100``), or the r
     behind a file barrier: aggregate images/s of each count and their ratio, peak memory of each
     process. Target: four at 1.6x or more the aggregate of one. Quick mode: plainnet, 1 vs 2 processes
     on one CPU thread each.
+``speednet_packing``
+    the same for speednet as the search's trials train it: the speedrun recipe, batch 512, eager, 10
+    warm-up and 60 timed steps per process on 50,000 synthetic images (45,000 training, 5,000
+    validation). The single process then times one validation pass (after an untimed one) as a trial
+    validates: the recipe's flip TTA (two forward passes per image, fp32 as ``evaluate`` runs) and the
+    metrics; ``eval.images_per_second`` counts validation images, each with its mirror image.
+    ``projection``: trials finished per GPU-hour by the four packed processes at the fidelity of the
+    shipped ``speedrun`` space (its ``epochs``, 6, on 50,000 less its ``val_size`` = 45,000 images) and
+    at 4 epochs: ``trials_per_gpu_hour = 3600 * aggregate images/s of four / (epochs * training
+    images)``; ``trials_per_gpu_hour_with_eval = 3600 / (epochs * (training images / aggregate images/s
+    + validation images / eval images/s))``: validation counted as if it had the GPU to itself. Neither
+    counts a trial's start-up (process, data, whitening, first steps) nor the search's own overhead.
+    Target: 1,000 or more trials per GPU-hour at 4 epochs, validation included. Quick mode: width 16,
+    batch 32, 2 steps, 1 vs 2 processes on one CPU thread each (2,000 images, 200 for validation), the
+    projection then of the two processes.
 ``bf16_vs_fp32``
     one batch, the same weights: loss with and without bf16 autocast (relative difference), cosine
     similarity and relative norm difference of the flattened gradients; and that ``evaluate`` gives the
@@ -47,7 +66,7 @@ Data: synthetic CIFAR-shaped uint8 images (seeded; labels ``i % 100``), or the r
     with ``deterministic`` on (and off, on CUDA).
 
 ``targets``
-    the two targets above with the measured figure and ``met`` (true/false; null when not measured, as
+    the three targets above with the measured figure and ``met`` (true/false; null when not measured, as
     in the quick mode).
 
 Exit status: 0 (also when a section failed or a target was missed: see the report), 2 bad arguments
@@ -75,7 +94,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hiercls.config import TrainConfig  # noqa: E402
+from hiercls.config import TrainConfig, load_config  # noqa: E402
 from hiercls.data import Cifar100, DeviceLoader, load_cifar100  # noqa: E402
 from hiercls.engine import Run, build_run, evaluate, fit  # noqa: E402
 from hiercls.hierarchy import cifar100_superclass_labels, load_cifar100_hierarchy  # noqa: E402
@@ -85,9 +104,21 @@ from hiercls.models import MODELS, build_model  # noqa: E402
 from hiercls.numerics import deterministic_mode, refused_ops  # noqa: E402
 
 TIMING = ("epoch_seconds", "images_per_second", "compile_seconds")
-FIRST = [("resnet18", True, 512), ("resnet18", False, 512), ("resnet18", False, 128)]
+FIRST = [("resnet18", True, 512), ("speednet", True, 512), ("speednet", False, 512), ("resnet18", False, 512),
+         ("resnet18", False, 128)]
 LATER = [("resnet18", True, 128), ("plainnet", False, 128), ("plainnet", True, 128), ("plainnet", False, 512),
          ("plainnet", True, 512), ("wrn28-10", False, 128), ("wrn28-10", False, 512), ("wrn28-10", True, 128)]
+RECIPES = {"speednet": "speedrun"}
+"""Architectures whose entries are built from a shipped training recipe (``recipes/<name>.yaml``), not the
+defaults: speednet is trained, and searched, with the speedrun recipe."""
+QUICK_KEYS = {"speednet": {"width": 16}}
+"""Keys laid over an architecture's config in the quick mode (a narrow speednet keeps the CPU check short)."""
+SPACE = "speedrun"
+"""The shipped search space whose fidelity (``epochs``, training images) the packed speednet trials are
+projected to."""
+TARGET_EPOCHS = 4
+"""The issue's fidelity for the trials-per-GPU-hour target."""
+CIFAR_TRAIN_IMAGES = 50_000
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -102,12 +133,44 @@ def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> Cifar100:
     )
 
 
-def make_run(data: Cifar100, device: str, arch: str, batch: int, out: str, **keys: Any) -> Run:
-    """The engine's run (loaders, model, loss, optimiser, schedule) for one benchmark configuration."""
+def make_run(data: Cifar100, device: str, arch: str, batch: int, out: str, recipe: str | None = None,
+             **keys: Any) -> Run:
+    """The engine's run (loaders, model, loss, optimiser, schedule) for one benchmark configuration: the
+    defaults, or with ``recipe`` (a shipped recipe's name or a YAML file) that recipe, with the data,
+    architecture, batch size, device and ``keys`` laid over it (the recipe keeps its ``epochs`` and
+    ``eval_batch_size``, so its learning-rate schedule and evaluation batches are those of a real run)."""
     values = {"data_dir": "synthetic", "val_size": min(5000, len(data.train_labels) // 10),
-              "architecture": arch, "batch_size": batch, "eval_batch_size": 500, "epochs": 1,
-              "device": device, "evaluate_test": False, "out_folder": out, **keys}
-    return build_run(TrainConfig.from_dict(values), data)
+              "architecture": arch, "batch_size": batch, "device": device, "evaluate_test": False,
+              "out_folder": out}
+    if recipe is not None:
+        return build_run(load_config(recipe, {**values, **keys}), data)
+    return build_run(TrainConfig.from_dict({**values, "eval_batch_size": 500, "epochs": 1, **keys}), data)
+
+
+def space_fidelity(name: str = SPACE) -> dict[str, Any]:
+    """The fidelity of the shipped search space ``name``: its trials' ``epochs``, training images (50,000
+    less the ``val_size`` of its resolved train config, at most its ``max_train_samples``), validation
+    images and whether validation uses flip TTA."""
+    from hiercls.tune.spec import SearchSpec
+
+    spec = SearchSpec.load(name)
+    base = spec.base_config()
+    val = int(base.get("val_size", TrainConfig.val_size))
+    train = CIFAR_TRAIN_IMAGES - val
+    if base.get("max_train_samples"):
+        train = min(train, int(base["max_train_samples"]))
+    return {"space": name, "epochs": int(spec.epochs), "train_images": train, "val_images": val,
+            "flip_tta": bool(base.get("flip_tta", TrainConfig.flip_tta))}
+
+
+def trials_per_gpu_hour(aggregate_ips: float, epochs: int, train_images: int, eval_ips: float | None = None,
+                        val_images: int = 0) -> float:
+    """Trials of ``epochs`` epochs on ``train_images`` images finished per GPU-hour by packed trials training
+    at ``aggregate_ips`` images/s together: ``3600 * aggregate_ips / (epochs * train_images)``; with
+    ``eval_ips`` (validation images scored per second) each epoch also pays ``val_images / eval_ips``
+    seconds of the whole GPU."""
+    epoch_seconds = train_images / aggregate_ips + (val_images / eval_ips if eval_ips else 0.0)
+    return 3600.0 / (epochs * epoch_seconds)
 
 
 def sync(device: torch.device) -> None:
@@ -233,9 +296,12 @@ def section_matmul_peak(ctx: dict) -> dict:
 
 def throughput_entry(ctx: dict, arch: str, compiled: bool, batch: int) -> dict:
     quick = ctx["quick"]
-    warmup, steps = (1, 2) if quick else ((3, 10) if arch == "wrn28-10" else (5, 20))
+    warmup, steps = (1, 2) if quick else {"wrn28-10": (3, 10), "speednet": (10, 40)}.get(arch, (5, 20))
+    recipe = RECIPES.get(arch)
+    keys = QUICK_KEYS.get(arch, {}) if quick else {}
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(ctx["data"], ctx["device_name"], arch, batch, tmp, compile=compiled)
+        run = make_run(ctx["data"], ctx["device_name"], arch, batch, tmp, recipe=recipe, compile=compiled,
+                       **keys)
         compile_seconds = run.warm_up()
         flops = ctx["flops"].get((arch, batch))
         if flops is None:
@@ -248,6 +314,8 @@ def throughput_entry(ctx: dict, arch: str, compiled: bool, batch: int) -> dict:
             "compile_seconds": compile_seconds,
             "amp": run.amp, "channels_last": run.channels_last,
         }
+        if recipe is not None:
+            entry.update(recipe=recipe, **keys)
         if ctx.get("peak"):
             entry["fraction_of_peak"] = entry["tflops"] / ctx["peak"]
         entry["kernels_per_step"], entry["kernels_counted"] = kernels_per_step(run)
@@ -268,6 +336,44 @@ def section_throughput(ctx: dict, configs: list[tuple[str, bool, int]], deadline
     return out
 
 
+def packed_round(job: dict, count: int) -> list[dict]:
+    """``count`` packing workers (:func:`packing_worker`) of ``job``, each warmed up, then released together
+    behind a file barrier; their results, in order. Each of several caps its CUDA memory at 1/count."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for i in range(count):
+            spec = {**job, "fraction": 1.0 / count if count > 1 else 1.0, "barrier": tmp, "index": i}
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--worker", json.dumps(spec)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))
+        deadline = time.time() + (120 if not job["quick"] else 90)
+        while time.time() < deadline and not all(
+            (Path(tmp) / f"ready-{i}").exists() or procs[i].poll() is not None for i in range(count)
+        ):
+            time.sleep(0.05)
+        (Path(tmp) / "go").touch()
+        results = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=max(5.0, deadline - time.time() + 60))
+            if proc.returncode != 0:
+                raise RuntimeError(f"worker failed ({proc.returncode}): {stderr.strip()[-500:]}")
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
+def aggregate(results: list[dict]) -> dict[str, Any]:
+    """Aggregate images/s of packed workers (all their images over first start to last end), each one's
+    images/s and peak memory."""
+    start = min(r["start"] for r in results)
+    end = max(r["end"] for r in results)
+    return {
+        "aggregate_images_per_second": sum(r["images"] for r in results) / (end - start),
+        "per_process_images_per_second": [r["images"] / (r["end"] - r["start"]) for r in results],
+        "peak_memory_mib": [r["peak_memory_mib"] for r in results],
+    }
+
+
 def section_packing(ctx: dict) -> dict:
     quick = ctx["quick"]
     counts = (1, 2) if quick else (1, 4)
@@ -276,50 +382,70 @@ def section_packing(ctx: dict) -> dict:
            "quick": quick}
     out: dict[str, Any] = {"architecture": job["arch"], "batch": job["batch"], "steps": job["steps"]}
     for count in counts:
-        with tempfile.TemporaryDirectory() as tmp:
-            procs = []
-            for i in range(count):
-                spec = {**job, "fraction": 1.0 / count if count > 1 else 1.0, "barrier": tmp, "index": i}
-                procs.append(subprocess.Popen(
-                    [sys.executable, __file__, "--worker", json.dumps(spec)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                ))
-            deadline = time.time() + (120 if not quick else 90)
-            while time.time() < deadline and not all(
-                (Path(tmp) / f"ready-{i}").exists() or procs[i].poll() is not None for i in range(count)
-            ):
-                time.sleep(0.05)
-            (Path(tmp) / "go").touch()
-            results = []
-            for proc in procs:
-                stdout, stderr = proc.communicate(timeout=max(5.0, deadline - time.time() + 60))
-                if proc.returncode != 0:
-                    raise RuntimeError(f"worker failed ({proc.returncode}): {stderr.strip()[-500:]}")
-                results.append(json.loads(stdout.strip().splitlines()[-1]))
-        start = min(r["start"] for r in results)
-        end = max(r["end"] for r in results)
-        images = sum(r["images"] for r in results)
-        out[f"processes_{count}"] = {
-            "aggregate_images_per_second": images / (end - start),
-            "per_process_images_per_second": [r["images"] / (r["end"] - r["start"]) for r in results],
-            "peak_memory_mib": [r["peak_memory_mib"] for r in results],
-        }
+        out[f"processes_{count}"] = aggregate(packed_round(job, count))
     one = out[f"processes_{counts[0]}"]["aggregate_images_per_second"]
     out["ratio"] = out[f"processes_{counts[1]}"]["aggregate_images_per_second"] / one
     return out
 
 
+def section_speednet_packing(ctx: dict) -> dict:
+    """One against four speednet trials (the speedrun recipe, batch 512, eager, as the search's trials run)
+    on one GPU, the validation images/s of one (flip TTA, the recipe's), and the projected trials per
+    GPU-hour at the shipped space's fidelity and at :data:`TARGET_EPOCHS` epochs."""
+    quick = ctx["quick"]
+    counts = (1, 2) if quick else (1, 4)
+    keys = QUICK_KEYS["speednet"] if quick else {}
+    job = {"arch": "speednet", "recipe": RECIPES["speednet"], "keys": keys, "batch": 32 if quick else 512,
+           "steps": 2 if quick else 60, "warmup": 1 if quick else 10, "device": ctx["device_name"],
+           "quick": quick, "n_train": 2000 if quick else CIFAR_TRAIN_IMAGES}
+    out: dict[str, Any] = {"architecture": "speednet", "recipe": job["recipe"], **keys, "batch": job["batch"],
+                           "steps": job["steps"]}
+    for count in counts:
+        results = packed_round({**job, "measure_eval": count == 1}, count)
+        out[f"processes_{count}"] = aggregate(results)
+        if count == 1:
+            scored = results[0]["eval"]
+            out["eval"] = {"images_per_second": scored["images"] / scored["seconds"],
+                           "val_images": scored["images"], "flip_tta": scored["flip_tta"],
+                           "batch": scored["batch"]}
+    packed = out[f"processes_{counts[1]}"]["aggregate_images_per_second"]
+    out["ratio"] = packed / out[f"processes_{counts[0]}"]["aggregate_images_per_second"]
+    fidelity = space_fidelity()
+    eval_ips = out["eval"]["images_per_second"]
+    train, val = fidelity["train_images"], fidelity["val_images"]
+    projection: dict[str, Any] = {
+        "space": fidelity["space"], "train_images": train, "val_images": val, "processes": counts[1],
+        "aggregate_images_per_second": packed, "eval_images_per_second": eval_ips,
+    }
+    fidelities = (("at_space_epochs", fidelity["epochs"]), (f"at_{TARGET_EPOCHS}_epochs", TARGET_EPOCHS))
+    for label, epochs in fidelities:
+        projection[label] = {
+            "epochs": epochs,
+            "trials_per_gpu_hour": trials_per_gpu_hour(packed, epochs, train),
+            "trials_per_gpu_hour_with_eval": trials_per_gpu_hour(packed, epochs, train, eval_ips, val),
+        }
+    projection["assumes"] = (
+        "steady-state training of the packed processes; with_eval adds val_images / eval_images_per_second "
+        "(one process alone, flip TTA) per epoch; per-trial start-up (process, data, whitening, first "
+        "steps) and the search's own overhead are not counted")
+    out["projection"] = projection
+    return out
+
+
 def packing_worker(spec: dict) -> None:
-    """One packed training process: warm up, wait at the barrier, time the steps, print JSON."""
+    """One packed training process: warm up, wait at the barrier, time the steps (then, with
+    ``measure_eval``, time one validation pass after an untimed one), print JSON."""
     device = torch.device(spec["device"] if spec["device"] != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if spec["quick"]:
         torch.set_num_threads(1)
     if device.type == "cuda" and spec["fraction"] < 1:
         torch.cuda.set_per_process_memory_fraction(spec["fraction"], device)
-    data = synthetic_cifar(2000 if spec["quick"] else 20000, 100)
+    data = synthetic_cifar(spec.get("n_train") or (2000 if spec["quick"] else 20000), 100)
+    scored = None
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(data, str(device), spec["arch"], spec["batch"], tmp)
+        run = make_run(data, str(device), spec["arch"], spec["batch"], tmp, recipe=spec.get("recipe"),
+                       **spec.get("keys", {}))
         stream = batches(run)
         for _ in range(spec["warmup"]):
             run.train_step(*next(stream))
@@ -333,9 +459,17 @@ def packing_worker(spec: dict) -> None:
             run.train_step(*next(stream))
         sync(device)
         end = time.time()
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        if spec.get("measure_eval") and run.val_loader is not None:
+            run.evaluate(run.val_loader)  # untimed: cuDNN's choices, the metrics' set-up
+            sync(device)
+            t0 = time.perf_counter()
+            metrics = run.evaluate(run.val_loader)
+            sync(device)
+            scored = {"images": metrics["num_samples"], "seconds": time.perf_counter() - t0,
+                      "flip_tta": run.config.flip_tta, "batch": run.val_loader.batch_size}
     print(json.dumps({"start": start, "end": end, "images": spec["steps"] * spec["batch"],
-                      "peak_memory_mib": peak}))
+                      "peak_memory_mib": peak, "eval": scored}))
 
 
 def section_bf16_vs_fp32(ctx: dict) -> dict:
@@ -479,6 +613,9 @@ TARGETS = (  # the issue's goals on an H200 (full mode): (name, how it is measur
     ("resnet18_compiled_b512_fraction_of_peak", "ResNet-18 compiled, batch 512: achieved / matmul peak",
      0.35),
     ("packing_4_vs_1", "4 packed ResNet-18 trials (batch 128, eager): aggregate images/s / one's", 1.6),
+    ("speednet_trials_per_gpu_hour_4_epochs",
+     "4 packed speednet trials (speedrun recipe, batch 512, eager): projected trials per GPU-hour at 4 "
+     "epochs on the speedrun space's training images, validation (flip TTA) included, start-up not", 1000.0),
 )
 
 
@@ -492,6 +629,11 @@ def targets(report: dict) -> dict[str, dict[str, Any]]:
     packing = report.get("packing") or {}
     if packing.get("architecture") == "resnet18" and "processes_4" in packing:
         measured["packing_4_vs_1"] = packing.get("ratio")
+    speednet = report.get("speednet_packing") or {}
+    projection = speednet.get("projection") or {}
+    if projection.get("processes") == 4 and "processes_4" in speednet:
+        at_target = projection.get(f"at_{TARGET_EPOCHS}_epochs") or {}
+        measured["speednet_trials_per_gpu_hour_4_epochs"] = at_target.get("trials_per_gpu_hour_with_eval")
     return {name: {"what": what, "target": goal, "measured": measured[name],
                    "met": None if measured[name] is None else bool(measured[name] >= goal)}
             for name, what, goal in TARGETS}
@@ -525,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--quick", action="store_true", help="plainnet only, eager, 2 steps per section")
+    parser.add_argument("--quick", action="store_true",
+                        help="plainnet and a narrow speednet, eager, 2 steps per section")
     parser.add_argument("--report", default="gpu_check_report.json", help="JSON report path")
     parser.add_argument("--budget-seconds", type=float, default=220.0,
                         help="start no section after this many seconds")
@@ -553,13 +696,14 @@ def main(argv: list[str] | None = None) -> int:
             else synthetic_cifar(1000 if args.quick else 50000, 1000 if args.quick else 10000))
     ctx = {"device": device, "device_name": str(device), "quick": args.quick, "data": data, "flops": {}}
     deadline = started + args.budget_seconds
-    first = [("plainnet", False, 32)] if args.quick else FIRST
+    first = [("plainnet", False, 32), ("speednet", False, 32)] if args.quick else FIRST
     later = [] if args.quick else LATER
     sections = [
         ("environment", lambda: section_environment(ctx)),
         ("matmul_peak", lambda: section_matmul_peak(ctx)),
         ("throughput", lambda: section_throughput(ctx, first, deadline)),
         ("packing", lambda: section_packing(ctx)),
+        ("speednet_packing", lambda: section_speednet_packing(ctx)),
         ("bf16_vs_fp32", lambda: section_bf16_vs_fp32(ctx)),
         ("determinism", lambda: section_determinism(ctx)),
         ("resume", lambda: section_resume(ctx)),

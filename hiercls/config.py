@@ -19,6 +19,7 @@ This module imports only the standard library, ``yaml``, :mod:`hiercls.registry`
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +49,8 @@ __all__ = [
     "ConfigError", "RESUME_FREE_KEYS", "SWITCH_VALUES", "TrainConfig", "invalid_config", "load_config",
     "param_keys", "coerce_field",
     "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
-    "RUN_FOLDER_MARKERS", "read_config_file", "recorded_run_folder",
+    "RUN_FOLDER_MARKERS", "read_config_file", "recorded_run_folder", "FLIP_MODES", "FIDELITY_KEYS",
+    "resolve_config_file", "shipped_dir", "shipped_recipes",
 ]
 
 
@@ -68,18 +70,19 @@ def invalid_config(problems: list[str]) -> ConfigError:
     return ConfigError("invalid config:\n  " + "\n  ".join(problems), problems)
 
 
-PARAM_FIELDS = {"loss": "loss_params", "lr_schedule": "schedule_params"}
+PARAM_FIELDS = {"architecture": "model_params", "loss": "loss_params", "lr_schedule": "schedule_params"}
 """The config key naming a registry entry -> the field holding that entry's parameters."""
 
 
 def param_keys(kind: str) -> dict[str, Param]:
-    """Every parameter the entries of registry ``kind`` (``loss`` or ``lr_schedule``) declare: the flat
+    """Every parameter the entries of registry ``kind`` (``architecture``, ``loss`` or ``lr_schedule``)
+    declare: the flat
     config keys of that kind, as :data:`hiercls.registry` holds them now."""
     return param_registries()[kind].all_params()
 
 
 def _param_owner(key: str) -> str | None:
-    """``loss``/``lr_schedule`` when ``key`` is a parameter of such an entry, else None."""
+    """``architecture``/``loss``/``lr_schedule`` when ``key`` is a parameter of such an entry, else None."""
     for kind in PARAM_FIELDS:
         if key in param_keys(kind):
             return kind
@@ -92,6 +95,8 @@ Switch = str
 """A config value ``auto`` (decided by the device: on for CUDA), ``true`` or ``false``; YAML booleans and
 ``on``/``off`` are read as ``true``/``false``."""
 SWITCH_VALUES = ("auto", "true", "false")
+FLIP_MODES = ("random", "alternate", "none")
+"""The values of ``flip`` (:class:`TrainConfig`)."""
 RESUME_FREE_KEYS = ("out_folder", "compile", "num_threads", "checkpoint_every")
 """Keys that may differ when a run is resumed: ``out_folder`` is where the run is, not what it is (a run
 folder copied or moved elsewhere resumes where it now is, and its ``config.yaml`` then names that
@@ -108,10 +113,15 @@ class TrainConfig:
     shared archive, torchvision's download; a run records the folder it read), ``download`` (through
     torchvision when absent), ``hierarchy`` (built-in name or file), ``val_size`` (images held out of the
     official training set, stratified; 0 = train on all 50,000, no validation), ``max_train_samples``
-    (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels, 0 = off).
+    (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels, 0 = off),
+    ``crop_padding`` (the random crop's zero padding in pixels on each side, 0 = no crop; default 4),
+    ``flip`` (horizontal flips of the training images: ``random``, each image with probability 1/2 in
+    every epoch; ``alternate``, each image flipped in every other epoch, the first choice random per
+    image (Jordan 2024, airbench's derandomised flip); ``none``).
 
-    Model and loss: ``architecture`` (model registry name), ``loss`` (loss registry name) and
-    ``loss_params`` (its parameters that are set: flat keys in YAML and ``config.yaml``).
+    Model and loss: ``architecture`` (model registry name) and ``model_params`` (its parameters that
+    are set, e.g. ``speednet``'s ``width``), ``loss`` (loss registry name) and ``loss_params`` (its
+    parameters that are set): flat keys in YAML and ``config.yaml``.
 
     Class embeddings and head (the reference code's flags): ``barzdenzler`` (the embedding losses'
     class embeddings are Barz & Denzler's, the default for those losses), ``devise`` (DeViSE: the class
@@ -136,6 +146,14 @@ class TrainConfig:
     loss's variable parameters: from the start of that epoch the key takes that value, the LR schedule's
     shape applying on top of ``lr``; :mod:`hiercls.value_schedule`, :meth:`values_at`).
 
+    Weights and evaluation (:mod:`hiercls.weights`): ``ema_decay`` (0 = off; else an exponential moving
+    average of the weights, updated after every optimiser step with decay ``min(ema_decay, (1 + t) /
+    (10 + t))`` at step ``t``, is what validation, ``best.pth``, ``final_model.pth`` and the test score:
+    the raw weights keep training), ``whiten_init`` (the model's first convolution is set from the
+    training images' patch covariance, the leading eigenvectors scaled by ``1/sqrt(eigenvalue + 5e-4)``
+    with both signs (Jordan 2024, airbench), and its weight is frozen; its bias still trains),
+    ``flip_tta`` (validation and test score the mean of the outputs of each image and its mirror image:
+    every metric then comes from those averaged outputs).
     Run: ``seed``, ``device`` (``auto`` = CUDA when available, else CPU), ``out_folder``,
     ``evaluate_test`` (score the official test set at the end; search trials turn it off),
     ``num_threads`` (CPU threads for torch, None = torch's default).
@@ -161,8 +179,11 @@ class TrainConfig:
     val_size: int = 5000
     max_train_samples: int | None = None
     cutout: int = 0
+    crop_padding: int = 4
+    flip: str = "random"
     # model and loss
     architecture: str = "plainnet"
+    model_params: Params = dataclasses.field(default_factory=dict)
     loss: str = "cross-entropy"
     loss_params: Params = dataclasses.field(default_factory=dict)
     # class embeddings and the model's head (the reference code's flags)
@@ -189,6 +210,9 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     value_schedule: ValueSchedule | None = None
+    ema_decay: float = 0.0
+    whiten_init: bool = False
+    flip_tta: bool = False
     # run
     seed: int = 0
     device: str = "auto"
@@ -322,6 +346,11 @@ class TrainConfig:
         initial = {k: float(own[k]) for k in variable_keys(self.loss)}
         return values_in_effect(initial, self.value_schedule, epoch)
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """The parameters of the chosen model that are set, by its factory's names."""
+        accepted = _accepted(MODELS, self.architecture)
+        return {k: v for k, v in self.model_params.items() if k in accepted}
+
     def loss_kwargs(self) -> dict[str, Any]:
         """The parameters of the chosen loss that are set, by its factory's names."""
         accepted = _accepted(LOSSES, self.loss)
@@ -361,7 +390,8 @@ class TrainConfig:
                     takes = ", ".join(accepted) or "no parameters"
                     problems.append(
                         f"{key}={value!r} is set, but {kind} {name!r} does not take it "
-                        f"({name} takes: {takes}); choose the {kind} that uses it or unset it"
+                        f"({name} takes: {takes}); choose the {kind} that uses it or unset it "
+                        f"(--set {key}=null)"
                     )
         return problems
 
@@ -423,6 +453,10 @@ class TrainConfig:
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
             ("val_size", 0 <= self.val_size < 50_000, "in 0..49999 (0 = no validation split)"),
             ("cutout", 0 <= self.cutout <= 32, "in 0..32 pixels"),
+            ("crop_padding", 0 <= self.crop_padding <= 16, "in 0..16 pixels (0 = no random crop)"),
+            ("flip", self.flip in FLIP_MODES, ", ".join(FLIP_MODES)),
+            ("ema_decay", math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1,
+             "in [0, 1) (0 = no weight average; 0.99 averages about the last 100 steps)"),
             ("seed", self.seed >= 0, ">= 0"),
             ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer (epochs)"),
         ]
@@ -460,7 +494,7 @@ class TrainConfig:
             )
         problems += self._embedding_problems()
         problems += value_schedule_problems(self.value_schedule, self.loss, self.epochs)
-        if self.loss in LOSSES and self.lr_schedule in SCHEDULES:
+        if self.loss in LOSSES and self.lr_schedule in SCHEDULES and self.architecture in MODELS:
             problems += self._inactive_parameters()
             for kind, field in PARAM_FIELDS.items():
                 registry = param_registries()[kind]
@@ -554,13 +588,19 @@ VALUE_SCHEDULE_KEYS = ("value_schedule",)
 defaults (no schedule) when it is read."""
 
 
+FIDELITY_KEYS = ("crop_padding", "flip", "ema_decay", "whiten_init", "flip_tta")
+"""Keys added with the speedrun recipe's training options; a ``config.yaml`` written before lacks them,
+and they take their defaults (the training and evaluation it ran) when it is read."""
+
+
 def fill_added_keys(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with the :data:`EMBEDDING_KEYS` and :data:`VALUE_SCHEDULE_KEYS` defaults filled in when
+    """``values`` with the :data:`EMBEDDING_KEYS`, :data:`VALUE_SCHEDULE_KEYS` and :data:`FIDELITY_KEYS`
+    defaults filled in when
     those are the only fixed keys missing (a complete ``config.yaml`` of an earlier hiercls); anything
     else is returned unchanged, so a torn file still shows as torn."""
     out = dict(values)
     missing = [k for k in TrainConfig.field_names() if k not in out]
-    if missing and set(missing) <= set(EMBEDDING_KEYS) | set(VALUE_SCHEDULE_KEYS):
+    if missing and set(missing) <= set(EMBEDDING_KEYS) | set(VALUE_SCHEDULE_KEYS) | set(FIDELITY_KEYS):
         out.update({k: getattr(TrainConfig, k) for k in missing})
     return out
 
@@ -581,18 +621,47 @@ def upgrade_saved_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return fill_added_keys(out)
 
 
+def shipped_dir(package: str, folder: str) -> Path:
+    """The folder of YAML files shipped as the package data ``package`` (``hiercls.recipes``,
+    ``hiercls.search_spaces``): the top-level ``folder`` of a checkout, installed under that name."""
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / folder
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the shipped training recipes (``recipes/*.yaml``: ``speedrun``...), sorted."""
+    return sorted(p.stem for p in shipped_dir("hiercls.recipes", "recipes").glob("*.yaml"))
+
+
+def resolve_config_file(name_or_path: str | Path) -> Path:
+    """The config file ``name_or_path`` names: an existing file as given (it always wins), else a shipped
+    recipe by name (``speedrun`` or ``speedrun.yaml``, from any working directory), else the path as given
+    (:func:`read_config_file` then says it does not exist, listing the recipes)."""
+    path = Path(name_or_path)
+    if path.is_file() or len(path.parts) != 1:
+        return path
+    shipped = shipped_dir("hiercls.recipes", "recipes") / (path.name if path.suffix == ".yaml"
+                                                            else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping of keys to values in the YAML file at ``path`` (an empty file: no keys).
+    """The mapping of keys to values in the YAML file at ``path`` (an empty file: no keys); a bare name
+    that is no file is a shipped recipe (:func:`resolve_config_file`).
 
     Raises:
-        ConfigError: one line naming the file and what is wrong with it: it does not exist, cannot be
-            read (the OS error), is not UTF-8 text (the first bad byte and its offset), is not YAML (the
-            line and column of the first problem), or holds something other than a mapping.
+        ConfigError: one line naming the file and what is wrong with it: it does not exist (and is not a
+            shipped recipe: the message lists them), cannot be read (the OS error), is not UTF-8 text (the
+            first bad byte and its offset), is not YAML (the line and column of the first problem), or
+            holds something other than a mapping.
     """
-    path = Path(path)
+    path = resolve_config_file(path)
     name = repr(str(path))
     if not path.is_file():
-        raise ConfigError(f"config file {name} does not exist")
+        raise ConfigError(f"config file {name} does not exist (and is not a shipped recipe: "
+                          f"{', '.join(shipped_recipes())})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

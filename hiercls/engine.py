@@ -71,6 +71,7 @@ from hiercls.storage import (
     serialize,
 )
 from hiercls.value_schedule import all_variable_keys, upgrade_record, value_schedule_from_history
+from hiercls.weights import WHITEN_IMAGES, WeightAverage, whiten_first_conv
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -368,8 +369,14 @@ def evaluate(
     criterion: nn.Module | None = None,
     *,
     ks: tuple[int, ...] = VAL_KS,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on every batch of an evaluation loader (fixed order, last partial batch included).
+
+    With ``tta`` (flip test-time augmentation, the config's ``flip_tta``) the outputs of a batch are the
+    mean of the model's outputs on the images and on their mirror images (``images.flip(3)``), float
+    ``[B, num_outputs]``; the loss, the class scores and every metric are computed from those averaged
+    outputs.
 
     The forward pass runs in IEEE fp32 (:func:`ieee_fp32`: no bf16 autocast, no TF32), whatever the
     training used: bf16 logits tie for the top-1 class in about 2 % of samples and flip it in about 1 %,
@@ -407,7 +414,10 @@ def evaluate(
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(0)
         for images, labels in loader.epoch(0):
-            outputs = eager_for(model, labels.shape[0], loader.batch_size)(images).float()
+            net = eager_for(model, labels.shape[0], loader.batch_size)
+            outputs = net(images).float()
+            if tta:
+                outputs = (outputs + net(images.flip(3)).float()) / 2
             acc.update(class_scores(criterion, outputs), labels)
             if criterion is not None:
                 loss_sum += criterion(outputs, labels).double() * labels.shape[0]
@@ -485,7 +495,7 @@ class Run:
         common = {"device": self.device, "channels_last": self.channels_last}
         self.train_loader = DeviceLoader(
             splits.train, batch_size=config.batch_size, train=True, seed=config.seed,
-            cutout=config.cutout, **common,
+            cutout=config.cutout, crop_padding=config.crop_padding, flip=config.flip, **common,
         )
         self.val_loader = (
             DeviceLoader(splits.val, batch_size=config.eval_batch_size, train=False, **common)
@@ -506,9 +516,16 @@ class Run:
             config.architecture, num_classes=model_outputs(checked.criterion, self.hierarchy),
             use_2fc=config.use_2fc,
             fc_inner_dim=config.fc_inner_dim, use_fc_batchnorm=config.use_fc_batchnorm,
+            **config.model_kwargs(),
         ).to(self.device)
+        if config.whiten_init:  # the first training images, normalised as the model sees them
+            sample = self.train_loader.images[:WHITEN_IMAGES]
+            whiten_first_conv(model, self.train_loader.normalise(sample))
+        # parameters the model or an option keeps fixed (whiten_init's filters): never unfrozen
+        self._fixed = {id(p) for p in model.parameters() if not p.requires_grad}
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.criterion = checked.criterion.to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.schedule = build_schedule(
@@ -540,6 +557,23 @@ class Run:
                 raise ValueError(f"{key} is not a value a run can change from one epoch to the next")
         if loss_values:
             self.criterion.set_values(**loss_values)
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """What validation and test score: the moving average of the weights (``ema_decay``), else
+        :attr:`net`."""
+        return self.ema.module if self.ema is not None else self.net
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The module whose weights :attr:`eval_net` runs (the average's copy, or :attr:`model`): the weights
+        ``best.pth`` and ``final_model.pth`` hold."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate(self, loader: DeviceLoader, ks: tuple[int, ...] = VAL_KS) -> dict[str, Any]:
+        """:func:`evaluate` of :attr:`eval_net` on ``loader`` with the run's loss and ``flip_tta``."""
+        return evaluate(self.eval_net, loader, self.hierarchy, self.criterion, ks=ks,
+                        tta=self.config.flip_tta)
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the training forward pass when ``amp`` is on (any device), else a no-op."""
@@ -602,6 +636,7 @@ class Run:
             "schedule": self.schedule.state_dict(),
             "loss_epoch": float(getattr(self.criterion, "epoch", 0.0)),
             "rng": _rng_state(self.device),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "history": history,
             "best": best,
             "config": self.config.to_dict(),
@@ -618,7 +653,7 @@ class Run:
             "version": CHECKPOINT_VERSION,
             "kind": "best",
             "epoch": epoch,
-            "model": self.model.state_dict() if weights is None else dict(weights),
+            "model": self.eval_model.state_dict() if weights is None else dict(weights),
             "history": list(history),
             "best": best,
             "config": self.config.to_dict(),
@@ -646,6 +681,11 @@ class Run:
             self.schedule.set_base_lr(schedule["base_lr"])
         self.schedule.load_state_dict(schedule)
         self.criterion.set_epoch(state["loss_epoch"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise CheckpointError("the checkpoint holds no moving average of the weights (it was written "
+                                      "with ema_decay 0), but this run averages them")
+            self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"], self.device)
 
     def load_best(self, state: Mapping[str, Any]) -> None:
@@ -654,6 +694,8 @@ class Run:
         the epoch. Not exact: the result differs from an uninterrupted run."""
         epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:  # best.pth holds the averaged weights: both start from them
+            self.ema.reset(self.model)
         position = {**self.schedule.state_dict(), "step": epoch * self.schedule.steps_per_epoch}
         self.schedule.load_state_dict(position)
         self.criterion.set_epoch(self.schedule.epoch)
@@ -676,6 +718,8 @@ class Run:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return loss.detach()
 
     def train_epoch(self, epoch: int, progress: Callable[[int], Any] | None) -> tuple[float, bool]:
@@ -704,11 +748,13 @@ class Run:
         frozen parameter gets no gradient, so the optimiser leaves it, its momentum and its weight decay
         alone; BatchNorm statistics still update in training mode."""
         for p in backbone_parameters(self.model):
-            p.requires_grad_(not frozen)
+            if id(p) not in self._fixed:
+                p.requires_grad_(not frozen)
 
     def weights_copy(self) -> dict[str, torch.Tensor]:
-        """A host copy of the model's weights (the ``best.pth`` of an epoch that is not checkpointed)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        """A host copy of the evaluated weights (:attr:`eval_model`: the ``best.pth`` of an epoch that is not
+        checkpointed)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
 
 
 def build_run(config: TrainConfig, data: Cifar100 | None = None) -> Run:
@@ -1243,7 +1289,7 @@ def _train(
         status = "ok" if finite else "nan"
         if run.val_loader is not None:
             if finite:
-                metrics = evaluate(run.net, run.val_loader, run.hierarchy, run.criterion)
+                metrics = run.evaluate(run.val_loader)
                 if not math.isfinite(metrics["loss"]):
                     status = "nan"
             if not finite or status == "nan":
@@ -1279,7 +1325,7 @@ def _train(
 
     if pending_best is not None:  # a run that went NaN before its next checkpoint
         atomic_write_files([(best_path, _serialize(pending_best))])
-    atomic_torch_save(run.model.state_dict(), out / "final_model.pth")
+    atomic_torch_save(run.eval_model.state_dict(), out / "final_model.pth")
     test = None
     if config.evaluate_test and status == "ok":
         test = _final_test(run, out, best_path if best["epoch"] is not None else None, best)
@@ -1305,18 +1351,16 @@ def evaluate_keys(hierarchy: Hierarchy) -> list[str]:
 
 def _final_test(run: Run, out: Path, best_path: Path | None, best: Mapping[str, Any]) -> dict[str, Any]:
     loader = run.test_loader()
-    scores = evaluate(run.net, loader, run.hierarchy, run.criterion, ks=TEST_KS)
-    results = test_results(scores)
+    results = test_results(run.evaluate(loader, ks=TEST_KS))
     results["epoch"] = run.config.epochs
     if best_path is not None:
-        last_weights = {k: v.clone() for k, v in run.model.state_dict().items()}
-        run.model.load_state_dict(load_checkpoint(best_path)["model"])
-        best_results = test_results(
-            evaluate(run.net, loader, run.hierarchy, run.criterion, ks=TEST_KS)
-        )
+        scored = run.eval_model
+        last_weights = {k: v.clone() for k, v in scored.state_dict().items()}
+        scored.load_state_dict(load_checkpoint(best_path)["model"])
+        best_results = test_results(run.evaluate(loader, ks=TEST_KS))
         best_results["epoch"] = best["epoch"]
         results["best_val_model"] = best_results
-        run.model.load_state_dict(last_weights)
+        scored.load_state_dict(last_weights)
     atomic_write_text(out / "final_test_results.json", json.dumps(results, indent=2))
     log.info(
         "test: accuracy %.2f%%, mistake severity %.4f, hdist@1 %.4f (last model, epoch %d)",

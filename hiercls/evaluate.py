@@ -68,7 +68,9 @@ def _locate(target: Path, weights: str) -> tuple[TrainConfig, dict[str, Any], in
             config = TrainConfig.from_dict(state["config"])
         except (ConfigError, TypeError, ValueError) as err:
             raise CheckpointError(f"{str(target)!r} holds an invalid config: {err}") from err
-        return config, state["model"], _epoch_of(state)
+        # a last.pth of a run that averages its weights: the average is what the run evaluates
+        model = state["ema"]["weights"] if isinstance(state.get("ema"), dict) else state["model"]
+        return config, model, _epoch_of(state)
     raise FileNotFoundError(f"{str(target)!r} is neither a run folder nor a checkpoint file")
 
 
@@ -120,7 +122,8 @@ def evaluate_saved(
     run.criterion.set_epoch(float(config.epochs))
     run.set_values(config.values_at(min(epoch or config.epochs, config.epochs)))  # the loss of that epoch
     ks = TEST_KS if split == "test" else VAL_KS
-    metrics = evaluate(run.model, loader, run.hierarchy, run.criterion, ks=ks)  # fp32 logits, as in training
+    # fp32 outputs and flip_tta, as in training
+    metrics = evaluate(run.model, loader, run.hierarchy, run.criterion, ks=ks, tta=config.flip_tta)
     return {**metrics, "split": split, "source": str(target)}
 
 

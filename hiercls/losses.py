@@ -22,7 +22,7 @@ its device and equals a loss freshly built with the new values, bit for bit.
 ========================== =================================================== ============================
 name                       formula                                             parameters (defaults)
 ========================== =================================================== ============================
-cross-entropy              ``-log p(y)``                                        none
+cross-entropy              ``-log p(y)``, optionally label-smoothed             ``label_smoothing=0``
 hierarchical-cross-entropy HXE, Bertinetto et al. (CVPR 2020) eq. 4             ``alpha=0.1``,
                                                                                 ``normalize=False``
 soft-labels                KL(soft target || softmax), Bertinetto et al. eq. 5  ``beta=10``
@@ -232,22 +232,51 @@ class HierarchyLoss(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 
 
-@LOSSES.register("cross-entropy")
+_LABEL_SMOOTHING = Param(
+    "label_smoothing", "float", 0.0,
+    "cross-entropy: weight of the uniform distribution mixed into the one-hot target", low=0.0, high=1.0,
+    high_open=True, unit="fraction",
+    source="off: the plain cross-entropy; Szegedy et al. (CVPR 2016, sec. 7) use 0.1, airbench (Jordan "
+           "2024) 0.2",
+)
+
+
+@LOSSES.register("cross-entropy", params=(_LABEL_SMOOTHING,))
 class CrossEntropyLoss(HierarchyLoss):
-    """Flat cross-entropy ``-log softmax(logits)[y]``, mean over the batch (:func:`cross_entropy`).
+    """Flat cross-entropy ``-log softmax(logits)[y]``, mean over the batch, optionally label-smoothed.
+
+    :func:`cross_entropy`, with label smoothing as Szegedy et al. ("Rethinking the Inception
+    Architecture", CVPR 2016, sec. 7) define it.
+
+    With ``label_smoothing = eps`` the target is ``(1 - eps) * onehot(y) + eps / C`` and the loss is
+    ``(1 - eps) * CE + eps * mean_c(-log softmax(logits)[c])``, which equals ``F.cross_entropy(...,
+    label_smoothing=eps)``. Label smoothing is the soft-labels loss (Bertinetto et al. eq. 5) on a flat
+    hierarchy, where every other class is equally far: the soft-labels loss replaces the uniform share
+    with one that decays with the LCA distance, so the two are alternatives, not a combination
+    (``soft-labels`` does not take ``label_smoothing``; the value differs from soft-labels' KL by the
+    target's entropy, a constant).
 
     Args:
         hierarchy: only used for the class count check; may be None.
+        label_smoothing: ``eps`` in ``[0, 1)``, a fraction; 0 is the plain cross-entropy.
 
     Call: ``logits`` float ``[N, C]``, ``targets`` long ``[N]`` -> scalar.
     """
 
-    def __init__(self, hierarchy=None) -> None:
+    def __init__(self, hierarchy=None, *, label_smoothing: float) -> None:
         super().__init__(None if hierarchy is None else hierarchy.num_classes)
+        self.label_smoothing = float(_LABEL_SMOOTHING.check(label_smoothing))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self._check(logits, targets)
-        return cross_entropy(logits, targets)
+        loss = cross_entropy(logits, targets)
+        if self.label_smoothing == 0.0:
+            return loss
+        uniform = -F.log_softmax(_compute_dtype(logits), dim=1).mean(dim=1).mean()
+        return (1.0 - self.label_smoothing) * loss + self.label_smoothing * uniform
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every model maps float32 images [B, 3, 32, 32] to logits float32 [B, num_classes].
 
-Registered names: ``plainnet`` (Plain-11), ``resnet18`` (alias ``ResNet18``), ``wrn28-10``.
+Registered names: ``plainnet`` (Plain-11), ``resnet18`` (alias ``ResNet18``), ``wrn28-10``, ``speednet``
+(a speedrun-class network with declared ``width`` and ``depth``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hiercls.registry import MODELS
+from hiercls.registry import MODELS, Param
 
 __all__ = [
-    "MODELS", "GlobalAvgPool", "PlainNet11", "PreActWideResNet", "ResNetCifar", "backbone_parameters",
-    "build_model", "count_parameters", "head_parameters",
+    "MODELS", "GlobalAvgPool", "PlainNet11", "PreActWideResNet", "ResNetCifar", "SpeedNet",
+    "backbone_parameters", "build_model", "count_parameters", "first_conv", "head_parameters",
 ]
 
 def build_model(
@@ -24,8 +25,10 @@ def build_model(
     use_2fc: bool = False,
     fc_inner_dim: int = 1024,
     use_fc_batchnorm: bool = False,
+    **params: object,
 ) -> nn.Module:
-    """Build the registered model ``name`` (or an alias) with ``num_classes`` outputs.
+    """Build the registered model ``name`` (or an alias) with ``num_classes`` outputs and its declared
+    ``params`` (``speednet``'s ``width``, ``depth``; a parameter not given takes its declared default).
 
     ``num_classes`` is the number of outputs: the class count for the classification losses, the
     embedding's dimension for the embedding losses, the non-root node count for ``yolo-v2``. Every model
@@ -36,17 +39,19 @@ def build_model(
     ``--fc_inner_dim``, ``--use_fc_batchnorm``).
 
     Raises:
-        ValueError: unknown name (the message lists the registered ones), ``num_classes`` < 1,
-            ``fc_inner_dim`` < 1, or ``use_fc_batchnorm`` without ``use_2fc``.
+        ValueError: unknown name (the message lists the registered ones), a parameter the model does not
+            declare or out of its range, ``num_classes`` < 1, ``fc_inner_dim`` < 1, or
+            ``use_fc_batchnorm`` without ``use_2fc``.
     """
     factory = MODELS.get(name)
+    params = MODELS.check(name, params)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if use_fc_batchnorm and not use_2fc:
         raise ValueError("use_fc_batchnorm needs use_2fc (the batch norm sits between the two linear layers)")
     if fc_inner_dim < 1:
         raise ValueError(f"fc_inner_dim must be >= 1, got {fc_inner_dim}")
-    model = factory(num_classes=num_classes)
+    model = factory(num_classes=num_classes, **params)
     if use_2fc:
         features = model.classifier.in_features
         layers: list[nn.Module] = [nn.Linear(features, fc_inner_dim), nn.ReLU(inplace=True)]
@@ -69,6 +74,19 @@ def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in head]
 
 
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first ``nn.Conv2d`` of ``model`` in ``model.modules()`` order: the one the images meet first in
+    every registered model (its stem).
+
+    Raises:
+        ValueError: the model has no convolution.
+    """
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError(f"{type(model).__name__} has no convolution to initialise")
+    return conv
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -86,7 +104,8 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class GlobalAvgPool(nn.Module):
@@ -279,6 +298,71 @@ class PreActWideResNet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
+# SpeedNet: a speedrun-class CIFAR network
+# --------------------------------------------------------------------------------------------------
+
+
+class _ConvGroup(nn.Module):
+    """``depth`` 3x3 convolutions without bias, each followed by BatchNorm and GELU, with a 2x2 max-pool
+    after the first convolution (before its BatchNorm): the block of Jordan's airbench (2024)."""
+
+    def __init__(self, in_ch: int, out_ch: int, depth: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers.append(nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=False))
+            if i == 0:
+                layers.append(nn.MaxPool2d(2))
+            layers += [_speed_bn(out_ch), nn.GELU()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def _speed_bn(channels: int) -> nn.BatchNorm2d:
+    # airbench's BatchNorm: fast running statistics (PyTorch momentum 0.4 = its 0.6 in Keras' convention)
+    # and a tiny epsilon
+    return nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
+
+
+class SpeedNet(nn.Module):
+    """A speedrun-class CIFAR network, after the design of Jordan's airbench ("94% on CIFAR-10 in 3.29
+    Seconds on a Single GPU", arXiv:2404.00498, 2024) and its CIFAR-100 descendants, written anew:
+
+    * a 2x2 convolution without padding from 3 to 24 channels (2 x 3 x 2 x 2: room for every direction of
+      a 2x2 patch with both signs, which ``whiten_init`` fills with the patch-whitening filters), GELU;
+    * three groups of ``depth`` 3x3 convolutions (``width``, ``2 * width``, ``4 * width`` channels), a 2x2
+      max-pool after each group's first convolution, BatchNorm (momentum 0.4, eps 1e-12) and GELU after
+      each convolution (32 -> 31 -> 15 -> 7 -> 3 pixels);
+    * global max pooling and a linear classifier without bias whose output is scaled by 1/9 (airbench's
+      temperature, which keeps the first steps' logits small).
+
+    ``width=64, depth=2``: 1.18M parameters with 100 classes, about 0.12 GFLOPs (multiply-adds) per image
+    forward; airbench94's own widths are 64, 256, 256.
+    """
+
+    STEM_CHANNELS = 24
+
+    def __init__(self, num_classes: int = 100, width: int = 64, depth: int = 2) -> None:
+        super().__init__()
+        widths = (width, 2 * width, 4 * width)
+        self.stem = nn.Sequential(nn.Conv2d(3, self.STEM_CHANNELS, 2, padding=0, bias=True), nn.GELU())
+        groups, in_ch = [], self.STEM_CHANNELS
+        for w in widths:
+            groups.append(_ConvGroup(in_ch, w, depth))
+            in_ch = w
+        self.groups = nn.Sequential(*groups)
+        self.classifier = nn.Linear(in_ch, num_classes, bias=False)
+        # PyTorch's default initialisation, as airbench keeps it (BatchNorm starts as the identity)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 [B, 3, H, W] -> logits [B, num_classes]."""
+        x = self.groups(self.stem(x)).amax(dim=(2, 3))
+        return self.classifier(x) / 9.0
+
+
+# --------------------------------------------------------------------------------------------------
 # Registry entries
 # --------------------------------------------------------------------------------------------------
 
@@ -299,6 +383,20 @@ def resnet18(num_classes: int = 100) -> nn.Module:
 def wrn28_10(num_classes: int = 100) -> nn.Module:
     """WideResNet-28-10 without dropout; see :class:`PreActWideResNet`."""
     return PreActWideResNet(28, 10, num_classes=num_classes, dropout=0.0)
+
+
+@MODELS.register("speednet", params=(
+    Param("width", "int", 64, "speednet: channels of the first group (the others have 2x and 4x)", low=1,
+          unit="channels", source="airbench's first group (Jordan 2024); 64, 128, 256 fit a 2-core CPU's "
+          "10 minutes"),
+    Param("depth", "int", 2, "speednet: 3x3 convolutions per group", low=1,
+          source="airbench's two per group (Jordan 2024)"),
+))
+def speednet(num_classes: int = 100, *, width: int, depth: int) -> nn.Module:
+    """Speedrun-class network (airbench-style): 2x2 stem, three conv-pool-BN-GELU groups.
+
+    See :class:`SpeedNet`."""
+    return SpeedNet(num_classes=num_classes, width=width, depth=depth)
 
 
 if __name__ == "__main__":  # pragma: no cover - quick size report

@@ -404,7 +404,8 @@ class Registry(Generic[F]):
 HIERARCHIES: Registry = Registry("hierarchy", provider="hiercls.hierarchy")
 """The built-in CIFAR-100 hierarchies, ``fn() -> Hierarchy`` (a file path is the other way to name one)."""
 MODELS: Registry = Registry("model", provider="hiercls.models", call_args=("num_classes",))
-"""Model factories ``fn(num_classes) -> nn.Module`` (:func:`hiercls.models.build_model`)."""
+"""Model factories ``fn(num_classes, **params) -> nn.Module`` (:func:`hiercls.models.build_model`); a model's
+declared parameters (``speednet``'s ``width``, ``depth``) are flat config keys like a loss's."""
 LOSSES: Registry = Registry("loss", provider="hiercls.losses", call_args=("hierarchy", "class_embeddings"))
 """Loss classes ``cls(hierarchy, **params)``; the embedding losses also take ``class_embeddings``
 (:func:`hiercls.losses.build_loss`)."""
@@ -433,5 +434,5 @@ to the next (``variable``)."""
 
 def param_registries() -> dict[str, Registry]:
     """The registries whose entries' parameters are flat config keys, by the config key naming the
-    entry: ``{"loss": LOSSES, "lr_schedule": SCHEDULES}``."""
-    return {"loss": LOSSES, "lr_schedule": SCHEDULES}
+    entry: ``{"architecture": MODELS, "loss": LOSSES, "lr_schedule": SCHEDULES}``."""
+    return {"architecture": MODELS, "loss": LOSSES, "lr_schedule": SCHEDULES}

@@ -70,6 +70,9 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str | None]] = [
     ("val_size", (), int, "validation images held out of the training set (0: none)"),
     ("max_train_samples", (), int, "stratified subset of the training split, for quick runs"),
     ("cutout", (), int, "Cutout square side in pixels (0: off)"),
+    ("crop_padding", (), int, "random crop's zero padding in pixels on each side (0: no crop)"),
+    ("flip", (), str, "horizontal flips of training images: random (p = 1/2 every epoch), alternate (each "
+     "image in every other epoch; airbench), none"),
     ("architecture", (), str, "one of {model}"),
     ("loss", (), str, "one of {loss}"),
     ("word_vectors", (), str, "with --devise: fastText word vectors of the class names (a .bin model or a "
@@ -92,6 +95,8 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str | None]] = [
      "values, e.g. '{{1: {{lambda_coarse: 0.0}}, 3: {{lambda_coarse: 1.0, lr: 0.05}}}}': from the start of "
      "that epoch the key takes that value; keys: {run_variable} (the base rate: the --lr_schedule shape "
      "applies on top) and the loss's {variable}"),
+    ("ema_decay", (), float, "moving average of the weights per optimiser step, evaluated and saved in place "
+     "of the trained weights (0: off; e.g. 0.99)"),
     ("seed", (), int, "seed of the split, initialisation and augmentation"),
     ("device", (), str, "auto, cpu, cuda, cuda:N"),
     ("out_folder", (), str, "output folder (default runs/<loss>_<architecture>_seed<seed>)"),
@@ -158,7 +163,7 @@ def _flags() -> list[tuple[str, tuple[str, ...], Any, str]]:
         else:
             flag = (key, extra, kind, text.format(**names))
         out.append(flag)
-        if flag[0] in ("loss", "lr_schedule"):
+        if flag[0] in ("architecture", "loss", "lr_schedule"):
             out += _param_flags(flag[0])
     return out
 
@@ -203,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("devise", "DeViSE (Frome et al., NeurIPS 2013): class embeddings from --word_vectors"),
         ("use_2fc", "a two-layer head: Linear -> ReLU [-> BatchNorm] -> Linear"),
         ("use_fc_batchnorm", "with --use_2fc: batch norm between the head's layers"),
+        ("whiten_init", "set the first convolution from the training images' patch whitening and freeze "
+                        "its weight (airbench)"),
+        ("flip_tta", "validation and test score the mean outputs of each image and its mirror image"),
     ):
         spellings = dict.fromkeys([f"--{key}", f"--{key.replace('_', '-')}"])
         parser.add_argument(*spellings, dest=key, nargs="?", const=True, type=_switch_value,

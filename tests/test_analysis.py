@@ -489,7 +489,7 @@ def test_torn_result_json_is_reported_not_silently_stopped_early(tmp_path, capsy
     ("config.yaml", b"", "config.yaml: empty; config rebuilt from search_spec.yaml and the searched values"),
     ("config.yaml", "cut:lr", "config.yaml: torn: no newline at the end (cut mid-line); config rebuilt from "
                               "search_spec.yaml and the searched values"),  # 'lr: 0' would parse
-    ("config.yaml", "lines:12", "config.yaml: torn: ends after key 'lambda_fine' (12 of "),
+    ("config.yaml", "lines:12", "config.yaml: torn: ends after key 'loss' (12 of "),
     ("config.yaml", b"lr: [0.1\nloss: x\n", "config.yaml: corrupt: invalid YAML at line 2; config rebuilt"),
     ("config.yaml", "extra", "config.yaml: invalid: unknown key 'bogus'; config rebuilt"),
     ("all_epoch_results.json", b"", "all_epoch_results.json: empty; epoch records from result.json"),

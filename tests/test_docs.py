@@ -23,7 +23,8 @@ one fence run in order, in a fresh working folder (``search_spaces/`` linked in)
 * ``python -m hiercls.train`` / ``hiercls-train``: the training CLI's ``--check`` returns 0 and prints the
   resolved config (YAML). A relative data folder the command names is created empty (a run would have
   torchvision download into it). A ``--config FILE`` that no earlier command of the fence wrote is written
-  first by a real ``analysis.export`` of the toy search (slow lane).
+  first by a real ``analysis.export`` of the toy search (slow lane); a shipped recipe's name (``--config
+  speedrun``) is checked as it is (fast lane).
 * ``python -m analysis.rank`` / ``analysis.export``: run for real against the toy search; every
   ``runs/tune/NAME`` experiment path is rewritten to it (the docs' PB2 and constrained experiments
   included: the toy search is a constrained TPE search, with a loose bound). ``analysis.compare``: its run
@@ -245,7 +246,7 @@ def needs(command: Command) -> int:
     if kind in ("compare", "evaluate"):
         return REAL
     if kind in ("rank", "export") or (kind == "tune" and "--resume" in args) \
-            or (kind == "train" and "--config" in args):
+            or (kind == "train" and "--config" in args and not _recipe(_value(args, "--config"))):
         return TOY
     if kind == "external" and args[0] in ("optuna-dashboard", "tensorboard"):
         return TOY
@@ -431,12 +432,19 @@ def _export_toy(ctx: Context, out: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def _recipe(config: str | None) -> bool:
+    """Whether a ``--config`` value names a shipped recipe (``speedrun``): checked as it is, no export."""
+    from hiercls.config import shipped_recipes
+
+    return config is not None and config.removesuffix(".yaml") in shipped_recipes()
+
+
 def check_train(ctx: Context, command: Command, args: list[str]) -> None:
     data = _value(args, "--data-dir", "--data_dir", "--data_path", "--data-path")
     if data is not None and not Path(data).is_absolute():
         (ctx.cwd / data).mkdir(parents=True, exist_ok=True)  # empty: a run would download into it
     config = _value(args, "--config")
-    if config is not None and not (ctx.cwd / config).exists():
+    if config is not None and not (ctx.cwd / config).exists() and not _recipe(config):
         assert ctx.toy is not None, f"{command}: --config {config} needs the toy search"
         _export_toy(ctx, ctx.cwd / config)
     done = _run(command, ENTRY["train"], [*args, "--check"])

@@ -76,7 +76,7 @@ def test_registered_names():
 
 
 def test_defaults():
-    assert loss_params("cross-entropy") == {}
+    assert loss_params("cross-entropy") == {"label_smoothing": 0.0}
     assert loss_params("hierarchical-cross-entropy") == {"alpha": 0.1, "normalize": False}
     assert loss_params("yolo-v2") == {"alpha": 0.1, "normalize": False}
     assert loss_params("soft-labels") == {"beta": 10.0}
@@ -97,7 +97,7 @@ def test_defaults():
         ("nope", {}, "valid: cosine-distance, cosine-plus-xent, cross-entropy, hierarchical-cross-entropy, "
                      "ranking-loss, simple-hierarchy, soft-labels, yolo-v2"),
         ("hierarchical-cross-entropy", {"beta": 1.0}, r"'beta'.*valid: alpha, normalize"),
-        ("cross-entropy", {"alpha": 1.0}, r"'alpha'.*valid: none"),
+        ("cross-entropy", {"alpha": 1.0}, r"'alpha'.*valid: label_smoothing"),
         ("soft-labels", {"alpha": 1.0}, r"'alpha'.*valid: beta"),
         ("simple-hierarchy", {"lambda": 1.0}, r"'lambda'.*coarse_level"),
         ("hierarchical-cross-entropy", {"alpha": -0.1}, r"alpha=-0.1 .*\[0.0, inf\)"),

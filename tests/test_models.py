@@ -15,7 +15,9 @@ from hiercls.models import MODELS, PlainNet11, ResNetCifar, build_model, count_p
 
 # Counts with 100 classes. ResNet-18 (CIFAR variant): 11,220,132 (the usual "11.2M");
 # WRN-28-10: 36.5M in Zagoruyko & Komodakis (2016, Table 1); Plain-11: computed from its layout.
-EXPECTED_PARAMS = {"plainnet": 3_381_796, "resnet18": 11_220_132, "wrn28-10": 36_500_000}
+# speednet (width 64, depth 2): computed from its layout by speednet_params.
+EXPECTED_PARAMS = {"plainnet": 3_381_796, "resnet18": 11_220_132, "wrn28-10": 36_500_000,
+                   "speednet": 1_184_312}
 
 # Every test below that runs a model loops over the registry, so a newly registered model is tested
 # without editing this file (test_registry_names, which pins the list, reminds whoever adds one).
@@ -28,6 +30,16 @@ def plain11_params(num_classes: int = 100) -> int:
     total = sum(9 * c_in * c_out + c_out + 2 * c_out for c_in, c_out in zip(channels, channels[1:]))
     total += 512 * 512 + 512 + 2 * 512  # fc512 + BN1d
     return total + 512 * num_classes + num_classes
+
+
+def speednet_params(width: int = 64, depth: int = 2, num_classes: int = 100) -> int:
+    """speednet parameters by hand: the 2x2 stem (24 filters with bias), three groups of ``depth`` 3x3
+    convolutions without bias plus BatchNorm (2 per channel), the linear head without bias."""
+    total, c_in = 3 * 24 * 4 + 24, 24
+    for c in (width, 2 * width, 4 * width):
+        total += 9 * c_in * c + 2 * c + (depth - 1) * (9 * c * c + 2 * c)
+        c_in = c
+    return total + c_in * num_classes
 
 
 @functools.cache
@@ -52,7 +64,7 @@ def _release_models():
 
 
 def test_registry_names():
-    assert MODELS.names() == ["plainnet", "resnet18", "wrn28-10"]
+    assert MODELS.names() == ["plainnet", "resnet18", "speednet", "wrn28-10"]
     assert "ResNet18" in MODELS
 
 
@@ -101,6 +113,11 @@ def test_forward_backward_and_gradients(name):
 # tensor scaled by 1.5 or negated (tried on a bias or batch-norm weight of each model) moved <grad L, d>
 # by 1.5e-3..7e-2, more than 100x the largest tolerance.
 FD_INPUT = (2, 3, 16, 16)
+# speednet at initialisation barely moves the loss in eval mode (its logits are scaled by 1/9 and its
+# fresh running statistics leave the activations small: <grad L, d> = 2e-4, below the 1e-2 a measurable
+# direction needs at h = 1e-8), so it is checked in training mode on 32x32 images: BatchNorm then uses the
+# batch's statistics, still a fixed smooth function of the weights for a fixed batch (<grad L, d> = 0.088).
+FD_TRAINING_MODE = {"speednet": (2, 3, 32, 32)}
 FD_STEPS = (1e-6, 1e-7, 1e-8)
 FD_RTOL = 1e-6
 FD_ROUNDING = 100 * torch.finfo(torch.float64).eps
@@ -108,9 +125,9 @@ FD_ROUNDING = 100 * torch.finfo(torch.float64).eps
 
 @pytest.mark.parametrize("name", REGISTERED)
 def test_gradient_matches_finite_difference_in_float64(name):
-    model = fresh(name).double().eval()
+    model = fresh(name).double().train(name in FD_TRAINING_MODE)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(FD_INPUT, generator=gen, dtype=torch.float64)
+    x = torch.randn(FD_TRAINING_MODE.get(name, FD_INPUT), generator=gen, dtype=torch.float64)
     y = torch.tensor([3, 97])
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     direction = {}
@@ -141,7 +158,7 @@ def test_gradient_matches_finite_difference_in_float64(name):
 
 
 # ---------------------------------------------------------------------------- counts and structure
-@pytest.mark.parametrize("name", ["plainnet", "resnet18", "wrn28-10"])
+@pytest.mark.parametrize("name", REGISTERED)
 def test_parameter_counts(name):
     n = count_parameters(built(name))
     assert abs(n - EXPECTED_PARAMS[name]) / EXPECTED_PARAMS[name] < 0.01, n
@@ -151,6 +168,18 @@ def test_exact_counts():
     assert count_parameters(built("plainnet")) == plain11_params(100)
     assert count_parameters(built("resnet18")) == 11_220_132
     assert count_parameters(built("plainnet", num_classes=10)) == plain11_params(10)
+    assert count_parameters(built("speednet")) == speednet_params()
+    small = build_model("speednet", num_classes=10, width=8, depth=3)
+    assert count_parameters(small) == speednet_params(8, 3, 10)
+
+
+def test_model_parameters_are_checked_against_their_declaration():
+    """A model's declared parameters change it; one it does not declare, or out of range, is refused."""
+    assert build_model("speednet", width=8).classifier.in_features == 32
+    with pytest.raises(ValueError, match=r"unknown parameter 'width' for model 'plainnet'; valid: none"):
+        build_model("plainnet", width=8)
+    with pytest.raises(ValueError, match=r"depth=0 is out of range; valid range \[1, inf\)"):
+        build_model("speednet", depth=0)
 
 
 def test_alias_and_num_classes():

@@ -15,7 +15,7 @@ from hiercls.tune.spec import SearchSpec, SpecError, resolve_space, shipped_spac
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("hiercls-train", "hiercls-tune", "hiercls-rank", "hiercls-export", "hiercls-compare",
-           "hiercls-evaluate")
+           "hiercls-evaluate", "hiercls-transfer")
 
 
 def test_a_shipped_space_resolves_by_name_and_an_existing_path_wins(tmp_path, monkeypatch):
@@ -84,4 +84,4 @@ def test_every_package_folder_is_listed_for_setuptools():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("hiercls", "analysis")
              for p in (ROOT / top).rglob("__init__.py")}
-    assert found | {"hiercls.search_spaces"} == listed
+    assert found | {"hiercls.search_spaces", "hiercls.recipes"} == listed

@@ -20,7 +20,7 @@ from hiercls.registry import HIERARCHIES, LOSSES, MODELS, OPTIMIZERS, SCHEDULES,
 from hiercls.train import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAM_KINDS = {"loss": LOSSES, "lr_schedule": SCHEDULES}
+PARAM_KINDS = {"architecture": MODELS, "loss": LOSSES, "lr_schedule": SCHEDULES}
 
 
 def _declared(registry: Registry) -> dict[str, Param]:
@@ -86,10 +86,10 @@ def test_every_entry_has_a_summary_and_documented_parameters(registry):
                 assert param.check(param.default) == param.default
 
 
-def test_loss_and_schedule_parameter_names_are_distinct_from_each_other_and_the_fixed_keys():
-    losses, schedules = set(_declared(LOSSES)), set(_declared(SCHEDULES))
-    assert not losses & schedules
-    assert not (losses | schedules) & set(TrainConfig.field_names())
+def test_model_loss_and_schedule_parameter_names_are_distinct_from_each_other_and_the_fixed_keys():
+    models, losses, schedules = set(_declared(MODELS)), set(_declared(LOSSES)), set(_declared(SCHEDULES))
+    assert not losses & schedules and not models & (losses | schedules)
+    assert not (models | losses | schedules) & set(TrainConfig.field_names())
 
 
 # ---------------------------------------------------------------------------------------------- derived
@@ -128,7 +128,8 @@ def test_normalize_is_one_declaration_shared_by_hxe_and_yolo_v2():
 
 def test_config_keys_are_the_fixed_keys_plus_the_declared_parameters():
     valid = TrainConfig.valid_keys()
-    assert set(valid) == set(TrainConfig.field_names()) | set(_declared(LOSSES)) | set(_declared(SCHEDULES))
+    assert set(valid) == (set(TrainConfig.field_names()) | set(_declared(MODELS)) | set(_declared(LOSSES))
+                          | set(_declared(SCHEDULES)))
     for kind, registry in PARAM_KINDS.items():
         declared = list(param_keys(kind))  # in registration order, as the engine writes them
         for name in registry.names():
@@ -189,7 +190,7 @@ def test_summary_and_analysis_columns_are_the_declared_parameters():
     from analysis.rank import _taken_keys
     from hiercls.tune.runner import format_table
 
-    for kind, registry in PARAM_KINDS.items():
+    for kind, registry in (("loss", LOSSES), ("lr_schedule", SCHEDULES)):  # a model's, when searched: as any
         for name in registry.names():
             assert _taken_keys(name, "loss" if kind == "loss" else "schedule") == list(registry.params(name))
     assert _taken_keys("no-such-loss", "loss") == [] and _taken_keys(None, "schedule") == []

@@ -61,7 +61,8 @@ def test_original_flags_and_precedence(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--architecture", "vgg"], "architecture 'vgg' is unknown; valid: plainnet, resnet18, wrn28-10"),
+        (["--architecture", "vgg"],
+         "architecture 'vgg' is unknown; valid: plainnet, resnet18, speednet, wrn28-10"),
         (["--loss", "focal"], "loss 'focal' is unknown; valid: cosine-distance, cosine-plus-xent, "
                               "cross-entropy"),
         (["--lr_schedule", "step"], "lr_schedule 'step' is unknown; valid: constant, cosine, cutout"),

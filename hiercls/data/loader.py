@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hiercls.data.loading import CIFAR100_MEAN, CIFAR100_STD
+from hiercls.config import FLIP_MODES
 from hiercls.data.splits import Split
 
 __all__ = ["DeviceLoader"]
@@ -31,8 +32,11 @@ class DeviceLoader:
     partial batch is yielded too (unless ``drop_last``), so ``len(loader) = ceil(N / batch_size)``.
 
     With ``train=True`` every epoch is shuffled and every sample gets a random crop from the image
-    zero-padded (black, before normalisation) by ``crop_padding`` pixels on each side, a random
-    horizontal flip (``flip``) and, when ``cutout > 0``, Cutout (DeVries & Taylor 2017): a
+    zero-padded (black, before normalisation) by ``crop_padding`` pixels on each side, a horizontal
+    flip (``flip``: ``random``, each image with probability 1/2 in every epoch; ``alternate``, image ``i``
+    flipped in epoch ``k`` iff ``f_i XOR (k odd)`` with ``f_i`` one fair coin per image drawn once from
+    ``seed``, so every image is flipped in exactly every other epoch (Jordan 2024, airbench's
+    derandomised flip); ``none``) and, when ``cutout > 0``, Cutout (DeVries & Taylor 2017): a
     ``cutout`` x ``cutout`` square, centred uniformly in the image and clipped at its borders, set
     to zero after normalisation. Crop and flip are one batched gather, Cutout one batched mask;
     there is no per-sample Python loop. All random numbers of epoch ``k`` come from a CPU
@@ -50,14 +54,15 @@ class DeviceLoader:
         train: shuffle and augment (True) or fixed order without augmentation (False).
         seed: augmentation / shuffling seed.
         crop_padding: zero padding in pixels for the random crop (0 disables cropping).
-        flip: random horizontal flips with probability 1/2.
+        flip: ``random``, ``alternate`` or ``none`` (True: ``random``, False: ``none``).
         cutout: Cutout square side in pixels (0 disables it).
         channels_last: return images in ``torch.channels_last`` memory format.
         drop_last: skip the last partial batch in training epochs (eval loaders never drop).
 
     Raises:
         TypeError: wrong image / label dtypes, or ``labels`` given together with a Split.
-        ValueError: wrong shapes, an empty split, ``batch_size`` < 1, negative padding or cutout.
+        ValueError: wrong shapes, an empty split, ``batch_size`` < 1, negative padding or cutout, an
+            unknown ``flip``.
     """
 
     def __init__(
@@ -70,7 +75,7 @@ class DeviceLoader:
         train: bool,
         seed: int = 0,
         crop_padding: int = 4,
-        flip: bool = True,
+        flip: bool | str = True,
         cutout: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
@@ -95,6 +100,9 @@ class DeviceLoader:
             raise ValueError("cannot make a loader over an empty split")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        flip = {True: "random", False: "none"}.get(flip, flip) if isinstance(flip, bool) else flip
+        if flip not in FLIP_MODES:
+            raise ValueError(f"flip={flip!r} is unknown; valid: {', '.join(FLIP_MODES)}")
         if crop_padding < 0 or cutout < 0:
             raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding}, {cutout}")
 
@@ -105,7 +113,8 @@ class DeviceLoader:
         self.train = bool(train)
         self.seed = int(seed)
         self.crop_padding = int(crop_padding)
-        self.flip = bool(flip)
+        self.flip_mode = flip
+        self.flip = flip != "none"
         self.cutout = int(cutout)
         self.channels_last = bool(channels_last)
         self.drop_last = bool(drop_last) and self.train
@@ -148,6 +157,8 @@ class DeviceLoader:
         off_y = torch.randint(0, 2 * p + 1, (n,), generator=g)
         off_x = torch.randint(0, 2 * p + 1, (n,), generator=g)
         flips = torch.randint(0, 2, (n,), generator=g).bool() & self.flip
+        if self.flip_mode == "alternate":
+            flips = self.first_flips()[order] ^ bool(epoch % 2)
         cut_y = torch.randint(0, h, (n,), generator=g)
         cut_x = torch.randint(0, w, (n,), generator=g)
         order, off_y, off_x, flips, cut_y, cut_x = (
@@ -181,6 +192,17 @@ class DeviceLoader:
                 in_cols = (cols_base >= x0) & (cols_base < x0 + self.cutout)  # [B,w]
                 x = x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
             yield self._layout(x), self.labels[idx]
+
+    def first_flips(self) -> Tensor:
+        """bool [N] on the CPU: which images ``flip="alternate"`` mirrors in even epochs (0, 2, ...), one
+        fair coin per image drawn from ``seed`` alone; odd epochs mirror the others."""
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, -1))
+        return torch.randint(0, 2, (self.num_samples,), generator=g).bool()
+
+    def normalise(self, batch: Tensor) -> Tensor:
+        """uint8 [B,3,H,W] on the loader's device -> float32 [B,3,H,W] standardised per channel with
+        :data:`CIFAR100_MEAN` / :data:`CIFAR100_STD`, as every batch is (no augmentation, no layout)."""
+        return self._normalise(batch)
 
     def _normalise(self, batch: Tensor) -> Tensor:
         """uint8 [B,3,H,W] -> float32 [B,3,H,W] standardised per channel."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hiercls.config import ConfigError, TrainConfig, param_keys
-from hiercls.registry import LOSSES, MODELS, param_registries
+from hiercls.registry import LOSSES, param_registries
 from hiercls.tune.parameters import (
     GRID,
     Param,
@@ -39,8 +39,8 @@ def _choices_of(params: Mapping[str, Param], train: Mapping[str, Any], key: str)
 
 
 def branch_problems(params: Mapping[str, Param], train: Mapping[str, Any]) -> list[str]:
-    """Loss (schedule) parameters where a loss (schedule) that does not take them can be selected;
-    unknown losses, schedules and architectures."""
+    """Model (loss, schedule) parameters where a model (loss, schedule) that does not take them can be
+    selected; unknown architectures, losses and schedules."""
     problems = []
     for key, registry in param_registries().items():
         choices = _choices_of(params, train, key)
@@ -49,8 +49,7 @@ def branch_problems(params: Mapping[str, Param], train: Mapping[str, Any]) -> li
         problems += [f"search: {key} cannot be chosen inside a branch ({_where(context)})"
                      for p, context in iter_params(params) if p.name == key and context]
         problems += _misplaced(key, registry, params, train, [v for v in choices if v in registry])
-    return problems + [f"architecture {value!r} is unknown; valid: {', '.join(MODELS.names())}"
-                       for value in _choices_of(params, train, "architecture") if value not in MODELS]
+    return problems
 
 
 def _misplaced(key: str, registry: Any, params: Mapping[str, Param], train: Mapping[str, Any],

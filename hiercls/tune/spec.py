@@ -10,14 +10,13 @@ and optional ``points_to_evaluate:``; ``docs/search.md`` describes the format an
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hiercls.config import ConfigError, TrainConfig, coerce_field
+from hiercls.config import ConfigError, TrainConfig, coerce_field, read_config_file, shipped_dir
 from hiercls.tune.checks import (
     all_off_problems,
     branch_problems,
@@ -43,7 +42,7 @@ from hiercls.value_schedule import all_variable_keys
 __all__ = [
     "DEFAULT_NUM_SAMPLES", "DEFAULT_SPACE", "MAX_SAMPLES", "SMOKE_SPACE", "DataNotReadyError", "Objective",
     "Param", "SearchSpec", "SpecError", "iter_params", "parse_objective", "parse_params", "pb2_keys",
-    "resolve_space", "shipped_spaces", "spec_differences",
+    "expand_train", "resolve_space", "shipped_spaces", "spec_differences",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,10 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _spaces_dir() -> Path:
     """The shipped search spaces: the top-level ``search_spaces/`` folder, installed as the package data
     ``hiercls.search_spaces`` (the source tree's folder when hiercls runs from a checkout)."""
-    try:
-        return Path(str(importlib.resources.files("hiercls.search_spaces")))
-    except ModuleNotFoundError:
-        return ROOT / "search_spaces"
+    return shipped_dir("hiercls.search_spaces", "search_spaces")
 
 
 def shipped_spaces() -> list[str]:
@@ -208,6 +204,13 @@ class SearchSpec:
         if problems:
             problems.append("valid settings: " + ", ".join(cls.settings()))
         kwargs = {}
+        if isinstance(values.get("train"), Mapping) and "config" in values["train"]:
+            try:
+                search = values.get("search")
+                searched = list(search) if isinstance(search, Mapping) else []
+                values = {**values, "train": expand_train(values["train"], searched)}
+            except ConfigError as err:
+                problems.append(f"train.config: {err}")
         for key, value in values.items():
             if key not in valid:
                 continue
@@ -413,6 +416,24 @@ class SearchSpec:
         if not is_grid(params):
             problems += point_problems(self.points_to_evaluate, params)
         return problems + config_problems(self.epochs, params, train)
+
+
+def expand_train(train: Mapping[str, Any], searched: Sequence[str] = ()) -> dict[str, Any]:
+    """A space's ``train:`` block with its ``config:`` (a shipped recipe's name, such as ``speedrun``, or a
+    YAML file, as ``python -m hiercls.train --config`` takes) laid under its other keys. The file's keys
+    that the search sets itself (``epochs``, ``seed``...: the space's top-level settings decide) or
+    searches (``searched``: the top-level keys of ``search:``) give way; a key set to null in ``train:``
+    is unset (a recipe's ``label_smoothing`` in a space whose branches choose other losses).
+
+    Raises:
+        ConfigError: the file is missing (the message lists the shipped recipes) or unreadable.
+    """
+    rest = {k: v for k, v in train.items() if k != "config"}
+    base = read_config_file(str(train["config"]))
+    base.pop("source", None)
+    base = {k: v for k, v in base.items() if k not in TRIAL_KEYS and k not in searched}
+    merged = {**base, **rest}
+    return {k: v for k, v in merged.items() if v is not None or k not in base}
 
 
 def _coerce_setting(name: str, annotation: str, value: Any) -> Any:
