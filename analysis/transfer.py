@@ -182,6 +182,11 @@ def _check_match_keys(keys: Sequence[str], experiments: Sequence[Experiment]) ->
     if unknown:
         raise AnalysisError(f"--match-on key {unknown[0]!r} is unknown (not a config key or searched key of "
                             f"either experiment); valid: {', '.join(sorted(valid))}")
+    for k in keys:  # a key no trial sets cannot tell configurations apart: matching on it would merge them
+        values = [{**(t.config or {}), **t.params}.get(k) for e in experiments for t in e.trials]
+        if all(v is None for v in values):
+            raise AnalysisError(f"--match-on key {k!r} is unset (null) in every trial of both experiments, "
+                                "so it cannot tell configurations apart; match on keys the trials set")
 
 
 @dataclasses.dataclass

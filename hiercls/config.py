@@ -19,6 +19,7 @@ This module imports only the standard library, ``yaml``, :mod:`hiercls.registry`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.resources
 import math
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ __all__ = [
     "param_keys", "coerce_field",
     "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
     "RUN_FOLDER_MARKERS", "read_config_file", "recorded_run_folder", "FLIP_MODES", "FIDELITY_KEYS",
-    "resolve_config_file", "shipped_dir", "shipped_recipes",
+    "resolve_config_file", "shipped_dir", "shipped_recipes", "check_config_keys", "param_owner",
 ]
 
 
@@ -81,7 +82,7 @@ def param_keys(kind: str) -> dict[str, Param]:
     return param_registries()[kind].all_params()
 
 
-def _param_owner(key: str) -> str | None:
+def param_owner(key: str) -> str | None:
     """``architecture``/``loss``/``lr_schedule`` when ``key`` is a parameter of such an entry, else None."""
     for kind in PARAM_FIELDS:
         if key in param_keys(kind):
@@ -255,7 +256,7 @@ class TrainConfig:
         """
         values = {ALIASES.get(k, k): v for k, v in values.items()}
         fixed = cls.field_names()
-        problems = [f"unknown key {k!r}" for k in values if k not in fixed and _param_owner(k) is None]
+        problems = [f"unknown key {k!r}" for k in values if k not in fixed and param_owner(k) is None]
         if problems:
             problems.append("valid keys: " + ", ".join(cls.valid_keys()))
             raise invalid_config(problems)
@@ -733,6 +734,26 @@ def read_saved_config(path: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(upgrade_saved_values(loaded))
 
 
+def check_config_keys(values: Mapping[str, Any], source: str) -> None:
+    """Refuse a key of the config file ``source`` that is no config key, in one line naming the file and
+    the closest valid key (``difflib``), before the file's values meet any other.
+
+    Raises:
+        ConfigError: ``config file 'r.yaml': unknown key 'widht' (did you mean 'width'?)``.
+    """
+    valid = TrainConfig.valid_keys()
+    unknown = [k for k in values if ALIASES.get(k, k) not in valid and k != "source"]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(f"config file {str(source)!r}: unknown key{'s' if len(unknown) > 1 else ''} "
+                      f"{', '.join(parts)}; the valid keys: docs/reference/parameters.md and "
+                      "python -m hiercls.train --help")
+
+
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Defaults < the YAML file at ``path`` < ``overrides``.
 
@@ -740,12 +761,14 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 
     Raises:
         ConfigError: a missing or unreadable file, one that is not UTF-8 text, not YAML or not a mapping
-            (:func:`read_config_file`), unknown keys, wrong types.
+            (:func:`read_config_file`), unknown keys (one line naming the file, :func:`check_config_keys`),
+            wrong types.
     """
     values: dict[str, Any] = {}
     if path is not None:
         loaded = read_config_file(path)
         loaded.pop("source", None)
+        check_config_keys(loaded, str(path))
         values.update(loaded)
     values.update(overrides or {})
     return TrainConfig.from_dict(values)

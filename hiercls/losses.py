@@ -234,7 +234,7 @@ class HierarchyLoss(nn.Module):
 
 _LABEL_SMOOTHING = Param(
     "label_smoothing", "float", 0.0,
-    "cross-entropy: weight of the uniform distribution mixed into the one-hot target", low=0.0, high=1.0,
+    "weight of the uniform distribution mixed into the one-hot target", low=0.0, high=1.0,
     high_open=True, unit="fraction",
     source="off: the plain cross-entropy; Szegedy et al. (CVPR 2016, sec. 7) use 0.1, airbench (Jordan "
            "2024) 0.2",

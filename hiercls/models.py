@@ -386,10 +386,10 @@ def wrn28_10(num_classes: int = 100) -> nn.Module:
 
 
 @MODELS.register("speednet", params=(
-    Param("width", "int", 64, "speednet: channels of the first group (the others have 2x and 4x)", low=1,
+    Param("width", "int", 64, "channels of the first group (the others have 2x and 4x)", low=1,
           unit="channels", source="airbench's first group (Jordan 2024); 64, 128, 256 fit a 2-core CPU's "
           "10 minutes"),
-    Param("depth", "int", 2, "speednet: 3x3 convolutions per group", low=1,
+    Param("depth", "int", 2, "3x3 convolutions per group", low=1,
           source="airbench's two per group (Jordan 2024)"),
 ))
 def speednet(num_classes: int = 100, *, width: int, depth: int) -> nn.Module:

@@ -41,6 +41,40 @@ def test_expand_train_rules(tmp_path):
         expand_train({"config": "nosuch"})
 
 
+def test_null_under_train_unsets_a_parameter_with_or_without_a_recipe(tmp_path):
+    """``label_smoothing: null`` under ``train:`` unsets it, as ``--set label_smoothing=null`` does for a
+    training run; left set (from the recipe), a branch that cannot take it is one problem, not one per
+    checked config, and says how to unset it."""
+    branches = ("search:\n  loss:\n    type: choice\n    values:\n      cross-entropy: {}\n"
+                "      soft-labels: {beta: {type: loguniform, low: 2, high: 30}}\n")
+    for train in ("{architecture: plainnet, label_smoothing: null}",
+                  "{config: speedrun, label_smoothing: null}"):
+        space = tmp_path / "s.yaml"
+        space.write_text(f"train: {train}\n{branches}")
+        spec = SearchSpec.load(space)
+        assert "label_smoothing" not in spec.train and spec.problems()[0] == []
+    space.write_text(f"train: {{config: speedrun}}\n{branches}")
+    problems = SearchSpec.load(space).problems()[0]
+    assert problems == [
+        "train.label_smoothing: a parameter the selected loss 'soft-labels' does not take; move it under the "
+        "branch that uses it, or unset it ('label_smoothing: null' under train:, also when a recipe named by "
+        "train.config sets it)"]
+
+
+def test_a_misspelled_key_in_a_recipe_names_the_file_and_the_key_it_resembles(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("architecture: speednet\nwidht: 32\n")
+    with pytest.raises(ConfigError) as err:
+        expand_train({"config": str(recipe)})
+    assert str(err.value) == (
+        f"config file {str(recipe)!r}: unknown key 'widht' (did you mean 'width'?); "
+        "the valid keys: docs/reference/parameters.md and python -m hiercls.train --help")
+    from hiercls.config import load_config
+
+    with pytest.raises(ConfigError, match=r"unknown key 'widht' \(did you mean 'width'\?\)"):
+        load_config(recipe)
+
+
 def test_an_unknown_recipe_in_a_space_is_one_problem(tmp_path):
     space = tmp_path / "s.yaml"
     space.write_text("train: {config: speedrum}\nsearch:\n  lr: {type: loguniform, low: 0.01, high: 0.1}\n")
@@ -126,8 +160,18 @@ def test_fidelity_benchmark_quick(cifar_dir, tmp_path):
     target = plain["final_val_top1"]
     first = next((p["train_seconds"] for p in speed["curve"] if p["val_top1"] >= target), None)
     assert goal["speednet_seconds_to_it"] == first
-    assert "plainnet time / speednet time" in done.stdout
+    assert goal["met"] is None and data["summary"]["speednet_40_percent"]["met"] is None  # not in --quick
+    assert "plainnet time / speednet time" in done.stdout and "goal 3x: not judged in --quick" in done.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--architectures", "vgg"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "valid: speednet, plainnet, resnet18" in bad.stderr
     assert "Traceback" not in bad.stderr
+    script = str(ROOT / "benchmarks" / "fidelity.py")
+    for args, message in ((["--report", str(tmp_path / "no" / "such" / "r.json")], "cannot be written"),
+                          (["--speedrun-set", "nonsense"], "--speedrun-set 'nonsense': expected KEY=VALUE"),
+                          (["--speedrun-set", "widht=8"], "unknown key 'widht'"),
+                          (["--architectures", "speednet,speednet"], "valid: speednet, plainnet")):
+        bad = subprocess.run([sys.executable, script, "--quick", "--data-dir", str(cifar_dir), *args],
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert "training for up to" not in bad.stdout and "Traceback" not in bad.stderr

@@ -275,6 +275,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
          "metric 'accuracy' is unknown or not reported by both experiments; valid: objective, "
          "val_coarse_error"),
         ([str(cheap), str(expensive), "--match-on", "lr,colour"], "--match-on key 'colour' is unknown"),
+        ([str(cheap), str(expensive), "--match-on", "lr,gamma"],
+         "--match-on key 'gamma' is unset (null) in every trial of both experiments"),
         ([str(cheap), str(expensive), "--out", str(cheap / "search_spec.yaml")], "is a file: give a folder"),
     ]
     for argv, message in cases:

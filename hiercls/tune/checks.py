@@ -71,7 +71,9 @@ def _misplaced(key: str, registry: Any, params: Mapping[str, Param], train: Mapp
         refuse = [v for v in top if name not in registry.params(v)]
         if refuse:
             problems.append(f"train.{name}: a parameter the selected {key} {', '.join(map(repr, refuse))} "
-                            "does not take; move it under the branch that uses it")
+                            "does not take; move it under the branch that uses it, or unset it "
+                            f"('{name}: null' under train:, also when a recipe named by train.config "
+                            "sets it)")
     return problems
 
 

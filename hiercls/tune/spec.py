@@ -16,7 +16,15 @@ from typing import Any
 
 import yaml
 
-from hiercls.config import ConfigError, TrainConfig, coerce_field, read_config_file, shipped_dir
+from hiercls.config import (
+    ConfigError,
+    TrainConfig,
+    check_config_keys,
+    coerce_field,
+    param_owner,
+    read_config_file,
+    shipped_dir,
+)
 from hiercls.tune.checks import (
     all_off_problems,
     branch_problems,
@@ -204,13 +212,8 @@ class SearchSpec:
         if problems:
             problems.append("valid settings: " + ", ".join(cls.settings()))
         kwargs = {}
-        if isinstance(values.get("train"), Mapping) and "config" in values["train"]:
-            try:
-                search = values.get("search")
-                searched = list(search) if isinstance(search, Mapping) else []
-                values = {**values, "train": expand_train(values["train"], searched)}
-            except ConfigError as err:
-                problems.append(f"train.config: {err}")
+        if isinstance(values.get("train"), Mapping):
+            values = {**values, "train": _prepared_train(values, problems)}
         for key, value in values.items():
             if key not in valid:
                 continue
@@ -410,12 +413,28 @@ class SearchSpec:
         """The searched space against the fixed keys and the registries (mode-independent)."""
         problems = [f"search.{p.name}: also fixed under train: (remove one)"
                     for p, context in iter_params(params) if p.name in train and not context]
-        problems += branch_problems(params, train) + all_off_problems(params, train)
+        branches = branch_problems(params, train)
+        problems += branches + all_off_problems(params, train)
         if self.scheduler != "pb2":  # PB2 says which ranges it needs
             problems += nothing_searched_problems(params, self.space_file)
         if not is_grid(params):
             problems += point_problems(self.points_to_evaluate, params)
+        if branches:  # the checked configs would repeat a parameter in the wrong place, once per config
+            return problems
         return problems + config_problems(self.epochs, params, train)
+
+
+def _prepared_train(values: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A space's ``train:`` mapping with its ``config:`` expanded (:func:`expand_train`; a problem is added
+    to ``problems``) and the model's, loss's or schedule's parameters set to null unset."""
+    train = dict(values["train"])
+    if "config" in train:
+        search = values.get("search")
+        try:
+            train = expand_train(train, list(search) if isinstance(search, Mapping) else [])
+        except ConfigError as err:
+            problems.append(f"train.config: {err}")
+    return {k: v for k, v in train.items() if v is not None or param_owner(k) is None}
 
 
 def expand_train(train: Mapping[str, Any], searched: Sequence[str] = ()) -> dict[str, Any]:
@@ -423,14 +442,17 @@ def expand_train(train: Mapping[str, Any], searched: Sequence[str] = ()) -> dict
     YAML file, as ``python -m hiercls.train --config`` takes) laid under its other keys. The file's keys
     that the search sets itself (``epochs``, ``seed``...: the space's top-level settings decide) or
     searches (``searched``: the top-level keys of ``search:``) give way; a key set to null in ``train:``
-    is unset (a recipe's ``label_smoothing`` in a space whose branches choose other losses).
+    is unset (a recipe's ``label_smoothing`` in a space whose branches choose other losses). A relative
+    path is read from the working folder, as ``--config`` reads it.
 
     Raises:
-        ConfigError: the file is missing (the message lists the shipped recipes) or unreadable.
+        ConfigError: the file is missing (the message lists the shipped recipes) or unreadable, or has a
+            key that is no config key (named with the file and the closest valid key).
     """
     rest = {k: v for k, v in train.items() if k != "config"}
     base = read_config_file(str(train["config"]))
     base.pop("source", None)
+    check_config_keys(base, str(train["config"]))
     base = {k: v for k, v in base.items() if k not in TRIAL_KEYS and k not in searched}
     merged = {**base, **rest}
     return {k: v for k, v in merged.items() if v is not None or k not in base}
