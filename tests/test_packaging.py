@@ -39,13 +39,13 @@ def test_a_shipped_space_resolves_by_name_and_an_existing_path_wins(tmp_path, mo
 @pytest.mark.slow
 def test_an_installed_copy_ships_the_spaces_and_the_console_scripts(tmp_path):
     """``pip install`` (a real wheel build, into a target folder; dependencies from this environment):
-    from another folder, ``--space smoke`` resolves from the installed package and every console script
-    runs."""
+    from another folder, ``--space smoke`` and the ``speedrun`` recipe resolve from the installed package
+    and every console script runs."""
     # Subprocesses on purpose: pip installing a built wheel, a fresh interpreter importing the installed copy
     # from another folder, and the installed console scripts with their exit status and stderr.
     source = tmp_path / "source"  # the package is built from a copy (a build writes build/ into it)
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "hiercls", "analysis", "search_spaces"):
+    for name in ("pyproject.toml", "README.md", "hiercls", "analysis", "search_spaces", "recipes"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                               if (ROOT / name).is_dir() else {}))
@@ -68,6 +68,13 @@ def test_an_installed_copy_ships_the_spaces_and_the_console_scripts(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.split() == [str(target / "hiercls" / "search_spaces" / "smoke.yaml"), "smoke"]
+    recipe = subprocess.run(  # the shipped training recipe by name, from the installed package
+        [sys.executable, "-c", "import hiercls.config as c; print(c.resolve_config_file('speedrun')); "
+                               "print(c.load_config('speedrun').architecture)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert recipe.returncode == 0, recipe.stderr[-2000:]
+    assert recipe.stdout.split() == [str(target / "hiercls" / "recipes" / "speedrun.yaml"), "speednet"]
     for script in SCRIPTS:
         run = subprocess.run([str(target / "bin" / script), "--help"], cwd=elsewhere, env=env,
                              capture_output=True, text=True, timeout=120)
