@@ -52,6 +52,7 @@ __all__ = [
     "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
     "RUN_FOLDER_MARKERS", "read_config_file", "recorded_run_folder", "FLIP_MODES", "FIDELITY_KEYS",
     "resolve_config_file", "shipped_dir", "shipped_recipes", "check_config_keys", "param_owner",
+    "read_config_values",
 ]
 
 
@@ -754,6 +755,19 @@ def check_config_keys(values: Mapping[str, Any], source: str) -> None:
                       "python -m hiercls.train --help")
 
 
+def read_config_values(path: str | Path) -> dict[str, Any]:
+    """The config keys of the YAML file (or shipped recipe) ``path``: :func:`read_config_file` without an
+    exported file's ``source:`` block, every key checked by :func:`check_config_keys`.
+
+    Raises:
+        ConfigError: as those two (one line naming the file).
+    """
+    loaded = read_config_file(path)
+    loaded.pop("source", None)
+    check_config_keys(loaded, str(path))
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Defaults < the YAML file at ``path`` < ``overrides``.
 
@@ -766,9 +780,6 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """
     values: dict[str, Any] = {}
     if path is not None:
-        loaded = read_config_file(path)
-        loaded.pop("source", None)
-        check_config_keys(loaded, str(path))
-        values.update(loaded)
+        values.update(read_config_values(path))
     values.update(overrides or {})
     return TrainConfig.from_dict(values)

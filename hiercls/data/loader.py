@@ -157,7 +157,7 @@ class DeviceLoader:
         off_y = torch.randint(0, 2 * p + 1, (n,), generator=g)
         off_x = torch.randint(0, 2 * p + 1, (n,), generator=g)
         flips = torch.randint(0, 2, (n,), generator=g).bool() & self.flip
-        if self.flip_mode == "alternate":
+        if self.flip_mode == "alternate":  # the coins above are still drawn: the later draws stay the same
             flips = self.first_flips()[order] ^ bool(epoch % 2)
         cut_y = torch.randint(0, h, (n,), generator=g)
         cut_x = torch.randint(0, w, (n,), generator=g)

@@ -19,10 +19,9 @@ import yaml
 from hiercls.config import (
     ConfigError,
     TrainConfig,
-    check_config_keys,
     coerce_field,
     param_owner,
-    read_config_file,
+    read_config_values,
     shipped_dir,
 )
 from hiercls.tune.checks import (
@@ -52,8 +51,6 @@ __all__ = [
     "Param", "SearchSpec", "SpecError", "iter_params", "parse_objective", "parse_params", "pb2_keys",
     "expand_train", "resolve_space", "shipped_spaces", "spec_differences",
 ]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spaces_dir() -> Path:
@@ -450,9 +447,7 @@ def expand_train(train: Mapping[str, Any], searched: Sequence[str] = ()) -> dict
             key that is no config key (named with the file and the closest valid key).
     """
     rest = {k: v for k, v in train.items() if k != "config"}
-    base = read_config_file(str(train["config"]))
-    base.pop("source", None)
-    check_config_keys(base, str(train["config"]))
+    base = read_config_values(str(train["config"]))
     base = {k: v for k, v in base.items() if k not in TRIAL_KEYS and k not in searched}
     merged = {**base, **rest}
     return {k: v for k, v in merged.items() if v is not None or k not in base}
