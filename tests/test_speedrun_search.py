@@ -175,3 +175,30 @@ def test_fidelity_benchmark_quick(cifar_dir, tmp_path):
                              capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
         assert "training for up to" not in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_fidelity_gpu_figures_on_the_cpu(tmp_path):
+    """The figures fidelity.py adds on CUDA, computed on the CPU by the same code: the FLOPs of one
+    training step (the run's weights and statistics untouched) and the 70 % goal from a curve."""
+    import importlib.util
+
+    import torch
+    from inprocess import synthetic_cifar
+
+    from hiercls.config import load_config
+    from hiercls.engine import build_run
+
+    spec = importlib.util.spec_from_file_location("fidelity", ROOT / "benchmarks" / "fidelity.py")
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    run = build_run(load_config("speedrun", {"width": 8, "val_size": 100, "batch_size": 25, "device": "cpu",
+                                             "evaluate_test": False}), synthetic_cifar())
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    flops = fidelity.step_flops(run)
+    assert isinstance(flops, int) and flops > 0
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    curve = [{"train_seconds": 10.0, "val_top1": 0.5}, {"train_seconds": 20.0, "val_top1": 0.71}]
+    models = [{"architecture": "speednet", "curve": curve, "tflops_per_second": 1.0}]
+    assert fidelity.summary(models, (0.7,), 40.0)["speednet_70_percent"] == {
+        "seconds": 20.0, "goal_seconds": 25, "met": True}
+    assert fidelity.summary(models, (0.7,), 40.0, judged=False)["speednet_70_percent"]["met"] is None
