@@ -15,6 +15,12 @@ of a few hundredths are within seed noise. A group of one run shows its value wi
 Metrics (:data:`METRICS`, of the last model by default, ``--model best`` for the best-val model):
 top-1 error, mistake severity, hdist@1/5/20, coarse error (fractions 0..1 for errors; LCA heights for
 severity and hdist) and their CRM variants.
+
+The runs must have been validated on the same images (equal ``val_split_sha256`` in their ``config.yaml``,
+or all without validation, ``val_size`` 0): runs on different validation splits also trained on different
+images (the rest of the training set), so their differences mix what was set with which images each drew.
+Such runs, and runs of a hiercls before the split was recorded, are refused in one line (exit 2) unless
+``--allow-mixed-splits`` (:func:`split_problem`); train seeds of one comparison with one ``--split_seed``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import yaml
 from analysis.experiment import AnalysisError, run_cli
 from analysis.rank import markdown_table, text_table
 
-__all__ = ["METRICS", "IGNORED_KEYS", "check_distinct", "ci95", "group_runs", "load_run", "main", "summarize"]
+__all__ = ["METRICS", "IGNORED_KEYS", "check_distinct", "ci95", "group_runs", "load_run", "main",
+           "split_problem", "summarize"]
 
 METRICS = (
     "top1_error", "mistake_severity", "hdist@1", "hdist@5", "hdist@20", "coarse_error",
@@ -42,8 +49,8 @@ METRICS = (
     "crm/coarse_error",
 )
 # runs differing only in these are seeds of one configuration (where and on how many threads it ran
-# does not change what was trained)
-IGNORED_KEYS = ("seed", "out_folder", "data_dir", "download", "num_threads")
+# does not change what was trained; val_split_sha256 follows from the data and the split's seed)
+IGNORED_KEYS = ("seed", "out_folder", "data_dir", "download", "num_threads", "val_split_sha256")
 MODELS = ("last", "best")
 RESULTS_FILE = "final_test_results.json"
 
@@ -149,6 +156,36 @@ def check_distinct(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return warnings
 
 
+def split_problem(runs: Sequence[Mapping[str, Any]], advice: bool = True) -> str | None:
+    """One line when ``runs`` (:func:`load_run` dicts) were not all validated on the same images, else None
+    (also for a single run); with ``advice`` it ends with what to do. A run's split is its config's
+    ``val_split_sha256``; a run without validation (``val_size`` 0) trained on the whole training set, the
+    same images as any other such run; a run without the hash (a hiercls before it was recorded) was
+    validated on the images its own seed drew."""
+    if len(runs) < 2:
+        return None
+    splits: dict[str, list[str]] = {}
+    for run in runs:
+        config = run["config"]
+        key = config.get("val_split_sha256") or ("none (val_size 0)" if config.get("val_size") == 0 else "")
+        splits.setdefault(str(key), []).append(str(run["path"]))
+    unknown = splits.pop("", [])
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        return (f"{len(unknown)} of {len(runs)} runs record no val_split_sha256 ({shown}): "
+                "made before hiercls recorded validation splits, each was validated on the images its own "
+                "seed drew and trained on the rest, so differences between them mix what was set with which "
+                "images each drew" + ("; pass --allow-mixed-splits to compare them anyway" if advice else ""))
+    if len(splits) < 2:
+        return None
+    listed = "; ".join(f"{key[:12]}: {', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''}"
+                       for key, paths in splits.items())
+    return (f"the runs were validated on {len(splits)} different validation splits ({listed}), and each "
+            "trained on the rest of the training set, so differences between them mix what was set with "
+            "which images each drew" + ("; train them with one --split_seed, or pass --allow-mixed-splits to "
+                                        "compare them anyway" if advice else ""))
+
+
 def summarize(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per group: ``group`` (the differing config keys), ``n``, ``seeds``, ``runs`` (folders),
     and per metric ``<metric>`` (the mean) and ``<metric>_ci95`` (the half-width; NaN for n = 1)."""
@@ -197,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the last model's test metrics or the best-val model's (default: last)")
     parser.add_argument("--out", metavar="FILE", default=None, help="also write the table (.csv or .md)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    parser.add_argument("--allow-mixed-splits", action="store_true",
+                        help="compare runs validated on different images (different val_split_sha256, or "
+                             "none recorded) instead of refusing")
     return parser
 
 
@@ -215,6 +255,11 @@ def _compare(args: argparse.Namespace) -> int:
         raise AnalysisError(f"refusing to overwrite {args.out}: pass --force, or choose another --out")
     runs = [load_run(r, args.model) for r in args.runs]
     warnings = check_distinct(runs)
+    mixed = split_problem(runs, advice=not args.allow_mixed_splits)
+    if mixed and not args.allow_mixed_splits:
+        raise AnalysisError(mixed)
+    if mixed:
+        warnings.append(f"{mixed}; compared anyway (--allow-mixed-splits)")
     table = summarize(runs)
     for warning in warnings:
         print(f"warning: {warning}")

@@ -79,6 +79,7 @@ __all__ = [
     "load_experiment",
     "run_cli",
     "searched_params",
+    "split_problem",
     "trial_objective",
 ]
 
@@ -156,6 +157,17 @@ class Trial:
     def seed(self) -> int | None:
         return (self.config or {}).get("seed")
 
+    @property
+    def val_split_sha256(self) -> str | None:
+        """The identity of the images the trial was validated on (hex SHA-256 of their sorted positions in
+        the official training set, :func:`hiercls.evidence.split_sha256`): its ``config.yaml``'s value,
+        else its last epoch record's, else None (a trial of a hiercls before validation splits were
+        recorded, or one that never reported)."""
+        recorded = (self.config or {}).get("val_split_sha256")
+        if not recorded and self.records:
+            recorded = self.records[-1].get("val_split_sha256")
+        return str(recorded) if recorded else None
+
     def record(self, epoch: int) -> dict[str, Any]:
         """The record of ``epoch`` (KeyError when the trial has none)."""
         for r in self.records:
@@ -227,6 +239,42 @@ class Experiment:
                 + (f": {counts}" if counts else "")
                 + "); nothing to analyse yet"
             )
+
+
+SHORT_SPLIT = 12
+"""Hex characters of ``val_split_sha256`` shown (the ``val_split`` column, messages, ``--split``)."""
+
+
+def split_problem(trials: Sequence[Trial], advice: bool = True) -> str | None:
+    """One line when ``trials`` (the trials a ranking compares) were not all validated on the same images,
+    else None (also for fewer than two trials).
+
+    Two cases, by :attr:`Trial.val_split_sha256`: several hashes (``trials were validated on N different
+    validation splits (HASH12: n trials, ...): ranks between them mix real differences with which images
+    each trial drew``), or some trials without one (``... made before hiercls recorded validation splits (no
+    val_split_sha256): each trial was validated on its own images ...``). With ``advice`` the line ends with
+    what to do (``--split HASH_PREFIX``, ``--allow-mixed-splits``), as the ranking tools refuse such trials.
+    """
+    if len(trials) < 2:
+        return None
+    counts: dict[str | None, int] = {}
+    for t in trials:
+        counts[t.val_split_sha256] = counts.get(t.val_split_sha256, 0) + 1
+    unknown = counts.pop(None, 0)
+    if unknown:
+        known = (f"; the {len(trials) - unknown} with one can be ranked alone with --split HASH_PREFIX"
+                 if counts else "")
+        return (f"{unknown} of {len(trials)} compared trials were made before hiercls recorded validation "
+                "splits (no val_split_sha256): each trial was validated on its own images (drawn from its "
+                "own seed), so ranks between them mix real differences with which images each trial drew"
+                + (f"; pass --allow-mixed-splits to rank them anyway{known}" if advice else ""))
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(f"{h[:SHORT_SPLIT]}: {n} trial{'s' if n > 1 else ''}"
+                       for h, n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+    return (f"trials were validated on {len(counts)} different validation splits ({listed}): ranks between "
+            "them mix real differences with which images each trial drew"
+            + ("; rank one split with --split HASH_PREFIX, or pass --allow-mixed-splits" if advice else ""))
 
 
 def loss_family(loss: str | None, config: Mapping[str, Any]) -> str | None:

@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trial", metavar="ID", default=None,
                         help="export this trial whatever its status (also NaN, errored, stopped early)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("--search-best", action="store_true",
+                        help="in a confirmed experiment (hiercls-confirm), export the search's own choice "
+                        "instead of the confirmed winner")
     return parser
 
 
@@ -318,10 +321,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser(), argv, _export)
 
 
+def confirmed_winner(experiment: str | Path) -> str | None:
+    """The source trial of the winner of ``EXPERIMENT/confirm/table.csv`` (``hiercls-confirm``: the
+    configuration with the lowest mean validation objective over its seeds), or None when the experiment
+    was not confirmed (or the table names no winner).
+
+    Raises:
+        AnalysisError: the table is unreadable.
+    """
+    path = Path(experiment) / "confirm" / "table.csv"
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype={"source_trial": str})
+        winners = table[table["winner"].astype(bool)]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as err:
+        raise AnalysisError(f"{str(path)!r} is not a readable confirmation table ({err}); pass --search-best "
+                            "to export the search's own choice") from err
+    return str(winners["source_trial"].iloc[0]) if len(winners) else None
+
+
 def _export(args: argparse.Namespace) -> int:
+    trial_id = args.trial
+    if trial_id is None and args.rank_by == "objective" and not args.search_best:
+        trial_id = confirmed_winner(args.experiment)
+        if trial_id is not None:
+            print(f"note: exporting the confirmed winner, trial {trial_id} (confirm/table.csv: the lowest "
+                  "mean validation objective over its seeds; --search-best exports the search's own choice)")
     written, source, notes = export(
         args.experiment, args.out, rank_by=args.rank_by, scope=args.scope, seeds=args.seeds,
-        retrain_full=args.retrain_full, trial_id=args.trial, force=args.force,
+        retrain_full=args.retrain_full, trial_id=trial_id, force=args.force,
     )
     for note in notes:
         print(f"note: {note}")

@@ -3,8 +3,12 @@
 * ``tradeoff_severity.png``: top-1 error (x) against mistake severity (y) for every trial with values,
   coloured by loss family (filled: compared trials; hollow: stopped early / unfinished), the Pareto
   front of the compared trials drawn as a step line, the best cross-entropy trial starred: the
-  trade-off figure of Bertinetto et al., "Making Better Mistakes", CVPR 2020.
-* ``tradeoff_hdist5.png``: the same against hdist@5.
+  trade-off figure of Bertinetto et al., "Making Better Mistakes", CVPR 2020. Where the table has
+  per-image intervals (:func:`analysis.rank.add_statistics`), each trial carries its 95 % bootstrap
+  intervals as error bars (x: top-1 error, y: the other metric) and the front drawn is the resolved one
+  (``pareto_resolved``: the trials no other trial beats in both metrics by a resolved difference), the
+  point-estimate front a dotted grey step line beside it.
+* ``tradeoff_hdist5.png``: the same against hdist@5 (its resolved front ``pareto_resolved_hdist5``).
 * ``learning_curves.png``: val top-1 error and mistake severity per epoch of the best trials.
 * ``params_vs_objective.png``: each searched parameter against the search objective.
 * ``param_importances.png``: importances of the searched parameters for the objective, from an Optuna
@@ -30,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.experiment import Experiment, loss_family, searched_params  # noqa: E402
-from analysis.pareto import PARETO_PAIRS, pareto_front  # noqa: E402
+from analysis.pareto import PARETO_PAIRS, RESOLVED_FRONTS, pareto_front, resolved_front  # noqa: E402
 from hiercls.registry import LOSSES  # noqa: E402
 
 __all__ = [
@@ -88,7 +92,10 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
     Every trial with finite values is drawn, coloured by loss family (hollow when not compared); the
     front of the compared trials is a step line; the best compared cross-entropy trial (lowest top-1
     error) is starred. In a constrained search (a ``feasible`` column) infeasible trials carry a red
-    cross and a bound on an axis's metric is a dashed red line.
+    cross and a bound on an axis's metric is a dashed red line. With per-image intervals in the table
+    (``<metric>_low`` / ``<metric>_high``), each trial that has them carries them as error bars, and the
+    front drawn is the resolved front (:data:`analysis.pareto.RESOLVED_FRONTS`: a line through its trials
+    in order of top-1 error, each ringed), the point-estimate step front dotted grey behind it.
     """
     x, y = PARETO_PAIRS[pair]
     data = table[np.isfinite(table[x].astype(float)) & np.isfinite(table[y].astype(float))]
@@ -113,15 +120,8 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
                 ax.axvline(bound, color="red", ls="--", lw=1, label=f"{x} <= {bound:.4g}")
             elif metric == y:
                 ax.axhline(bound, color="red", ls="--", lw=1, label=f"{y} <= {bound:.4g}")
-    front = pareto_front(table, pair)
-    if len(front):
-        # the ring marks each front trial (also a front of one); the step line joins them
-        ax.step(front[x], front[y], where="post", color="black", lw=1.2, zorder=2)
-        ax.plot(front[x], front[y], linestyle="none", marker="o", ms=11, mfc="none", mec="black", zorder=4,
-                label=f"Pareto front ({len(front)} trial{'s' if len(front) > 1 else ''})")
-    else:
-        ax.text(0.02, 0.02, "no Pareto front: no trial ran its full length", transform=ax.transAxes,
-                fontsize=8, color="dimgray")
+    _draw_intervals(ax, data, x, y, colours)
+    _draw_front(ax, table, pair)
     ce = data[(data["loss"] == "cross-entropy") & data["compared"]].sort_values([x, y, "trial_id"])
     if len(ce):
         best = ce.iloc[0]
@@ -133,6 +133,47 @@ def plot_tradeoff(table: pd.DataFrame, pair: str, path: Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+def _draw_intervals(ax, data: pd.DataFrame, x: str, y: str, colours: Mapping[str, Any]) -> None:
+    """Error bars (a horizontal and a vertical segment from each interval's low to its high end) of the rows
+    with both metrics' intervals (columns ``<metric>_low`` / ``_high``)."""
+    ends = [f"{x}_low", f"{x}_high", f"{y}_low", f"{y}_high"]
+    if not all(c in data.columns for c in ends):
+        return
+    bars = data[np.isfinite(data[ends].astype(float)).all(axis=1)]
+    for family, group in bars.groupby(bars[_FAMILY].fillna("?").astype(str), sort=True):
+        # each interval drawn from its low to its high end (a percentile interval need not hold the point)
+        colour = colours.get(family, "grey")
+        ax.hlines(group[y], group[ends[0]], group[ends[1]], colors=[colour], lw=0.8, alpha=0.6, zorder=2)
+        ax.vlines(group[x], group[ends[2]], group[ends[3]], colors=[colour], lw=0.8, alpha=0.6, zorder=2)
+    if len(bars):  # a legend entry saying what the bars are
+        ax.plot([], [], color="grey", lw=0.8, label="95 % bootstrap intervals over validation images")
+
+
+def _draw_front(ax, table: pd.DataFrame, pair: str) -> None:
+    """The resolved front where the table has one (the point-estimate front dotted beside it), else the
+    point-estimate front as a step line; a note when there is none."""
+    x, y = PARETO_PAIRS[pair]
+    front = pareto_front(table, pair)
+    column = RESOLVED_FRONTS[pair]
+    resolved = resolved_front(table, pair)
+    if len(resolved) and column in table.columns:
+        if len(front):
+            ax.step(front[x], front[y], where="post", color="grey", lw=0.9, ls=":", zorder=1,
+                    label="point-estimate front")
+        ax.plot(resolved[x], resolved[y], color="black", lw=1.2, zorder=2)
+        ax.plot(resolved[x], resolved[y], linestyle="none", marker="o", ms=11, mfc="none", mec="black",
+                zorder=4, label=f"resolved front ({len(resolved)} trial{'s' if len(resolved) > 1 else ''}: "
+                "none beaten in both by a resolved difference)")
+    elif len(front):
+        # the ring marks each front trial (also a front of one); the step line joins them
+        ax.step(front[x], front[y], where="post", color="black", lw=1.2, zorder=2)
+        ax.plot(front[x], front[y], linestyle="none", marker="o", ms=11, mfc="none", mec="black", zorder=4,
+                label=f"Pareto front ({len(front)} trial{'s' if len(front) > 1 else ''})")
+    else:
+        ax.text(0.02, 0.02, "no Pareto front: no trial ran its full length", transform=ax.transAxes,
+                fontsize=8, color="dimgray")
 
 
 def plot_learning_curves(experiment: Experiment, table: pd.DataFrame, path: Path, top: int = 5) -> Path:

@@ -15,6 +15,15 @@ followed by ``(!)`` in the printed table and ``trials.md`` (which lists them und
 ``trials.csv`` has them in its ``problems`` column. The other trials are ranked as usual; only an
 unusable experiment (no spec, no finished trial) stops the command (one line, exit 2).
 
+Trials validated on different images (several ``val_split_sha256``, or trials of a hiercls before it was
+recorded: :func:`analysis.experiment.split_problem`) are refused in one line (exit 2, nothing written)
+unless ``--allow-mixed-splits``; ``--split PREFIX`` ranks the trials of one split (:func:`select_split`).
+
+With saved per-image predictions (:mod:`hiercls.evidence`) of the selected epochs, the table gains 95 %
+percentile bootstrap intervals (``--bootstrap N`` resamples, default 2000, 0 for none; ``--bootstrap-seed``),
+paired tests against the best-ranked trial and the cross-entropy baseline on the same images, the
+``tied_with_best`` column and the resolved Pareto fronts (:func:`add_statistics`).
+
 Units: errors are fractions in 0..1 (``val_top1_error`` 0.25 = 25 %); mistake severity and the
 hierarchical distances are in LCA-height units of the search's hierarchy (0 = same class).
 """
@@ -22,7 +31,9 @@ hierarchical distances are in LCA-height units of the search's hierarchy (0 = sa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,15 +43,18 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiment import (
+    SHORT_SPLIT,
     AnalysisError,
     Experiment,
     Trial,
     load_experiment,
     run_cli,
     searched_params,
+    split_problem,
     trial_objective,
 )
-from analysis.pareto import PARETO_PAIRS, pareto_front
+from analysis.pareto import PARETO_PAIRS, RESOLVED_FRONTS, pareto_front
+from analysis.stats import bootstrap_ratios, mcnemar_exact, percentile_interval
 from hiercls.experiment.layout import pareto_mask
 from hiercls.registry import TRAINING_PARAMS, param_registries
 from hiercls.tune.constraints import (
@@ -56,14 +70,20 @@ __all__ = [
     "METRIC_COLUMNS",
     "PARETO_PAIRS",
     "SCOPES",
+    "STAT_COLUMNS",
+    "add_statistics",
     "build_table",
+    "check_splits",
     "display_rows",
+    "load_evidence",
     "main",
     "markdown_table",
     "pareto_front",
     "pareto_mask",
     "print_warnings",
     "select_record",
+    "select_split",
+    "statistics_text",
 ]
 
 SCOPES = ("best", "last")
@@ -80,6 +100,32 @@ objective (:attr:`Experiment.objective_text`)."""
 DEFAULT_OUT = "analysis"  # inside the experiment folder
 PROBLEM_SEPARATOR = " | "  # between a trial's problems in the problems column
 DAMAGED = " (!)"  # after the status of a trial with problems, in the readable tables
+
+LEVEL = 0.95
+"""The level of every interval of the table (percentile bootstrap over validation images)."""
+ALPHA = 0.05
+"""The significance of every test of the table: a difference is resolved when McNemar's p < ALPHA, or when
+its 95 % interval excludes 0."""
+DEFAULT_BOOTSTRAP = 2000
+"""Bootstrap resamples of the validation images (``--bootstrap``)."""
+INTERVAL_METRICS = ("val_top1_error", "val_mistake_severity", "val_hdist@5")
+"""The metrics with an interval (``<metric>_low`` / ``<metric>_high``)."""
+PAIRED_METRICS = {"severity": "val_mistake_severity", "hdist@5": "val_hdist@5"}
+"""Short name in the paired columns -> metric, for the paired bootstrap intervals of differences."""
+COMPARISONS = ("vs_best", "vs_baseline")
+INTERVAL_COLUMNS = tuple(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("low", "high"))
+
+
+def _paired_columns(prefix: str) -> tuple[str, ...]:
+    return (f"{prefix}_top1_p", *(f"{prefix}_{k}_{end}" for k in PAIRED_METRICS for end in ("low", "high")))
+
+
+PAIRED_COLUMNS = tuple(c for prefix in COMPARISONS for c in _paired_columns(prefix))
+STAT_COLUMNS = (*INTERVAL_COLUMNS, *PAIRED_COLUMNS, "tied_with_best", *RESOLVED_FRONTS.values())
+"""The table's per-image statistics columns (see :func:`build_table`), after ``pareto_index``."""
+EVIDENCE_FOLDER = "val_predictions"
+""":data:`hiercls.evidence.EVIDENCE_DIR`, named here so that ranking a search without saved predictions
+imports no torch (``hiercls.evidence`` does)."""
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -142,12 +188,17 @@ def build_table(
     *,
     require_finished: bool = True,
     bounds: Mapping[str, float] | None = None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    baseline: str | None = None,
 ) -> pd.DataFrame:
     """One row per trial, best first (by ``rank_objective``).
 
     Columns: ``trial_id``; ``status`` (complete, stopped early, unfinished, nan, error); ``loss`` and the
     parameters it takes (``alpha``, ``beta``, ...; empty for other losses); ``lr_schedule`` and its
-    parameters; ``lr``, ``weight_decay`` and any other searched key; ``seed``; ``epochs_run`` and
+    parameters; ``lr``, ``weight_decay`` and any other searched key; ``seed``; ``val_split`` (the first 12
+    hex characters of the trial's ``val_split_sha256``, :attr:`Trial.val_split_sha256`: the identity of its
+    validation images; empty for a trial of a hiercls before it was recorded); ``epochs_run`` and
     ``epochs`` (configured); ``scope``; ``epoch`` (the epoch the scope selected: ``best`` = lowest
     search objective, ``last`` = last reported); ``objective`` (the search objective at that epoch; for a
     multi-objective search val_top1_error); the val metrics at that epoch (:data:`METRIC_COLUMNS`:
@@ -170,12 +221,26 @@ def build_table(
     or every compared one; empty otherwise) and ``constraint/<metric>`` (value - bound;
     ``<= 0`` is feasible), and ``table.attrs["constraint_bounds"]`` (for the plots).
 
+    After ``pareto_index``, the per-image statistics columns :data:`STAT_COLUMNS`, computed with
+    ``bootstrap`` >= 1 resamples from the trials' saved predictions of the selected epoch (see
+    :func:`add_statistics` for their definitions); with ``bootstrap`` 0 (the default here: export and the
+    plots of other tools need no statistics) they are NaN / NA and ``table.attrs["statistics"]`` is None.
+
+    Args:
+        bootstrap: resamples of the validation images (0: no statistics).
+        bootstrap_seed: seed of the resampling (the same seed gives the same intervals).
+        baseline: the trial the ``vs_baseline_`` columns compare with (default: the best-ranked compared
+            complete cross-entropy trial).
+
     Raises:
         AnalysisError: unknown scope; no trial is complete or stopped early (unless not
-            ``require_finished``); an unreadable ``constraints.json``.
+            ``require_finished``); an unreadable ``constraints.json``; an unknown ``baseline`` trial;
+            ``bootstrap`` < 0.
     """
     if scope not in SCOPES:
         raise AnalysisError(f"scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise AnalysisError(f"bootstrap must be a whole number >= 0 (0: no intervals), got {bootstrap!r}")
     if require_finished or not experiment.trials:
         experiment.require_finished()
     searched = searched_keys(experiment.spec)
@@ -200,6 +265,7 @@ def build_table(
             if k not in row and k not in ("loss", "lr_schedule"):
                 row[k] = _plain(trial.params.get(k, config.get(k)))
         row["seed"] = trial.seed
+        row["val_split"] = trial.val_split_sha256[:SHORT_SPLIT] if trial.val_split_sha256 else None
         row["epochs_run"] = trial.epochs_run
         row["epochs"] = trial.epochs
         row["scope"] = scope
@@ -257,7 +323,273 @@ def build_table(
     df["_unranked"] = df["rank_objective"].isna()
     keys = ["_unranked", *RANKS, "val_top1_error", "trial_id"]
     df = df.sort_values(keys, na_position="last", kind="stable").drop(columns="_unranked")
-    return df.reset_index(drop=True)
+    return add_statistics(df.reset_index(drop=True), experiment, bootstrap, bootstrap_seed, baseline)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@dataclasses.dataclass(frozen=True)
+class _Evidence:
+    """One trial's per-image terms at its selected epoch, images ordered by their position in the official
+    training set: ``split`` (the file's ``val_split_sha256``), ``indices`` int [N], ``wrong`` float64 [N]
+    (0/1 top-1 mistakes), ``terms`` (metric -> ``(num, den)`` float64 [N] each, :func:`hiercls.evidence.
+    per_image`) and ``boots`` (metric -> float64 [B]: the metric on each bootstrap resample)."""
+
+    split: str
+    indices: np.ndarray
+    wrong: np.ndarray
+    terms: dict[str, tuple[np.ndarray, np.ndarray]]
+    boots: dict[str, np.ndarray]
+
+
+def _hierarchy_name(experiment: Experiment, trial: Trial) -> str | None:
+    return (trial.config or {}).get("hierarchy") or (experiment.spec.get("train") or {}).get("hierarchy")
+
+
+def load_evidence(experiment: Experiment, table: pd.DataFrame, n_boot: int, seed: int
+                  ) -> tuple[dict[str, _Evidence], list[str]]:
+    """The saved predictions of each row's selected ``epoch`` (``<trial>/val_predictions/epoch_NNNN.npz``,
+    :func:`hiercls.evidence.load_predictions`; never unpickled) as per-image terms, with the bootstrap
+    replicates of :data:`INTERVAL_METRICS`: ``n_boot`` resamples of the N images with replacement drawn from
+    ``np.random.default_rng(seed)`` (:func:`analysis.stats.bootstrap_ratio_ci`'s draws, so each interval
+    equals that function's on the same arrays and seed, and the replicates of two trials on the same split
+    use the same resampled images: their differences are :func:`analysis.stats.paired_bootstrap_diff_ci`'s).
+
+    Returns:
+        ``({trial_id: evidence}, problems)``: the trials whose file exists and could be read; one line per
+        file that could not be read (or whose split is not the trial's), ``trial ID: WHAT``. torch is
+        imported only when some trial has a predictions folder.
+    """
+    trials = {t.trial_id: t for t in experiment.trials}
+    wanted = [(trials[tid], int(epoch)) for tid, epoch in zip(table["trial_id"], table["epoch"])
+              if not pd.isna(epoch) and trials[tid].path is not None
+              and (trials[tid].path / EVIDENCE_FOLDER).is_dir()]
+    if not wanted:
+        return {}, []
+    from hiercls.evidence import EvidenceError, load_predictions, per_image, predictions_path
+    from hiercls.hierarchy import DEFAULT_HIERARCHY, load_cifar100_hierarchy
+
+    hierarchies: dict[str, Any] = {}
+    found: dict[str, _Evidence] = {}
+    problems: list[str] = []
+    for trial, epoch in wanted:
+        path = predictions_path(trial.path, epoch)
+        if not path.is_file():
+            continue
+        name = str(_hierarchy_name(experiment, trial) or DEFAULT_HIERARCHY)
+        try:
+            pred = load_predictions(path)
+            if trial.val_split_sha256 and pred.val_split_sha256 != trial.val_split_sha256:
+                raise EvidenceError(f"{str(path)!r} holds split {pred.val_split_sha256[:SHORT_SPLIT]}, not "
+                                    f"the trial's {trial.val_split_sha256[:SHORT_SPLIT]}")
+            if name not in hierarchies:
+                hierarchies[name] = load_cifar100_hierarchy(name)
+            terms = per_image(pred, hierarchies[name])
+        except ValueError as err:  # EvidenceError, HierarchyError, a ranking shorter than k
+            problems.append(f"trial {trial.trial_id}: {err}; no intervals or paired tests for it")
+            continue
+        order = np.argsort(pred.indices, kind="stable")
+        chosen = {m: (terms[m][0][order], terms[m][1][order]) for m in INTERVAL_METRICS}
+        boots = bootstrap_ratios(list(chosen.values()), n_boot, seed)
+        wrong = chosen["val_top1_error"][0]
+        found[trial.trial_id] = _Evidence(pred.val_split_sha256, pred.indices[order], wrong, chosen,
+                                          dict(zip(INTERVAL_METRICS, boots)))
+    return found, problems
+
+
+def _same_images(a: _Evidence, b: _Evidence) -> bool:
+    return a.split == b.split and np.array_equal(a.indices, b.indices)
+
+
+def _paired(a: _Evidence | None, b: _Evidence | None) -> dict[str, float]:
+    """``a`` against ``b`` on the same images: ``top1_p`` (McNemar's exact p) and ``KEY_low`` /
+    ``KEY_high`` for each :data:`PAIRED_METRICS` key (the percentile interval of ``a - b`` over the shared
+    resamples); empty when either has no evidence or their images differ."""
+    if a is None or b is None or not _same_images(a, b):
+        return {}
+    out = {"top1_p": mcnemar_exact(a.wrong, b.wrong)[2]}
+    for key, metric in PAIRED_METRICS.items():
+        out[f"{key}_low"], out[f"{key}_high"] = percentile_interval(a.boots[metric] - b.boots[metric], LEVEL)
+    return out
+
+
+def _resolved_better(b: _Evidence, a: _Evidence, metric: str) -> bool:
+    """Whether ``b`` is resolved-better than ``a`` in top-1 error and ``metric``: same images, fewer top-1
+    mistakes with McNemar's p < :data:`ALPHA`, and the interval of ``metric(b) - metric(a)`` below 0."""
+    if not _same_images(a, b) or b.wrong.sum() >= a.wrong.sum():
+        return False
+    if mcnemar_exact(a.wrong, b.wrong)[2] >= ALPHA:
+        return False
+    return percentile_interval(b.boots[metric] - a.boots[metric], LEVEL)[1] < 0
+
+
+def _tied(row: Mapping[str, float]) -> Any:
+    """tied_with_best from a row's ``vs_best_`` values: NA when any is unknown."""
+    values = [row[c] for c in _paired_columns("vs_best")]
+    if any(math.isnan(v) for v in values):
+        return pd.NA
+    p, intervals = values[0], values[1:]
+    return bool(p >= ALPHA and all(low <= 0 <= high for low, high in zip(intervals[::2], intervals[1::2])))
+
+
+def _baseline_id(experiment: Experiment, table: pd.DataFrame, baseline: str | None) -> str | None:
+    """``baseline`` (checked), else the first compared complete cross-entropy row of the ranked table."""
+    if baseline is not None:
+        return experiment.trial(baseline).trial_id
+    pick = table[table["compared"] & table["status"].eq("complete") & table["loss"].eq("cross-entropy")]
+    return str(pick["trial_id"].iloc[0]) if len(pick) else None
+
+
+def _id_list(ids: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def add_statistics(table: pd.DataFrame, experiment: Experiment, n_boot: int, seed: int = 0,
+                   baseline: str | None = None) -> pd.DataFrame:
+    """The per-image statistics columns (:data:`STAT_COLUMNS`) of a ranked table (best first), placed after
+    ``pareto_index``. Every column is computed from the trial's saved predictions of the epoch in its
+    ``epoch`` column (:func:`load_evidence`); a row without them has NaN (NA for the booleans).
+
+    All intervals are 95 % percentile bootstrap intervals over the N validation images (Efron and
+    Tibshirani 1993, ch. 13; :mod:`analysis.stats`), ``n_boot`` resamples drawn with ``seed``: the same
+    resamples for every trial of a split, so the same command gives the same numbers.
+
+    * ``<metric>_low`` / ``<metric>_high`` for ``val_top1_error`` (the top-1 error rate, a fraction; the
+      percentile bootstrap also for it, not Wilson's interval, so the three intervals are alike),
+      ``val_mistake_severity`` (mean LCA height over the top-1 mistakes: a ratio, resampled as one) and
+      ``val_hdist@5`` (LCA heights): :func:`analysis.stats.bootstrap_ratio_ci`. Every row with evidence.
+    * ``vs_best_top1_p``: McNemar's exact two-sided p (:func:`analysis.stats.mcnemar_exact`) of the row's
+      top-1 mistakes against the best-ranked trial's (the first compared row: rank_objective 1) on the same
+      images; ``vs_best_severity_low/_high`` and ``vs_best_hdist@5_low/_high``: the paired bootstrap
+      interval of (row - best) for mistake severity / hdist@5 (:func:`analysis.stats.
+      paired_bootstrap_diff_ci`: the same resampled images for both). Negative: the row is lower (better).
+    * ``vs_baseline_...``: the same against the baseline, ``baseline`` when given (``--baseline``), else
+      the best-ranked compared complete cross-entropy trial (none: NaN).
+    * ``tied_with_best``: statistically indistinguishable from the best: ``vs_best_top1_p >= 0.05`` and
+      both paired intervals contain 0 (the best itself: p = 1 and [0, 0], True). NA when unknown.
+    * ``pareto_resolved`` (``pareto_resolved_hdist5``): a compared trial is on the resolved front unless
+      another compared trial is resolved-better in both top-1 error and mistake severity (hdist@5):
+      fewer top-1 mistakes with McNemar's p < 0.05, and the paired interval of the severity (hdist@5)
+      difference entirely below 0. A trial without evidence neither leaves the front nor pushes another
+      off it: NA; a row not compared: False.
+
+    The paired columns and the fronts pair only trials validated on the same images (equal
+    ``val_split_sha256`` and equal saved positions); other pairs stay NaN / never resolved. Paired columns
+    are filled for compared rows only. ``table.attrs["statistics"]``: ``n_boot``, ``seed``, ``level``,
+    ``images`` (the distinct N), ``best`` and ``baseline`` (trial ids or None), ``with_evidence`` (count)
+    and ``notes`` (lines for the user: trials without evidence, damaged files, a missing baseline); None
+    when ``n_boot`` is 0.
+    """
+    df = table.copy()
+    n = len(df)
+    numbers = {c: np.full(n, np.nan) for c in (*INTERVAL_COLUMNS, *PAIRED_COLUMNS)}
+    evidence, problems = load_evidence(experiment, df, n_boot, seed) if n_boot > 0 and n else ({}, [])
+    ids = [str(t) for t in df["trial_id"]]
+    compared = df["compared"].to_numpy(dtype=bool)
+    for i, tid in enumerate(ids):
+        for m, boot in (evidence[tid].boots.items() if tid in evidence else ()):
+            numbers[f"{m}_low"][i], numbers[f"{m}_high"][i] = percentile_interval(boot, LEVEL)
+    best = next((tid for tid, c in zip(ids, compared) if c), None) if n_boot > 0 else None
+    base = _baseline_id(experiment, df, baseline) if n_boot > 0 else None
+    for prefix, ref in zip(COMPARISONS, (best, base)):
+        for i in np.flatnonzero(compared) if ref is not None else ():
+            for key, value in _paired(evidence.get(ids[i]), evidence.get(ref)).items():
+                numbers[f"{prefix}_{key}"][i] = value
+    for column, values in numbers.items():
+        df[column] = values
+    df["tied_with_best"] = pd.array([_tied(numbers_row) if c else pd.NA for c, numbers_row in
+                                     zip(compared, df[list(PAIRED_COLUMNS)].to_dict("records"))],
+                                    dtype="boolean")
+    for pair, column in RESOLVED_FRONTS.items():
+        metric = PARETO_PAIRS[pair][1]
+        mine = [evidence.get(tid) if c else None for tid, c in zip(ids, compared)]
+        df[column] = pd.array([
+            False if not c else pd.NA if a is None else
+            not any(b is not None and b is not a and _resolved_better(b, a, metric) for b in mine)
+            for c, a in zip(compared, mine)], dtype="boolean")
+    rest = [c for c in df.columns if c not in STAT_COLUMNS]
+    at = rest.index("pareto_index") + 1
+    df = df[[*rest[:at], *STAT_COLUMNS, *rest[at:]]]
+    df.attrs["statistics"] = None if n_boot == 0 else _statistics_info(
+        n_boot, seed, evidence, problems, best, base, [t for t, c in zip(ids, compared) if c])
+    return df
+
+
+def _statistics_info(n_boot: int, seed: int, evidence: Mapping[str, _Evidence], problems: list[str],
+                     best: str | None, base: str | None, compared: list[str]) -> dict[str, Any]:
+    """``table.attrs["statistics"]`` (see :func:`add_statistics`)."""
+    notes = list(problems)
+    lacking = [t for t in compared if t not in evidence]
+    if lacking and len(lacking) == len(compared):
+        notes.append(f"none of the {len(compared)} compared trials has saved per-image predictions for the "
+                     "epoch the scope selected (a search of a hiercls before they were saved, or epochs "
+                     "whose files were not kept): no intervals, paired tests or resolved fronts")
+    elif lacking:
+        notes.append(f"{len(lacking)} of {len(compared)} compared trials have no saved per-image "
+                     f"predictions for the epoch the scope selected ({_id_list(lacking)}): their intervals, "
+                     "paired tests, tied_with_best and pareto_resolved are empty (a run keeps its last "
+                     "epoch's and its best epochs' predictions; runs of a hiercls before that keep none)")
+    if lacking and best in lacking and len(lacking) < len(compared):
+        notes.append(f"the best-ranked trial {best} has no saved predictions: the vs_best columns and "
+                     "tied_with_best are empty")
+    if base is None and compared:
+        notes.append("no compared complete cross-entropy trial: the vs_baseline columns are empty (name a "
+                     "baseline with --baseline TRIAL_ID)")
+    elif base is not None and base not in evidence and len(lacking) < len(compared):
+        notes.append(f"the baseline trial {base} has no saved predictions: the vs_baseline columns are empty")
+    splits = {ev.split for t, ev in evidence.items() if t in compared}
+    if len(splits) > 1:
+        notes.append(f"the compared trials' predictions come from {len(splits)} validation splits: paired "
+                     "tests and the resolved fronts compare only trials of one split (others stay empty)")
+    return {"n_boot": n_boot, "seed": seed, "level": LEVEL, "best": best, "baseline": base,
+            "images": sorted({len(ev.indices) for ev in evidence.values()}),
+            "with_evidence": sum(t in evidence for t in compared), "notes": notes}
+
+
+def select_split(experiment: Experiment, prefix: str) -> Experiment:
+    """The experiment with only the trials whose ``val_split_sha256`` starts with ``prefix`` (hex,
+    case-insensitive; ``--split``).
+
+    Raises:
+        AnalysisError: ``prefix`` is not hex, matches no trial's split (the splits are listed), or matches
+            several splits (a longer prefix is needed).
+    """
+    wanted = prefix.strip().lower()
+    splits: dict[str, int] = {}
+    for t in experiment.trials:
+        if t.val_split_sha256:
+            splits[t.val_split_sha256] = splits.get(t.val_split_sha256, 0) + 1
+    listed = ", ".join(f"{h[:SHORT_SPLIT]} ({k} trial{'s' if k > 1 else ''})" for h, k in splits.items())
+    if not re.fullmatch(r"[0-9a-f]{1,64}", wanted):
+        raise AnalysisError(f"--split {prefix!r} is not a hex prefix of a val_split_sha256; splits: "
+                            f"{listed or 'none recorded'}")
+    matching = [h for h in splits if h.startswith(wanted)]
+    if len(matching) != 1:
+        what = "matches no" if not matching else f"matches {len(matching)}"
+        listed = listed or "none recorded (a search of a hiercls before val_split_sha256)"
+        raise AnalysisError(f"--split {prefix!r} {what} validation split of {str(experiment.path)!r}; "
+                            f"splits: {listed}")
+    return dataclasses.replace(experiment, trials=[t for t in experiment.trials
+                                                    if t.val_split_sha256 == matching[0]])
+
+
+def check_splits(experiment: Experiment, include_stopped: bool = False, allow_mixed: bool = False
+                 ) -> str | None:
+    """Refuse to rank trials validated on different images (:func:`analysis.experiment.split_problem`)
+    among the trials a ranking compares (complete ones; with ``include_stopped`` also stopped-early and
+    unfinished ones).
+
+    Returns:
+        None when they share one split; the problem (one line, without the advice) when ``allow_mixed``.
+
+    Raises:
+        AnalysisError: the one-line problem, when they do not share one and not ``allow_mixed``.
+    """
+    partial = ("stopped early", "unfinished") if include_stopped else ()
+    trials = [t for t in experiment.trials if t.status == "complete" or t.status in partial]
+    problem = split_problem(trials, advice=not allow_mixed)
+    if problem is not None and not allow_mixed:
+        raise AnalysisError(problem)
+    return problem
 
 
 def search_bounds(experiment: Experiment) -> dict[str, float] | None:
@@ -354,14 +686,42 @@ DISPLAY = [
 ]
 
 
+STAT_DISPLAY = [("tied", "tied_with_best"), ("resolved front", "pareto_resolved")]
+"""The readable tables' columns of the per-image statistics, shown when the table has any."""
+
+
+def _known(table: pd.DataFrame, column: str) -> bool:
+    return column in table.columns and bool(table[column].notna().any())
+
+
+def _with_interval(row: Mapping[str, Any], metric: str) -> str:
+    """``0.412 [0.398, 0.426]`` (value and its interval) when the row has the interval, else the value."""
+    low, high, value = row.get(f"{metric}_low"), row.get(f"{metric}_high"), row[metric]
+    if _missing(low) or _missing(high) or _missing(value):
+        return _fmt(value)
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _tied_text(row: Mapping[str, Any], best: str | None) -> str:
+    value = row.get("tied_with_best")
+    if _missing(value):
+        return ""
+    return "best" if row["trial_id"] == best else ("yes" if value else "no")
+
+
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of the readable table (Markdown and console): the ranks by the search's
     objective (#, :func:`rank_text` says which) and by mistake severity (sev#), the status (followed by
     ``(!)`` when the trial has problems: damaged files or unknown values, listed in the ``problems``
     column), loss and schedule with their parameters, lr, ``epoch`` as selected/run/configured, the main
-    metrics, and the front memberships (``*`` on the front; the (error, severity) front shows its
-    ``pareto:INDEX``)."""
+    metrics (top-1 error, severity and hdist@5 as ``value [low, high]`` where the table has their
+    intervals: :func:`add_statistics`), the front memberships (``*`` on the front; the (error, severity)
+    front shows its ``pareto:INDEX``), and, where the table has them, ``tied`` (``best`` for the
+    best-ranked trial, ``yes`` when tied_with_best, ``no`` when resolved worse, empty when unknown) and
+    ``resolved front`` (``*`` on the (error, severity) resolved front)."""
     shown = [(h, c) for h, c in DISPLAY if c != "feasible" or "feasible" in table.columns]
+    shown += [(h, c) for h, c in STAT_DISPLAY if _known(table, c)]
+    best = (table.attrs.get("statistics") or {}).get("best")
     header = [h for h, _ in shown]
     body = []
     for _, row in table.iterrows():
@@ -392,6 +752,12 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 cells.append({True: "yes", False: "NO"}.get(value, ""))
             elif col == "lr":
                 cells.append(f"{row['lr']:.4g}" if "lr" in row and not _missing(row["lr"]) else "")
+            elif col in INTERVAL_METRICS:
+                cells.append(_with_interval(row, col))
+            elif col == "tied_with_best":
+                cells.append(_tied_text(row, best))
+            elif col == "pareto_resolved":
+                cells.append("" if _missing(row[col]) else "*" if row[col] else "")
             else:
                 cells.append(_fmt(row[col]))
         body.append(cells)
@@ -423,11 +789,33 @@ def _scope_text(experiment: Experiment, scope: str) -> str:
     return "last (each trial's last epoch)"
 
 
+def statistics_text(table: pd.DataFrame) -> list[str]:
+    """What the table's intervals and tests are (header lines of the readable tables); none when the table
+    has no per-image statistics (``--bootstrap 0``, or no trial with saved predictions)."""
+    info = table.attrs.get("statistics")
+    if not info or not info["images"]:
+        return []
+    images = " or ".join(f"{k:,}" for k in info["images"])
+    best, base = info["best"] or "none", info["baseline"] or "none"
+    return [
+        f"Intervals: {LEVEL:.0%} percentile bootstrap over {images} validation images ({info['n_boot']} "
+        f"resamples, seed {info['seed']}) at each trial's selected epoch, shown as value [low, high].",
+        f"tied: indistinguishable from the best-ranked trial {best} on the same images (McNemar's exact "
+        f"p >= {ALPHA} for top-1 error, and paired {LEVEL:.0%} bootstrap intervals of the severity and "
+        "hdist@5 differences containing 0); resolved front: no other compared trial has both fewer top-1 "
+        f"mistakes (p < {ALPHA}) and a paired severity-difference interval below 0; the vs_baseline columns "
+        f"of trials.csv compare with trial {base}.",
+    ]
+
+
 def write_outputs(
-    experiment: Experiment, table: pd.DataFrame, out: Path, scope: str, include_stopped: bool
+    experiment: Experiment, table: pd.DataFrame, out: Path, scope: str, include_stopped: bool,
+    split_warning: str | None = None,
 ) -> list[Path]:
-    """``trials.csv`` and ``trials.md`` in ``out`` (the Markdown ends with a "Problems" list when any
-    file is damaged: :meth:`Experiment.warnings`); returns their paths."""
+    """``trials.csv`` and ``trials.md`` in ``out`` (the Markdown says what the intervals are,
+    :func:`statistics_text`; it ends with "Notes" on the statistics and a "Problems" list when any file is
+    damaged: :meth:`Experiment.warnings`); ``split_warning``: a line on mixed validation splits ranked
+    anyway (``--allow-mixed-splits``) for its header. Returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "trials.csv", out / "trials.md"
     table.to_csv(csv_path, index=False)
@@ -442,10 +830,15 @@ def write_outputs(
         f"{rank_text(experiment)}, sev# by val_mistake_severity.",
         "Errors are fractions (0..1); severity and hdist in LCA-height units. `epoch`: the selected epoch "
         "(epochs run/configured).",
+        *statistics_text(table),
+        *([f"Warning: {split_warning}."] if split_warning else []),
         "",
         markdown_table(header, body),
         "",
     ]
+    notes = (table.attrs.get("statistics") or {}).get("notes") or []
+    if notes:
+        text += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     warnings = experiment.warnings()
     if warnings:
         text += ["## Problems", "",
@@ -463,6 +856,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return value
 
 
@@ -489,7 +892,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "column and marks infeasible trials in the plots")
     parser.add_argument("--baseline", metavar="TRIAL_ID", default=None,
                         help="the trial whose values 'baseline' means (default: a constrained search's "
-                             "own baseline trial)")
+                             "own baseline trial), and the one the vs_baseline columns compare with "
+                             "(default: the best-ranked complete cross-entropy trial)")
+    parser.add_argument("--split", metavar="HASH_PREFIX", default=None,
+                        help="rank only the trials validated on the split whose val_split_sha256 starts "
+                             "with HASH_PREFIX (the val_split column)")
+    parser.add_argument("--allow-mixed-splits", action="store_true",
+                        help="rank trials validated on different images (several splits, or trials of a "
+                             "hiercls before splits were recorded) instead of refusing; paired tests still "
+                             "compare only trials of one split")
+    parser.add_argument("--bootstrap", type=_non_negative, default=DEFAULT_BOOTSTRAP, metavar="N",
+                        help="bootstrap resamples of the validation images for the intervals and paired "
+                             f"tests (default: {DEFAULT_BOOTSTRAP}; 0: none)")
+    parser.add_argument("--bootstrap-seed", type=_non_negative, default=0, metavar="SEED",
+                        help="seed of the resampling: the same seed prints the same intervals (default: 0)")
     return parser
 
 
@@ -508,12 +924,20 @@ def print_warnings(experiment: Experiment) -> None:
 def _rank(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
     print_warnings(experiment)  # also when nothing can be ranked: they may say why
+    if args.split is not None:
+        experiment = select_split(experiment, args.split)
+    mixed = check_splits(experiment, args.include_stopped, args.allow_mixed_splits)
+    if mixed:
+        mixed += ("; ranked anyway (--allow-mixed-splits): paired tests compare only trials validated on "
+                  "the same images")
+        print(f"warning: {mixed}", file=sys.stderr)
     bounds = resolve_bounds(experiment, args.constraint or [], args.baseline, args.scope)
-    table = build_table(experiment, args.scope, include_stopped=args.include_stopped, bounds=bounds)
+    table = build_table(experiment, args.scope, include_stopped=args.include_stopped, bounds=bounds,
+                        bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, baseline=args.baseline)
     out = Path(args.out) if args.out else experiment.path / DEFAULT_OUT
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out {str(out)!r} is a file: give a folder for the tables and plots")
-    written = write_outputs(experiment, table, out, args.scope, args.include_stopped)
+    written = write_outputs(experiment, table, out, args.scope, args.include_stopped, mixed)
     notes: list[str] = []
     if not args.no_plots:
         from analysis.plots import make_plots  # matplotlib only when plots are drawn
@@ -524,6 +948,8 @@ def _rank(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in experiment.counts().items() if n)
     print(f"{experiment.name}: {len(table)} trials ({counts}); scope {_scope_text(experiment, args.scope)}")
     print(f"{rank_text(experiment)}; sev# by val_mistake_severity")
+    for line in statistics_text(table):
+        print(line)
     if "feasible" in table.columns:
         judged = table["feasible"].dropna()  # the trials that ran in full, as the search counts them
         limits = "; ".join(f"{m} <= {b:.6g}" for m, b in table.attrs["constraint_bounds"].items())
@@ -531,7 +957,7 @@ def _rank(args: argparse.Namespace) -> int:
               "scope's epoch (infeasible ones are not ranked)")
     for line in text_table(header, body):
         print(line)
-    for note in notes:
+    for note in [*((table.attrs.get("statistics") or {}).get("notes") or []), *notes]:
         print(f"note: {note}")
     damaged = sum(1 for t in experiment.trials if t.problems)
     if damaged or experiment.problems:

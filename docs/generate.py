@@ -86,7 +86,13 @@ SPACE_FILE_ONLY = {
     "search": "the searched values: distributions, branches, grid entries "
               "([../search.md](../search.md#search-spaces))",
     "points_to_evaluate": "configurations tried first, e.g. the cross-entropy baseline of a constrained "
-                          "search",
+                          "search; in a grid search, configurations each run at every point of the grid "
+                          "(a grid over `seed` repeats them: what `hiercls-confirm` runs)",
+    "evaluate_test": "score the official test set once at the end of every trial (`final_test_results.json`"
+                     " in its folder): what `hiercls-confirm` sets; a search chooses on validation only",
+    "split_seed": "the seed of the one validation split (and `max_train_samples` subset) all trials share; "
+                  "null: the search `seed`; `trial`: each trial its own, as searches before it "
+                  "([../statistics.md](../statistics.md))",
 }
 """What each setting that has no command-line option sets (a new one without a line here fails the page)."""
 

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "param_keys", "coerce_field",
     "EMBEDDING_KEYS", "VALUE_SCHEDULE_KEYS", "fill_added_keys", "read_saved_config", "upgrade_saved_values",
     "RUN_FOLDER_MARKERS", "read_config_file", "recorded_run_folder", "FLIP_MODES", "FIDELITY_KEYS",
+    "SPLIT_KEYS",
     "resolve_config_file", "shipped_dir", "shipped_recipes", "check_config_keys", "param_owner",
     "read_config_values",
 ]
@@ -114,8 +116,14 @@ class TrainConfig:
     :func:`hiercls.data.find_cifar100` does: ``$HIERCLS_DATA_DIR``, the project's ``.data/cifar-100``, the
     shared archive, torchvision's download; a run records the folder it read), ``download`` (through
     torchvision when absent), ``hierarchy`` (built-in name or file), ``val_size`` (images held out of the
-    official training set, stratified; 0 = train on all 50,000, no validation), ``max_train_samples``
-    (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels, 0 = off),
+    official training set, stratified; 0 = train on all 50,000, no validation), ``split_seed`` (the seed of
+    the validation split and of the ``max_train_samples`` subset; None = ``seed``, as runs before it
+    existed: a search fixes it for all its trials, so they train on the same images and are validated on
+    the same ones while weights, batches and augmentation follow each trial's ``seed``),
+    ``val_split_sha256`` (the identity of the validation images: :func:`hiercls.evidence.split_sha256` of
+    their sorted positions; a run records it, and a value set must equal the split the run draws),
+    ``max_train_samples`` (stratified subset for quick runs), ``cutout`` (Cutout square side in pixels,
+    0 = off),
     ``crop_padding`` (the random crop's zero padding in pixels on each side, 0 = no crop; default 4),
     ``flip`` (horizontal flips of the training images: ``random``, each image with probability 1/2 in
     every epoch; ``alternate``, each image flipped in every other epoch, the first choice random per
@@ -179,6 +187,8 @@ class TrainConfig:
     download: bool = True
     hierarchy: str = "cifar100-l5"
     val_size: int = 5000
+    split_seed: int | None = None
+    val_split_sha256: str | None = None
     max_train_samples: int | None = None
     cutout: int = 0
     crop_padding: int = 4
@@ -325,6 +335,11 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def data_split_seed(self) -> int:
+        """The seed of the validation split and the training subset: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def use_amp(self, device_type: str) -> bool:
         """Whether training runs under bf16 autocast on a ``device_type`` (``cuda``, ``cpu``) device."""
         return _switch(self.amp, device_type)
@@ -460,6 +475,10 @@ class TrainConfig:
             ("ema_decay", math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1,
              "in [0, 1) (0 = no weight average; 0.99 averages about the last 100 steps)"),
             ("seed", self.seed >= 0, ">= 0"),
+            ("split_seed", self.split_seed is None or self.split_seed >= 0, "None (= seed) or >= 0"),
+            ("val_split_sha256", self.val_split_sha256 is None or bool(re.fullmatch(r"[0-9a-f]{64}",
+                                                                                    self.val_split_sha256)),
+             "None or 64 lower-case hex digits (a run records it)"),
             ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer (epochs)"),
         ]
         checks += [
@@ -594,15 +613,20 @@ FIDELITY_KEYS = ("crop_padding", "flip", "ema_decay", "whiten_init", "flip_tta")
 """Keys added with the speedrun recipe's training options; a ``config.yaml`` written before lacks them,
 and they take their defaults (the training and evaluation it ran) when it is read."""
 
+SPLIT_KEYS = ("split_seed", "val_split_sha256")
+"""Keys added with one validation split per search; a ``config.yaml`` written before lacks them, and reads
+as ``split_seed`` None (the split of its ``seed``, as it ran) and no recorded split identity."""
+
 
 def fill_added_keys(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with the :data:`EMBEDDING_KEYS`, :data:`VALUE_SCHEDULE_KEYS` and :data:`FIDELITY_KEYS`
-    defaults filled in when
+    """``values`` with the :data:`EMBEDDING_KEYS`, :data:`VALUE_SCHEDULE_KEYS`, :data:`FIDELITY_KEYS` and
+    :data:`SPLIT_KEYS` defaults filled in when
     those are the only fixed keys missing (a complete ``config.yaml`` of an earlier hiercls); anything
     else is returned unchanged, so a torn file still shows as torn."""
     out = dict(values)
     missing = [k for k in TrainConfig.field_names() if k not in out]
-    if missing and set(missing) <= set(EMBEDDING_KEYS) | set(VALUE_SCHEDULE_KEYS) | set(FIDELITY_KEYS):
+    added = {*EMBEDDING_KEYS, *VALUE_SCHEDULE_KEYS, *FIDELITY_KEYS, *SPLIT_KEYS}
+    if missing and set(missing) <= added:
         out.update({k: getattr(TrainConfig, k) for k in missing})
     return out
 

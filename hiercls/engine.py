@@ -37,7 +37,7 @@ import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from hiercls.config import (
 )
 from hiercls.data import Cifar100, DeviceLoader, check_complete, load_cifar100, make_splits, resolve_data_dir
 from hiercls.data.locate import has_dataset, project_data_dir, shared_archive
+from hiercls.evidence import kept_epochs, prune_predictions, save_predictions, split_sha256
 from hiercls.hierarchy import Hierarchy, cifar100_superclass_labels
 from hiercls.metrics import TEST_KS, VAL_KS, MetricAccumulator
 from hiercls.models import backbone_parameters, build_model
@@ -370,6 +371,7 @@ def evaluate(
     *,
     ks: tuple[int, ...] = VAL_KS,
     tta: bool = False,
+    rankings: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on every batch of an evaluation loader (fixed order, last partial batch included).
 
@@ -392,6 +394,9 @@ def evaluate(
             embeddings, yolo-v2's log leaf probabilities); None: the outputs are the class logits and
             ``loss`` is NaN.
         ks: the k of the @k metrics.
+        rankings: also return the per-image rankings the metrics were computed from, under
+            ``rankings`` (:meth:`~hiercls.metrics.MetricAccumulator.rankings`: CPU tensors; what
+            :func:`hiercls.evidence.save_predictions` writes).
 
     Returns:
         :func:`hiercls.metrics.compute_metrics`' keys (fractions; ``coarse_error`` on CIFAR-100's 20
@@ -428,6 +433,8 @@ def evaluate(
     out["loss"] = float(loss_sum) / acc.num_samples if criterion is not None else float("nan")
     out["num_samples"] = acc.num_samples
     out["num_mistakes"] = acc.num_mistakes
+    if rankings:
+        out["rankings"] = acc.rankings()
     return out
 
 
@@ -489,9 +496,20 @@ class Run:
         except ValueError as err:
             raise DataError(str(err)) from err
         splits = make_splits(
-            data, val_size=config.val_size, seed=config.seed, max_train_samples=config.max_train_samples
+            data, val_size=config.val_size, seed=config.data_split_seed,
+            max_train_samples=config.max_train_samples,
         )
         del data
+        sha = split_sha256(splits.val.indices if splits.val is not None else None)
+        if config.val_split_sha256 is not None and config.val_split_sha256 != sha:
+            raise DataError(
+                f"the validation split (val_size {config.val_size}, split_seed {config.data_split_seed}) is "
+                f"not the one this config records: val_split_sha256 {str(sha)[:12]}... vs recorded "
+                f"{config.val_split_sha256[:12]}... (another data set or another split); unset "
+                "val_split_sha256 to run on this split")
+        # the run's config records the identity of its validation images (config.yaml, every record)
+        self.config = config = dataclasses.replace(config, val_split_sha256=sha)
+        self.val_indices = splits.val.indices if splits.val is not None else None
         common = {"device": self.device, "channels_last": self.channels_last}
         self.train_loader = DeviceLoader(
             splits.train, batch_size=config.batch_size, train=True, seed=config.seed,
@@ -570,10 +588,11 @@ class Run:
         ``best.pth`` and ``final_model.pth`` hold."""
         return self.ema.module if self.ema is not None else self.model
 
-    def evaluate(self, loader: DeviceLoader, ks: tuple[int, ...] = VAL_KS) -> dict[str, Any]:
+    def evaluate(self, loader: DeviceLoader, ks: tuple[int, ...] = VAL_KS, *, rankings: bool = False
+                 ) -> dict[str, Any]:
         """:func:`evaluate` of :attr:`eval_net` on ``loader`` with the run's loss and ``flip_tta``."""
         return evaluate(self.eval_net, loader, self.hierarchy, self.criterion, ks=ks,
-                        tta=self.config.flip_tta)
+                        tta=self.config.flip_tta, rankings=rankings)
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the training forward pass when ``amp`` is on (any device), else a no-op."""
@@ -881,6 +900,7 @@ def _prepare_output(
             (out / name).unlink(missing_ok=True)
         for name in ("last.pth", "best.pth"):
             (ckpt_dir / name).unlink(missing_ok=True)
+        prune_predictions(out, set())  # the replaced run's saved predictions go with its records
     return None
 
 
@@ -909,7 +929,9 @@ def _comparable(config: TrainConfig) -> dict[str, Any]:
     """The keys that must match for a resume: all but :data:`~hiercls.config.RESUME_FREE_KEYS` (where the
     run is, and speed only), with ``amp`` and ``channels_last`` as the on/off they mean on the run's
     device."""
-    out = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE_KEYS}
+    # val_split_sha256 is what the run draws from keys compared here (the data, val_size, split_seed);
+    # a config given again on the command line has none yet
+    out = {k: v for k, v in config.to_dict().items() if k not in (*RESUME_FREE_KEYS, "val_split_sha256")}
     try:
         kind = resolve_device(config.device).type
     except ConfigError:
@@ -962,6 +984,7 @@ def fit(
     progress: bool | None = None,
     resume_from_best: bool = False,
     continue_from: str | Path | None = None,
+    keep_predictions: Sequence[Callable[[Mapping[str, Any]], float]] = (),
 ) -> dict[str, Any]:
     """Train ``config`` to the end (or to a non-finite loss), validating every epoch and checkpointing
     every ``config.checkpoint_every`` epochs and after the last.
@@ -1007,6 +1030,9 @@ def fit(
             ``best_epoch`` cover this run's own epochs (``last.pth`` holds no best weights). Excludes
             ``resume``; the file is read before anything in the output folder is touched, and may not be
             one ``overwrite`` deletes.
+        keep_predictions: objectives (functions of an epoch record, lower is better) whose best epoch's
+            validation predictions are kept (:mod:`hiercls.evidence`, ``val_predictions/``) besides the
+            last epoch's and the best by ``val_top1_error``'s (a search passes its objective).
 
     Returns:
         ``{"status", "epochs_run", "best_epoch", "best_val_top1_error", "out_folder", "history",
@@ -1046,7 +1072,8 @@ def fit(
     del data  # the run owns the decoded set from here (and drops it once on a device)
     with deterministic_mode(config.deterministic, resolve_device(config.device)):
         return _fit(config, reporter, out, ckpt_dir, donor if donor is not None else state, resume_from_best,
-                    progress, data_box, checked, continued=donor is not None)
+                    progress, data_box, checked, continued=donor is not None,
+                    keep_predictions=keep_predictions)
 
 
 def _recorded(config: TrainConfig) -> tuple[TrainConfig, Checked, Path]:
@@ -1196,11 +1223,13 @@ def _fit(
     checked: Checked,
     *,
     continued: bool = False,
+    keep_predictions: Sequence[Callable[[Mapping[str, Any]], float]] = (),
 ) -> dict[str, Any]:
     """:func:`fit` after its checks, inside the run's numerics settings. ``data_box`` holds the decoded
     data set and is emptied once the run has built its loaders, so a device run keeps no host copy.
     ``continued``: ``state`` is another run's ``last.pth`` (``continue_from``), not this run's."""
     run = Run(config, data_box.pop(), checked)  # data, model, loss: fails before any result is written
+    config = run.config  # with the identity of its validation split
     atomic_write_text(out / "config.yaml", config.to_yaml())
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "val_top1_error": math.inf}
@@ -1234,7 +1263,7 @@ def _fit(
 
     try:
         return _train(run, config, out, ckpt_dir, reporter, history, best, start_epoch, progress,
-                      compile_seconds)
+                      compile_seconds, keep_predictions)
     except StorageError as err:
         raise StorageError(
             f"{err}; the run stopped, and the checkpoint of its last completed epoch is intact: free the "
@@ -1254,6 +1283,7 @@ def _train(
     start_epoch: int,
     progress: bool | None,
     compile_seconds: float = 0.0,
+    keep_predictions: Sequence[Callable[[Mapping[str, Any]], float]] = (),
 ) -> dict[str, Any]:
     """The epochs of :func:`fit` from ``start_epoch``, then the final model and test results.
 
@@ -1287,9 +1317,11 @@ def _train(
         record: dict[str, Any] = {"epoch": epoch + 1, "scheduled_lr": rate, **values,
                                   "train_loss": train_loss}
         status = "ok" if finite else "nan"
+        ranked = None
         if run.val_loader is not None:
             if finite:
-                metrics = run.evaluate(run.val_loader)
+                metrics = run.evaluate(run.val_loader, rankings=True)
+                ranked = metrics.pop("rankings")
                 if not math.isfinite(metrics["loss"]):
                     status = "nan"
             if not finite or status == "nan":
@@ -1298,12 +1330,16 @@ def _train(
             record["val_loss"] = metrics["loss"]
             skip = ("loss", "num_samples", "num_mistakes")
             record.update({f"val_{k}": v for k, v in metrics.items() if k not in skip})
+            record["val_split_sha256"] = config.val_split_sha256
         record["epoch_seconds"] = time.perf_counter() - t0
         record["images_per_second"] = n_train / train_seconds if train_seconds > 0 else float("nan")
         record["compile_seconds"] = compile_seconds
         compile_seconds = 0.0
         record["status"] = status
         history.append(record)
+        if ranked is not None and status == "ok":  # per-image evidence: the last and the best epochs kept
+            save_predictions(out, epoch + 1, ranked, run.val_indices, config.val_split_sha256)
+            prune_predictions(out, kept_epochs(history, (_val_top1, *keep_predictions)))
 
         written = None
         if status == "ok":
@@ -1340,6 +1376,10 @@ def _train(
         "history": history,
         "test": test,
     }
+
+
+def _val_top1(record: Mapping[str, Any]) -> float:
+    return float(record.get("val_top1_error", math.nan))
 
 
 def evaluate_keys(hierarchy: Hierarchy) -> list[str]:

@@ -94,62 +94,18 @@ class MetricAccumulator:
         # best_sum[t, k-1]: the largest sum of similarities 1 - d/d_max that any k classes reach for t.
         sims = 1.0 - hierarchy.distances.double().sort(dim=1).values / self.d_max
         self.best_sum = sims.cumsum(dim=1)
-        self._device: torch.device | None = None
         self.reset()
 
     def reset(self) -> None:
         """Forget every sample seen so far."""
-        self._sums: dict[str, torch.Tensor] = {}
+        self._ranked: dict[str, list[torch.Tensor]] = {"": [], "crm/": []}
+        self._targets: list[torch.Tensor] = []
         self._count = 0
-        self._mistakes = {"": 0, "crm/": 0}
-
-    def _to(self, device: torch.device) -> None:
-        if self._device != device:
-            self.distances = self.distances.to(device)
-            self.best_sum = self.best_sum.to(device)
-            if self.coarse_labels is not None:
-                self.coarse_labels = self.coarse_labels.to(device)
-            self._device = device
-
-    def _add(self, key: str, value: torch.Tensor) -> None:
-        # Kept as float64 tensors on the batch's device: no host sync per batch.
-        value = value.double()
-        self._sums[key] = self._sums[key] + value if key in self._sums else value
-
-    def _update_ranking(self, prefix: str, ranked: torch.Tensor, targets: torch.Tensor) -> None:
-        # ranked: LongTensor [N, max_k] of class indices, best first.
-        dist = self.distances[targets.unsqueeze(1), ranked].double()  # [N, max_k]
-        wrong = ranked[:, 0] != targets
-        self._mistakes[prefix] = self._mistakes[prefix] + wrong.sum()
-        self._add(prefix + "top1_error", wrong.sum())
-        if self.num_classes >= 5:
-            self._add(prefix + "top5_error", (ranked[:, :5] != targets.unsqueeze(1)).all(dim=1).sum())
-        if self.coarse_labels is not None:
-            coarse = self.coarse_labels
-            self._add(prefix + "coarse_error", (coarse[ranked[:, 0]] != coarse[targets]).sum())
-        self._add(prefix + "mistake_severity", dist[:, 0][wrong].sum())
-        # Every @k quantity for k = 1..K at once from cumulative sums along the ranking; sums over the
-        # samples are taken before dividing by k, and mAHP's mean over j <= k commutes with that sum.
-        kmax = self.ks[-1]
-        dist_k = dist[:, :kmax]
-        steps = torch.arange(1, kmax + 1, device=dist.device, dtype=dist.dtype)
-        cum_d = dist_k.cumsum(dim=1)  # [N, K]: summed distance of the top k
-        hprec = (steps - cum_d / self.d_max) / self.best_sum[targets, :kmax]  # hprecision@k per sample
-        hprec_total = hprec.sum(dim=0)
-        totals = {
-            "hdist": cum_d.sum(dim=0) / steps,
-            "hdist_top": dist_k.cummin(dim=1).values.sum(dim=0),
-            "hdist_mistakes": (wrong.to(dist.dtype) @ cum_d) / steps,
-            "hprecision": hprec_total,
-            "mAHP": hprec_total.cumsum(dim=0) / steps,
-        }
-        for name, values in totals.items():
-            for k in self.ks:
-                self._add(f"{prefix}{name}@{k}", values[k - 1])
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add a batch.
+        """Add a batch: its classes ranked by score (top ``max_k``), kept on the logits' device until
+        :meth:`compute` (no host synchronisation per batch).
 
         Args:
             logits: FloatTensor [N, C] (any float dtype; any device).
@@ -165,33 +121,99 @@ class MetricAccumulator:
             )
         if logits.shape[0] == 0:
             return
-        self._to(logits.device)
-        targets = targets.long()
-        self._update_ranking("", logits.float().topk(self.max_k, dim=1).indices, targets)
+        crm = None
         if self.crm:
-            scores = crm_scores(logits, self.distances)
-            self._update_ranking("crm/", scores.topk(self.max_k, dim=1).indices, targets)
-        self._count += logits.shape[0]
+            crm = crm_scores(logits, self.distances.to(logits.device)).topk(self.max_k, dim=1).indices
+        self.update_ranked(logits.float().topk(self.max_k, dim=1).indices, targets, crm)
 
-    def compute(self) -> dict[str, float]:
-        """Metrics over every sample seen since the last reset (see the module docstring).
+    def update_ranked(self, ranked: torch.Tensor, targets: torch.Tensor,
+                      crm_ranked: torch.Tensor | None = None) -> None:
+        """Add a batch given as rankings instead of scores (saved predictions,
+        :mod:`hiercls.evidence`): ``ranked`` and ``crm_ranked`` integer [N, K] class indices best first
+        with ``K >= max(ks)`` (and >= 5 for ``top5_error``); ``crm_ranked`` is needed when ``crm``.
+
+        Raises:
+            ValueError: on shape mismatch or too few ranked classes.
+        """
+        need = max(self.ks[-1], 5 if self.num_classes >= 5 else 1)
+        for name, r in (("ranked", ranked), ("crm_ranked", crm_ranked if self.crm else ranked)):
+            if r is None or r.ndim != 2 or r.shape[0] != targets.shape[0] or r.shape[1] < need:
+                shape = None if r is None else tuple(r.shape)
+                raise ValueError(f"{name} must be [{targets.shape[0]}, >= {need}] class indices, got {shape}")
+        self._ranked[""].append(ranked[:, :need].long())
+        if self.crm:
+            self._ranked["crm/"].append(crm_ranked[:, :need].long())
+        self._targets.append(targets.long())
+        self._count += int(targets.shape[0])
+
+    def rankings(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Every sample seen, on the CPU: (ranked LongTensor [N, K], the CRM ranking or None, targets
+        LongTensor [N]), with ``K = max(max(ks), 5)`` (at most C)."""
+        cat = (lambda parts: torch.cat(parts).cpu()) if self._count else (lambda parts: None)
+        crm = cat(self._ranked["crm/"]) if self.crm else None
+        return cat(self._ranked[""]), crm, cat(self._targets)
+
+    def per_sample(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each metric as per-sample terms: ``{key: (terms float64 [N], over)}`` on the CPU, where the
+        metric is ``terms.sum() / over.sum()`` with ``over`` the 0/1 top-1 mistakes for
+        ``mistake_severity`` and ``hdist_mistakes@k`` (0.0 without mistakes), and None (every sample,
+        the metric is the mean of ``terms``) for the others. :meth:`compute` sums exactly these terms, so a
+        metric recomputed from saved rankings equals the recorded one bit for bit.
 
         Raises:
             ValueError: if no sample was seen.
         """
         if self._count == 0:
             raise ValueError("no samples: call update() with at least one sample before compute()")
+        ranked, crm, targets = self.rankings()
+        out = self._terms("", ranked, targets)
+        if crm is not None:
+            out.update(self._terms("crm/", crm, targets))
+        return out
+
+    def _terms(self, prefix: str, ranked: torch.Tensor, targets: torch.Tensor
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        # ranked: LongTensor [N, K] of class indices, best first; everything in float64 on the CPU
+        dist = self.distances.cpu()[targets.unsqueeze(1), ranked].double()  # [N, K]
+        wrong = (ranked[:, 0] != targets).double()
+        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {prefix + "top1_error": (wrong, None)}
+        if self.num_classes >= 5:
+            out[prefix + "top5_error"] = ((ranked[:, :5] != targets.unsqueeze(1)).all(dim=1).double(), None)
+        if self.coarse_labels is not None:
+            coarse = self.coarse_labels.cpu()
+            out[prefix + "coarse_error"] = ((coarse[ranked[:, 0]] != coarse[targets]).double(), None)
+        out[prefix + "mistake_severity"] = (dist[:, 0] * wrong, wrong)
+        # every @k quantity for k = 1..K from cumulative sums along the ranking
+        kmax = self.ks[-1]
+        dist_k = dist[:, :kmax]
+        steps = torch.arange(1, kmax + 1, dtype=torch.float64)
+        cum_d = dist_k.cumsum(dim=1)  # [N, K]: summed distance of the top k
+        hprec = (steps - cum_d / self.d_max) / self.best_sum.cpu()[targets, :kmax]  # hprecision@k
+        mean_d = cum_d / steps
+        terms = {
+            "hdist": (mean_d, False),
+            "hdist_top": (dist_k.cummin(dim=1).values, False),
+            "hdist_mistakes": (mean_d * wrong.unsqueeze(1), True),
+            "hprecision": (hprec, False),
+            "mAHP": (hprec.cumsum(dim=1) / steps, False),
+        }
+        for name, (values, on_mistakes) in terms.items():
+            for k in self.ks:
+                out[f"{prefix}{name}@{k}"] = (values[:, k - 1], wrong if on_mistakes else None)
+        return out
+
+    def compute(self) -> dict[str, float]:
+        """Metrics over every sample seen since the last reset (see the module docstring): each the sum
+        of its :meth:`per_sample` terms (float64, on the CPU) over its count.
+
+        Raises:
+            ValueError: if no sample was seen.
+        """
         out: dict[str, float] = {}
-        mistakes = {prefix: int(n) for prefix, n in self._mistakes.items()}
-        for key, total_tensor in self._sums.items():
-            total = float(total_tensor)
-            prefix = "crm/" if key.startswith("crm/") else ""
-            name = key[len(prefix) :]
-            if name == "mistake_severity" or name.startswith("hdist_mistakes@"):
-                n = mistakes[prefix]
-                out[key] = total / n if n else 0.0
-            else:
-                out[key] = total / self._count
+        for key, (terms, over) in self.per_sample().items():
+            total = float(terms.sum())
+            n = self._count if over is None else float(over.sum())
+            out[key] = total / n if n else 0.0
         return out
 
     @property
@@ -202,7 +224,7 @@ class MetricAccumulator:
     @property
     def num_mistakes(self) -> int:
         """Top-1 mistakes seen since the last reset."""
-        return int(self._mistakes[""])
+        return int(sum(int((r[:, 0] != t).sum()) for r, t in zip(self._ranked[""], self._targets)))
 
 
 def compute_metrics(

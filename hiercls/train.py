@@ -97,7 +97,10 @@ _FLAGS: list[tuple[str, tuple[str, ...], Any, str | None]] = [
      "applies on top) and the loss's {variable}"),
     ("ema_decay", (), float, "moving average of the weights per optimiser step, evaluated and saved in place "
      "of the trained weights (0: off; e.g. 0.99)"),
-    ("seed", (), int, "seed of the split, initialisation and augmentation"),
+    ("seed", (), int, "seed of the initialisation, batches and augmentation (and of the split unless "
+     "--split_seed is given)"),
+    ("split_seed", (), int, "seed of the validation split and of the --max_train_samples subset (default: "
+     "--seed); runs with the same split seed are validated on the same images"),
     ("device", (), str, "auto, cpu, cuda, cuda:N"),
     ("out_folder", (), str, "output folder (default runs/<loss>_<architecture>_seed<seed>)"),
     ("num_threads", (), int, "CPU threads for torch"),

@@ -22,6 +22,7 @@ from analysis.rank import build_table, pareto_mask
 
 OBJECTIVE = "val_top1_error + 0.1 * val_mistake_severity"
 NAN = math.nan
+MIXED = "--allow-mixed-splits"  # the synthetic trials record no val_split_sha256: rank them anyway
 
 
 # ---------------------------------------------------------------------------------------------- synthetic
@@ -258,7 +259,7 @@ def test_the_first_rank_follows_the_searchs_objective(synth, tmp_path, capsys, o
     metric = "val_mistake_severity" if objective == "val_mistake_severity" else "val_top1_error"
     assert list(table["trial_id"][:4]) == order and list(table["rank_objective"][:4]) == [1, 2, 3, 4]
     assert list(table["objective"][:4]) == list(table[metric][:4])
-    assert rank_cli.main([str(synth), "--out", str(tmp_path / "out"), "--top", "1", "--no-plots"]) == 0
+    assert rank_cli.main([str(synth), MIXED, "--out", str(tmp_path / "out"), "--top", "1", "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert f"# ranks by {metric} ({source}); sev# by val_mistake_severity" in printed
     assert [ln.split()[2] for ln in printed.splitlines() if ln.startswith("1 ")] == [order[0]]
@@ -266,7 +267,7 @@ def test_the_first_rank_follows_the_searchs_objective(synth, tmp_path, capsys, o
 
 def test_rank_cli_writes_tables_and_prints_top_rows(synth, tmp_path, capsys):
     out = tmp_path / "analysis"
-    assert rank_cli.main([str(synth), "--out", str(out), "--top", "2", "--no-plots"]) == 0
+    assert rank_cli.main([str(synth), MIXED, "--out", str(out), "--top", "2", "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert "7 trials (4 complete, 1 stopped early, 1 nan, 1 error)" in printed
     assert ("# ranks by val_top1_error + 0.1 * val_mistake_severity (the search's objective, from "
@@ -288,7 +289,7 @@ def test_rank_cli_writes_tables_and_prints_top_rows(synth, tmp_path, capsys):
     assert "# ranks by val_top1_error + 0.1 * val_mistake_severity (the search's objective" in md
     assert "| # | sev# | trial | status |" in md and "hierarchical-cross-entropy (alpha=0.3" in md
     assert md.count("\n| ") == 8 and "pareto:1" in md  # header + 7 rows; b is pareto:1
-    assert rank_cli.main([str(synth), "--out", str(out), "--scope", "last", "--no-plots"]) == 0
+    assert rank_cli.main([str(synth), MIXED, "--out", str(out), "--scope", "last", "--no-plots"]) == 0
     assert "last (each trial's last epoch)" in (out / "trials.md").read_text()
 
 
@@ -385,7 +386,7 @@ def test_damaged_params_json_never_filled_with_defaults(tmp_path, capsys):
     assert r["dddd0004"]["problems"] == " | ".join(td.problems) and pd.isna(r["aaaa0001"]["problems"])
 
     out = tmp_path / "analysis"
-    assert rank_cli.main([str(folder), "--out", str(out), "--no-plots"]) == 0
+    assert rank_cli.main([str(folder), MIXED, "--out", str(out), "--no-plots"]) == 0
     printed = capsys.readouterr()
     assert ("warning: trial dddd0004: params.json: torn: invalid JSON at line 1 column 34; searched values "
             "unknown (lr, loss): shown empty, the trial cannot be exported\n") in printed.err
@@ -463,7 +464,7 @@ def test_torn_result_json_is_reported_not_silently_stopped_early(tmp_path, capsy
     ]
 
     out = tmp_path / "analysis"
-    assert rank_cli.main([str(folder), "--out", str(out), "--no-plots"]) == 0
+    assert rank_cli.main([str(folder), MIXED, "--out", str(out), "--no-plots"]) == 0
     printed = capsys.readouterr()
     assert ("warning: trial dddd0004: status 'stopped early' is uncertain: result.json is damaged at its "
             "end") in printed.err
@@ -489,7 +490,7 @@ def test_torn_result_json_is_reported_not_silently_stopped_early(tmp_path, capsy
     ("config.yaml", b"", "config.yaml: empty; config rebuilt from search_spec.yaml and the searched values"),
     ("config.yaml", "cut:lr", "config.yaml: torn: no newline at the end (cut mid-line); config rebuilt from "
                               "search_spec.yaml and the searched values"),  # 'lr: 0' would parse
-    ("config.yaml", "lines:12", "config.yaml: torn: ends after key 'loss' (12 of "),
+    ("config.yaml", "lines:14", "config.yaml: torn: ends after key 'loss' (14 of "),
     ("config.yaml", b"lr: [0.1\nloss: x\n", "config.yaml: corrupt: invalid YAML at line 2; config rebuilt"),
     ("config.yaml", "extra", "config.yaml: invalid: unknown key 'bogus'; config rebuilt"),
     ("all_epoch_results.json", b"", "all_epoch_results.json: empty; epoch records from result.json"),
@@ -565,7 +566,7 @@ def test_damaged_experiment_files(tmp_path, capsys):
         "statuses are unknown: statuses come from the trial folders alone (a trial still running when the "
         "search stopped may show as stopped early)"
     ]
-    assert rank_cli.main([str(folder), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    assert rank_cli.main([str(folder), MIXED, "--out", str(tmp_path / "o"), "--no-plots"]) == 0
     assert "warning: experiment_state-2026-01-03_00-00-00.json: torn: invalid JSON" in capsys.readouterr().err
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -613,7 +614,7 @@ def test_bad_input_errors(synth, tmp_path, capsys):
     for wrong in (tmp_path / "best.txt", synth):  # --out: a .yaml file, not a folder
         with pytest.raises(AnalysisError, match="give a .yaml file"):
             export(synth, wrong)
-    assert rank_cli.main([str(synth), "--out", str(synth / "search_spec.yaml"), "--no-plots"]) == 2
+    assert rank_cli.main([str(synth), MIXED, "--out", str(synth / "search_spec.yaml"), "--no-plots"]) == 2
     assert "is a file: give a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         rank_cli.main([str(synth), "--top", "0"])
@@ -741,7 +742,7 @@ def test_plots_are_written_and_open(tmp_path, capsys):
         trials[f"x{i:07d}"] = (loss, params, 10 + i, curve, {})
     folder = make_experiment(tmp_path / "tune", trials)
     out = tmp_path / "plots"
-    assert rank_cli.main([str(folder), "--out", str(out)]) == 0
+    assert rank_cli.main([str(folder), MIXED, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "parameter importances skipped" not in printed
     for name in PLOT_FILES.values():
@@ -749,12 +750,12 @@ def test_plots_are_written_and_open(tmp_path, capsys):
         assert image.shape[0] > 100 and image.shape[1] > 100, name
 
     few = make_experiment(tmp_path / "few", {k: TRIALS[k] for k in ("aaaa0001", "bbbb0002", "eeee0005")})
-    assert rank_cli.main([str(few), "--out", str(tmp_path / "few-out")]) == 0
+    assert rank_cli.main([str(few), MIXED, "--out", str(tmp_path / "few-out")]) == 0
     assert "note: parameter importances skipped: 2 compared trial(s)" in capsys.readouterr().out
     assert (tmp_path / "few-out" / PLOT_FILES["tradeoff_severity"]).is_file()
     assert not (tmp_path / "few-out" / PLOT_FILES["param_importances"]).exists()
     # ranking into a folder that holds an earlier importances plot: the stale plot does not stay
-    assert rank_cli.main([str(few), "--out", str(out)]) == 0
+    assert rank_cli.main([str(few), MIXED, "--out", str(out)]) == 0
     assert f"removed {out / PLOT_FILES['param_importances']}" in capsys.readouterr().out
     assert not (out / PLOT_FILES["param_importances"]).exists()
 
@@ -794,11 +795,11 @@ def test_compare_groups_seeds(tmp_path, capsys):
     assert table["top1_error"][1] == 0.40 and math.isnan(table["top1_error_ci95"][1])
 
     out = tmp_path / "cmp.md"
-    assert compare_cli.main([*map(str, runs), "--out", str(out)]) == 0
+    assert compare_cli.main([*map(str, runs), MIXED, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"0.3200 ± {t975 * 0.02 / math.sqrt(3):.4f}" in printed and "0.4000" in printed
     assert "| lr=0.05 | 3 | 0 1 2 |" in out.read_text()
-    assert compare_cli.main([*map(str, runs), "--out", str(tmp_path / "cmp.csv")]) == 0
+    assert compare_cli.main([*map(str, runs), MIXED, "--out", str(tmp_path / "cmp.csv")]) == 0
     assert (tmp_path / "cmp.csv").read_text().startswith("group,n,seeds,runs,top1_error,top1_error_ci95")
 
     (tmp_path / "unfinished").mkdir()
@@ -817,7 +818,7 @@ def test_compare_groups_seeds(tmp_path, capsys):
     import shutil
 
     shutil.copytree(runs[0], tmp_path / "copy")  # a copy of a run is not another seed
-    assert compare_cli.main([str(runs[0]), str(tmp_path / "copy")]) == 0
+    assert compare_cli.main([str(runs[0]), str(tmp_path / "copy"), MIXED]) == 0
     assert "warning: seed 0 repeats in one group" in capsys.readouterr().out
     assert compare_cli.main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -249,14 +249,15 @@ def test_real_shared_archive_extracts_with_60000_images(tmp_path, monkeypatch):
     assert sorted(int(p.name) for p in (found.path / "val").iterdir()) == list(range(100))
 
 
-def test_search_without_data_names_the_places_before_ray_starts(project, tmp_path, capsys):
-    import ray
-
+def test_search_without_data_names_the_places_before_ray_starts(project, tmp_path, capsys, monkeypatch):
+    from hiercls.tune import runner
     from hiercls.tune.cli import main
 
+    started = []  # whether the search reached Ray (another test of the session may have started Ray itself)
+    monkeypatch.setattr(runner, "_ray_session", lambda *args, **kwargs: started.append(args))
     status = main(["--space", "smoke", "--name", "nodata", "--storage-path", str(tmp_path / "tune")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert status == EXIT_INPUT and not ray.is_initialized()
+    assert status == EXIT_INPUT and not started
     assert len(err) == 1 and "CIFAR-100 not found; tried (1) $HIERCLS_DATA_DIR: not set" in err[0]
     assert f"(3) shared archive {tmp_path / 'shared' / 'data' / locate.ARCHIVE_NAME}: not found" in err[0]
 

@@ -27,7 +27,9 @@ one fence run in order, in a fresh working folder (``search_spaces/`` linked in)
   speedrun``) is checked as it is (fast lane).
 * ``python -m analysis.rank`` / ``analysis.export``: run for real against the toy search; every
   ``runs/tune/NAME`` experiment path is rewritten to it (the docs' PB2 and constrained experiments
-  included: the toy search is a constrained TPE search, with a loose bound). ``analysis.compare``: its run
+  included: the toy search is a constrained TPE search, with a loose bound). ``analysis.confirm`` and
+  ``analysis.report``: run for real on a copy of the toy search made once per fence (toy runs, the toy
+  search's trainable). ``analysis.compare``: its run
   folders are trained for real first from the fence's exported ``*.seedN.yaml`` (tiny runs on the real
   data: the realdata lane), then it runs for real.
 * ``python -m hiercls.evaluate``: a tiny real training run is made in the folder it names (realdata),
@@ -90,14 +92,16 @@ MODULES = {
     "hiercls.train": "train", "hiercls.evaluate": "evaluate", "analysis.rank": "rank",
     "analysis.export": "export", "analysis.compare": "compare", "hiercls.data": "data",
     "hiercls.hierarchy": "hierarchy", "hiercls.schedules": "schedules", "pytest": "pytest", "pip": "pip",
+    "analysis.confirm": "confirm", "analysis.report": "report",
 }
 SCRIPTS = {"tune_main.py": "tune", "docs/generate.py": "generate"}
 CONSOLE_SCRIPTS = {"hiercls-tune": "tune", "hiercls-train": "train", "hiercls-evaluate": "evaluate",
-                   "hiercls-rank": "rank", "hiercls-export": "export", "hiercls-compare": "compare"}
+                   "hiercls-rank": "rank", "hiercls-export": "export", "hiercls-compare": "compare",
+                   "hiercls-confirm": "confirm", "hiercls-report": "report"}
 ENTRY = {"tune": "tune_main", "train": "hiercls.train", "evaluate": "hiercls.evaluate",
          "rank": "analysis.rank", "export": "analysis.export", "compare": "analysis.compare",
          "data": "hiercls.data.__main__", "hierarchy": "hiercls.hierarchy",
-         "schedules": "hiercls.schedules.plot"}
+         "schedules": "hiercls.schedules.plot", "confirm": "analysis.confirm", "report": "analysis.report"}
 """The module whose ``main(argv)`` each runnable kind calls (tests/inprocess.py)."""
 
 FAST, TOY, REAL = 0, 1, 2
@@ -245,7 +249,7 @@ def needs(command: Command) -> int:
     kind, args = classify(command)
     if kind in ("compare", "evaluate"):
         return REAL
-    if kind in ("rank", "export") or (kind == "tune" and "--resume" in args) \
+    if kind in ("rank", "export", "confirm", "report") or (kind == "tune" and "--resume" in args) \
             or (kind == "train" and "--config" in args and not _recipe(_value(args, "--config"))):
         return TOY
     if kind == "external" and args[0] in ("optuna-dashboard", "tensorboard"):
@@ -456,6 +460,20 @@ def check_analysis(ctx: Context, command: Command, kind: str, args: list[str]) -
     _run(command, ENTRY[kind], [_toy_path(ctx, a) for a in args])
 
 
+def check_confirmed(ctx: Context, command: Command, kind: str, args: list[str]) -> None:
+    """``analysis.confirm`` and ``analysis.report`` run for real on a copy of the toy search made once per
+    fence (the confirmation writes into the experiment, and runs toy trials: the toy search's trainable),
+    so a fence's report reads its confirmation."""
+    import shutil
+
+    copy = ctx.cwd / "confirmed" / TOY_NAME
+    if not copy.exists():
+        shutil.copytree(ctx.toy.experiment, copy)
+    done = _run(command, ENTRY[kind], [str(copy) if EXPERIMENT.match(a) else a for a in args])
+    made = copy / "confirm" / ("table.csv" if kind == "confirm" else "report/table.md")
+    assert made.is_file(), done.stdout[-2000:]
+
+
 def _train_for_real(ctx: Context, argv: list) -> None:
     done = run_main([*argv, "--data-dir", ctx.cifar_dir, "--num_threads", "2"], ENTRY["train"])
     assert done.returncode == 0, done.stderr
@@ -546,6 +564,8 @@ def check(ctx: Context, command: Command) -> None:
         check_train(ctx, command, args)
     elif kind in ("rank", "export"):
         check_analysis(ctx, command, kind, args)
+    elif kind in ("confirm", "report"):
+        check_confirmed(ctx, command, kind, args)
     elif kind == "compare":
         check_compare(ctx, command, args)
     elif kind == "evaluate":

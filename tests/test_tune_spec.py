@@ -446,7 +446,16 @@ def test_grid_num_samples_and_points_to_evaluate():
     assert any("num_samples=20 differs from the grid's 5 points" in p and "exactly once" in p
                for p in problems), problems
     problems = problems_of(make(search=LOSS_GRID, points_to_evaluate=[{"loss": "cross-entropy"}]))
-    assert any("points_to_evaluate in a grid search" in p for p in problems), problems
+    assert any("points_to_evaluate[0]: 'loss' is also a grid entry" in p for p in problems), problems
+    # configurations at every point of a grid over seeds (what hiercls-confirm runs)
+    seeds = {"seed": grid([11, 12, 13])}
+    configs = [{"loss": "cross-entropy"}, {"loss": "hierarchical-cross-entropy", "alpha": 0.4}]
+    spec = make(search=seeds, points_to_evaluate=configs)
+    spec.validate()
+    assert spec.resolved().num_samples == 6
+    assert spec.grid_points() == [{**c, "seed": s} for c in configs for s in (11, 12, 13)]
+    problems = problems_of(make(search=seeds, points_to_evaluate=[{"alpha": 0.4, "epochs": 3}]))
+    assert any("'epochs' is set by the search itself" in p for p in problems), problems
     # a grid larger than MAX_SAMPLES needs --allow-large-search, as num_samples does
     big = {"lr": grid([0.01 * (i + 1) for i in range(101)]), "momentum": grid([0.01 * i for i in range(100)])}
     problems = problems_of(make(search=big))

@@ -61,14 +61,17 @@ def trial_config(base: Mapping[str, Any], searched: Mapping[str, Any], search_se
                  out_folder: str | None = None) -> TrainConfig:
     """The training config of one trial, as the search runs it and the analysis rebuilds it: the spec's
     fixed keys (``base``) < the searched values (:data:`TRIAL_INDEX` removed, log-scale keys decoded) <
-    :func:`trial_seed` of the trial's index (its id when it has none) < ``out_folder``.
+    :func:`trial_seed` of the trial's index (its id when it has none), unless the trial's values set
+    ``seed`` (a grid over seeds) < ``out_folder``.
 
     Raises:
         ConfigError: unknown keys or wrong types (as :meth:`TrainConfig.from_dict`).
     """
     values = searched_values(searched)
     index = values.pop(TRIAL_INDEX, None)
-    values = {**base, **values, "seed": trial_seed(search_seed, trial_id if index is None else index)}
+    if values.get("seed") is None:
+        values["seed"] = trial_seed(search_seed, trial_id if index is None else index)
+    values = {**base, **values}
     if out_folder is not None:
         values["out_folder"] = out_folder
     return TrainConfig.from_dict(values)

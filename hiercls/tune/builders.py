@@ -21,7 +21,6 @@ from hiercls.experiment.layout import TRIAL_INDEX, log_key
 from hiercls.experiment.parts import Part
 from hiercls.experiment.study import open_storage
 from hiercls.tune.objective import MULTI_METRICS
-from hiercls.tune.parameters import grid_points
 from hiercls.tune.plan import SearchPlan
 from hiercls.tune.space import (
     DefineByRun,
@@ -106,10 +105,12 @@ def nsga2(plan: SearchPlan, part: Part) -> Built:
 def grid_param_space(plan_or_spec: Any) -> dict[str, Any]:
     """The Tuner's param space of a grid search: ``tune.grid_search`` over the list of points, each the
     whole config of one trial (its searched values and its :data:`~hiercls.experiment.layout.TRIAL_INDEX`,
-    the point's position). Ray's variant generator resolves the grid at the root of the config, so a
-    trial's config is exactly its point: flat, with only its branch's keys (as a TPE trial's)."""
-    params = plan_or_spec.params if isinstance(plan_or_spec, SearchPlan) else plan_or_spec.params()
-    return tune.grid_search([{**point, TRIAL_INDEX: i} for i, point in enumerate(grid_points(params))])
+    the point's position; with ``points_to_evaluate``, each configuration at every point of the grid:
+    :meth:`~hiercls.tune.spec.SearchSpec.grid_points`). Ray's variant generator resolves the grid at the
+    root of the config, so a trial's config is exactly its point: flat, with only its branch's keys (as a
+    TPE trial's)."""
+    spec = plan_or_spec.spec if isinstance(plan_or_spec, SearchPlan) else plan_or_spec
+    return tune.grid_search([{**point, TRIAL_INDEX: i} for i, point in enumerate(spec.grid_points())])
 
 
 @searcher_builder("grid")

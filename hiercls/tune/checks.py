@@ -13,6 +13,7 @@ from hiercls.config import ConfigError, TrainConfig, param_keys
 from hiercls.registry import LOSSES, param_registries
 from hiercls.tune.parameters import (
     GRID,
+    TRIAL_KEYS,
     Param,
     assignments,
     grid_points,
@@ -24,7 +25,7 @@ from hiercls.tune.parameters import (
 )
 
 __all__ = ["GRID_CHECK_LIMIT", "all_off_problems", "branch_problems", "config_problems", "grace_problems",
-           "grid_problems", "nothing_searched_problems", "point_problems"]
+           "grid_config_problems", "grid_problems", "nothing_searched_problems", "point_problems"]
 
 GRID_CHECK_LIMIT = 1000
 """A grid search of up to this many points has every point checked (:func:`config_problems`); a larger
@@ -165,6 +166,25 @@ def point_problems(points_to_evaluate: Any, params: Mapping[str, Param]) -> list
             continue
         problems += _check_point(point, params, where)
     return problems
+
+
+def grid_config_problems(configs: Any, params: Mapping[str, Param], train: Mapping[str, Any],
+                         epochs: int) -> list[str]:
+    """A grid search's ``points_to_evaluate``: configurations (mappings of config keys), each run at every
+    point of the grid (e.g. a grid over ``seed``). A key the grid also sets, a key the search sets itself,
+    and configs the checks of :func:`config_problems` refuse are problems."""
+    if not isinstance(configs, list) or not all(isinstance(c, Mapping) for c in configs):
+        return [f"points_to_evaluate must be a list of mappings of config keys, got {configs!r}"]
+    valid, problems = set(TrainConfig.valid_keys()), []
+    for i, config in enumerate(configs):
+        where = f"points_to_evaluate[{i}]"
+        problems += [f"{where}: {k!r} is not a config key" for k in config if k not in valid]
+        problems += [f"{where}: {k!r} is also a grid entry (set it in one place)"
+                     for k in config if k in params]
+        problems += [f"{where}: {k!r} is set by the search itself" for k in config if k in TRIAL_KEYS]
+    if problems:
+        return problems
+    return [p for config in configs for p in config_problems(epochs, params, {**train, **config})]
 
 
 def grid_problems(params: Mapping[str, Param]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from hiercls.config import TrainConfig
 from hiercls.tune.checks import grace_problems, grid_problems
-from hiercls.tune.parameters import Param, grid_size, is_grid
+from hiercls.tune.parameters import Param, is_grid
 from hiercls.value_schedule import all_variable_keys
 
 __all__ = [
@@ -104,7 +104,7 @@ def _grid_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], lis
     """A grid runs fixed points: no distributions, and ``num_samples`` is its number of points."""
     problems = grid_problems(params) if is_grid(params) else [
         "searcher 'grid' runs the points of type: grid entries, and search: has none"]
-    size = grid_size(params)
+    size = spec.grid_count(params)
     if spec.num_samples is not None and spec.num_samples != size:
         problems.append(f"num_samples={spec.num_samples!r} differs from the grid's {size:,} points: a grid "
                         f"runs each point exactly once (leave num_samples out, or set it to {size})")
@@ -203,11 +203,9 @@ register(Mode(
 ))
 register(Mode(
     "grid", "every point of the grid once, in order (Ray's basic variant generator, no Optuna)",
-    "a type: grid entry in search:", schedulers=("none", "asha"),
+    "a type: grid entry in search:", schedulers=("none", "asha"), takes=("points_to_evaluate",),
     select=lambda spec, params: is_grid(params),
     rules={
-        "points_to_evaluate": Rule(REFUSE, "points_to_evaluate in a grid search: a grid runs its own points "
-                                   "only; add the point to the grid instead"),
         "constraints": Rule(REFUSE, "constraints with a grid search: a grid runs its fixed points without "
                             "Optuna; judge them afterwards with analysis.rank --constraint"),
         "multi_objective": Rule(REFUSE, "--multi-objective with a grid search: a grid runs its fixed points "

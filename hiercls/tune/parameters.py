@@ -36,7 +36,8 @@ DIST_KEYS = {
     GRID: {"type", "values"},
 }
 # keys a trial sets itself: searching or fixing them in the space makes no sense
-TRIAL_KEYS = ("epochs", "seed", "out_folder", "evaluate_test", "device", "num_threads", "download")
+TRIAL_KEYS = ("epochs", "seed", "split_seed", "out_folder", "evaluate_test", "device", "num_threads",
+              "download")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +147,10 @@ def parse_params(raw: Any, where: str, problems: list[str], *, epochs: int | Non
         if name not in valid:
             problems.append(f"{path}: unknown config key {name!r}")
             continue
-        if name in TRIAL_KEYS:
-            problems.append(f"{path}: {name!r} is set by the search itself and cannot be searched")
+        seed_grid = name == "seed" and isinstance(body, Mapping) and body.get("type") == GRID
+        if name in TRIAL_KEYS and not seed_grid:  # a grid over seed repeats configurations (hiercls-confirm)
+            problems.append(f"{path}: {name!r} is set by the search itself and cannot be searched"
+                            + (" (a type: grid entry may list seeds)" if name == "seed" else ""))
             continue
         param = _parse_param(name, body, path, problems, epochs=epochs)
         if param is not None:

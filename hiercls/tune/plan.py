@@ -33,7 +33,7 @@ from hiercls.tune.guard import STATE_GLOB, TUNER_FILE, check_state_intact, check
 from hiercls.tune.modes import Mode, population_problems, scheduler_of, searcher_of
 from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.parameters import Param
-from hiercls.tune.spec import SearchSpec, SpecError, spec_differences
+from hiercls.tune.spec import PER_TRIAL_SPLITS, SearchSpec, SpecError, spec_differences
 
 __all__ = ["TRAINABLES", "TRAINABLE_KEY", "SearchPlan", "check_experiment", "make_plan", "restorable",
            "resume_command"]
@@ -158,6 +158,10 @@ def make_plan(spec: SearchSpec, *, resume: bool = False, trainable: str | None =
     searcher = searcher_of(spec, params)
     scheduler = scheduler_of(spec, searcher)
     saved, parts = check_experiment(spec, resume=resume, trust=trust)
+    if saved and "split_seed" not in saved:  # saved before one split per search: its trials keep their own
+        spec = dataclasses.replace(spec, split_seed=PER_TRIAL_SPLITS)
+        notes.append(f"{spec.experiment_dir} was started before one validation split per search: its trials "
+                     "go on with their own splits (split_seed: trial), so analysis.rank ranks them per split")
     user_key(create=False)  # a key others can read is refused before anything runs
     if searcher.study:
         _check_study(spec, resume)

@@ -482,6 +482,7 @@ def _footer_lines(outcome: SearchOutcome, spec: SearchSpec, scheduler: str) -> l
     lines = [f"{outcome.num_trials} trials{stops} {count['nan']} went NaN, {count['error']} "
              f"errored{unfinished}; {outcome.seconds:.0f} s",
              *_constraint_lines(outcome, spec),
+             *([f"warning: {outcome.split_warning}"] if outcome.split_warning else []),
              f"results: {outcome.experiment_dir} (all trials: {outcome.experiment_dir / SUMMARY_FILE})"]
     if outcome.best is not None:
         has_config = (Path(outcome.best["path"]) / "config.yaml").is_file()

@@ -28,6 +28,7 @@ from hiercls.tune.checks import (
     all_off_problems,
     branch_problems,
     config_problems,
+    grid_config_problems,
     nothing_searched_problems,
     point_problems,
 )
@@ -88,6 +89,9 @@ SMOKE_SPACE = _spaces_dir() / "smoke.yaml"
 MAX_SAMPLES = 10_000
 """``num_samples`` above this is refused unless ``allow_large_search`` (``--allow-large-search``)."""
 DEFAULT_NUM_SAMPLES = 20
+PER_TRIAL_SPLITS = "trial"
+"""``split_seed: trial``: each trial draws its own validation split from its own seed, as every search did
+before ``split_seed`` existed (an experiment saved without the setting resumes so)."""
 """The trials of a TPE search when ``num_samples`` is not given (a grid search: its number of points)."""
 
 
@@ -126,6 +130,12 @@ class SearchSpec:
     :mod:`hiercls.tune.modes`); ``max_concurrent`` None (``auto``) is what the cluster runs. The space:
     ``train``, ``search``, ``points_to_evaluate``.
 
+    ``split_seed`` is the seed of the one validation split (and ``max_train_samples`` subset) every trial
+    of the search uses: null = the search ``seed``; ``trial`` = each trial its own (searches made before
+    it existed). Trials still differ in their own ``seed`` (weights, batches, augmentation).
+    ``evaluate_test`` scores the official test set once at the end of every trial (``hiercls-confirm``'s
+    runs; a search chooses on validation and never needs it).
+
     ``given`` (not saved) names the settings the file, the command line or the dict set: a setting the
     search mode does not take is refused or warned about only when someone set it.
     """
@@ -146,6 +156,8 @@ class SearchSpec:
     objective: str = "val_top1_error"
     multi_objective: bool = False
     seed: int = 0
+    split_seed: int | str | None = None
+    evaluate_test: bool = False
     data_dir: str | None = None
     max_failures: int = 1
     top: int = 5
@@ -265,6 +277,12 @@ class SearchSpec:
             raise SpecError(sink)
         return out
 
+    def grid_count(self, params: Mapping[str, Param] | None = None) -> int:
+        """The trials of a grid search: the grid's points, times the ``points_to_evaluate`` configurations
+        when there are any (each runs at every point of the grid)."""
+        size = grid_size(params if params is not None else self.params())
+        return size * max(1, len(self.points_to_evaluate))
+
     def is_grid(self) -> bool:
         """Whether this is a grid search (a ``grid`` entry anywhere in ``search:``)."""
         return is_grid(self.params())
@@ -273,7 +291,10 @@ class SearchSpec:
         """The points of a grid search in their fixed order (:func:`~hiercls.tune.parameters.grid_points`):
         the searched values of each trial's config ([] when this is not a grid search)."""
         params = self.params()
-        return grid_points(params) if is_grid(params) else []
+        if not is_grid(params):
+            return []
+        configs = self.points_to_evaluate or [{}]
+        return [{**config, **point} for config in configs for point in grid_points(params)]
 
     def scheduler_in_use(self) -> str:
         """``asha``, ``none`` or ``pb2``: the ``scheduler`` setting, else the searcher's default (``none``
@@ -291,10 +312,12 @@ class SearchSpec:
         base = dict(self.train)
         if self.data_dir is not None:
             base["data_dir"] = self.data_dir
-        base["evaluate_test"] = False
+        base["evaluate_test"] = self.evaluate_test
         base["download"] = False
         base["epochs"] = self.epochs
         base["seed"] = self.seed
+        if self.split_seed != PER_TRIAL_SPLITS:  # one split for every trial: split_seed, else the seed
+            base["split_seed"] = self.seed if self.split_seed is None else self.split_seed
         base["device"] = "cuda" if self.gpus_per_trial > 0 else "cpu"
         base["num_threads"] = max(1, int(self.cpus_per_trial))
         for key in ("data_dir", "word_vectors"):  # trials run in their own folders: absolute paths
@@ -312,7 +335,7 @@ class SearchSpec:
             raise SpecError(problems)
         out = dataclasses.replace(self)
         if out.num_samples is None:
-            out.num_samples = grid_size(params) if is_grid(params) else DEFAULT_NUM_SAMPLES
+            out.num_samples = self.grid_count(params) if is_grid(params) else DEFAULT_NUM_SAMPLES
         out.storage_path = str(Path(self.storage_path).expanduser().resolve())
         data_dir = self.data_dir if self.data_dir is not None else self.train.get("data_dir")
         if data_dir is not None:
@@ -357,6 +380,10 @@ class SearchSpec:
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
             ("seed", self.seed >= 0, ">= 0"),
+            ("split_seed", self.split_seed in (None, PER_TRIAL_SPLITS) or (
+                isinstance(self.split_seed, int) and self.split_seed >= 0),
+             f">= 0, null (the search seed) or {PER_TRIAL_SPLITS!r} (each trial its own split, as searches "
+             "before split_seed existed)"),
             ("max_failures", self.max_failures >= 0, ">= 0"),
             ("top", self.top >= 1, ">= 1"),
         ]
@@ -370,7 +397,7 @@ class SearchSpec:
         return problems
 
     def _size_problems(self, params: Mapping[str, Param]) -> list[str]:
-        size = grid_size(params) if is_grid(params) else self.num_samples
+        size = self.grid_count(params) if is_grid(params) else self.num_samples
         if not isinstance(size, int) or size <= MAX_SAMPLES or self.allow_large_search:
             return []
         what = f"the grid's {size:,} points are" if is_grid(params) else f"num_samples={size:,} is"
@@ -416,6 +443,8 @@ class SearchSpec:
             problems += nothing_searched_problems(params, self.space_file)
         if not is_grid(params):
             problems += point_problems(self.points_to_evaluate, params)
+        elif self.points_to_evaluate:  # configurations, each run at every point of the grid
+            return problems + grid_config_problems(self.points_to_evaluate, params, train, self.epochs)
         if branches:  # the checked configs would repeat a parameter in the wrong place, once per config
             return problems
         return problems + config_problems(self.epochs, params, train)
@@ -456,6 +485,8 @@ def expand_train(train: Mapping[str, Any], searched: Sequence[str] = ()) -> dict
 def _coerce_setting(name: str, annotation: str, value: Any) -> Any:
     """Scalars as TrainConfig's fields are checked; mappings and lists of mappings for the spec's own."""
     base = annotation.replace(" | None", "")
+    if name == "split_seed":  # a seed, or the word for the old per-trial splits
+        return value if value == PER_TRIAL_SPLITS else coerce_field(name, "int | None", value)
     if value is None or not base.startswith(("dict", "list")):
         return coerce_field(name, annotation, value)
     if base.startswith("dict"):

@@ -1,5 +1,10 @@
 """What a search produced: one row per trial from Ray's results (:func:`summarize`), the best trial, the
 Pareto front, and ``summary.csv`` in the experiment folder. Imports no Ray.
+
+Each row names the trial's validation split (``val_split``: the first 12 hex characters of the
+``val_split_sha256`` its epochs reported); :func:`split_warning` is the one line to print when the trials'
+splits differ (a search of ``split_seed: trial``, or one resumed from before splits were recorded): their
+values are then not comparable image for image (``python -m analysis.rank --split PREFIX`` ranks one split).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from hiercls.tune.objective import MULTI_METRICS
 from hiercls.tune.spec import SearchSpec
 
 __all__ = ["MULTI_METRICS", "DiskResult", "SearchOutcome", "best_row", "pareto_rows", "rank_key",
-           "results_on_disk", "summarize", "write_summary"]
+           "results_on_disk", "split_warning", "summarize", "write_summary"]
+
+SHORT_SPLIT = 12
+"""Hex characters of ``val_split_sha256`` in the ``val_split`` column (as ``analysis.rank`` shows it)."""
 
 
 @dataclasses.dataclass
@@ -53,6 +61,11 @@ class SearchOutcome:
         constraint (Optuna's COMPLETE trials and its feasible ones)."""
         judged = [r for r in self.rows if r.get("feasible") is not None]
         return sum(1 for r in judged if r["feasible"]), len(judged)
+
+    @property
+    def split_warning(self) -> str | None:
+        """:func:`split_warning` of the rows: one line to print under the table, or None."""
+        return split_warning(self.rows)
 
 
 def _number(value: Any) -> float:
@@ -94,8 +107,9 @@ def summarize(results: Any, spec: SearchSpec, folder: Path | None = None) -> lis
     ``trial_id``, ``loss``, ``lr_schedule``, ``params`` (searched and resolved loss/schedule values),
     ``objective``, ``val_top1_error``, ``val_mistake_severity``, ``epochs`` (run), ``status`` (ok, nan,
     error, unfinished: running or pending when the search was interrupted), ``stopped_early`` (ASHA),
-    ``path``, ``constraints`` (``{metric: value - bound}``, empty when not judged) and ``feasible``
-    (None when not judged: not run in full with finite values, or no bounds).
+    ``path``, ``constraints`` (``{metric: value - bound}``, empty when not judged), ``feasible``
+    (None when not judged: not run in full with finite values, or no bounds) and ``val_split`` (the first 12
+    hex characters of the reported ``val_split_sha256``; None when the trial reported none).
 
     Raises:
         ValueError: the experiment's ``constraints.json`` is unreadable.
@@ -132,7 +146,32 @@ def _row(result: Any, saved: Mapping[str, Any], bounds: Mapping[str, float] | No
         "val_mistake_severity": _number(metrics.get("val_mistake_severity")),
         "epochs": epochs, "status": status, "stopped_early": status == "ok" and 0 < epochs < spec.epochs,
         "path": str(result.path), "constraints": values or {}, "feasible": is_feasible(values),
+        "val_split": _split(metrics),
     }
+
+
+def _split(metrics: Mapping[str, Any]) -> str | None:
+    """The first :data:`SHORT_SPLIT` hex characters of the reported ``val_split_sha256``, or None."""
+    value = metrics.get("val_split_sha256")
+    return str(value)[:SHORT_SPLIT] if value else None
+
+
+def split_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """One line when the trials that reported an epoch were validated on different images: several
+    ``val_split`` values, or some trials without one beside others with one; None when they share one split
+    (or none records any: a search of a hiercls before splits were recorded, which the plan already says).
+    The search is not refused (it already ran): its values are not comparable image for image."""
+    reported = [r for r in rows if r.get("epochs")]
+    splits = sorted({r["val_split"] for r in reported if r.get("val_split")})
+    missing = sum(1 for r in reported if not r.get("val_split"))
+    if len(splits) < 2 and not (splits and missing):
+        return None
+    what = f"{len(splits)} validation splits ({', '.join(splits[:4])}{', ...' if len(splits) > 4 else ''})"
+    if missing:
+        what += f" and {missing} trial(s) recording none"
+    return (f"the trials were validated on {what}: their values differ also by which images each drew; "
+            "rank one split with python -m analysis.rank EXPERIMENT_DIR --split PREFIX (the val_split column "
+            "of summary.csv)")
 
 
 def _trial_id(result: Any, metrics: Mapping[str, Any]) -> str:
@@ -185,7 +224,7 @@ def write_summary(outcome: SearchOutcome) -> None:
     judged = outcome.bounds is not None
     fields = ["trial_id", "loss", "lr_schedule", *keys, "objective", "val_top1_error", "val_mistake_severity",
               "epochs", "status", "stopped_early", *(["feasible"] if judged else []),
-              *[f"constraint/{m}" for m in bounded], "path"]
+              *[f"constraint/{m}" for m in bounded], "val_split", "path"]
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

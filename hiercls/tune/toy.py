@@ -11,6 +11,7 @@ twice: ``toy_starts.log`` (``trial_id first_epoch``), ``toy_start_times.log`` (`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,12 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hiercls.experiment.layout import TRIAL_INDEX
+from hiercls.experiment.layout import TRIAL_INDEX, trial_seed
 from hiercls.tune.objective import parse_objective
-from hiercls.tune.trainable import TrialSetup, quiet_ray_logs, within_bounds
+from hiercls.tune.trainable import TrialSetup, quiet_ray_logs, trial_folder, within_bounds
 from hiercls.value_schedule import all_variable_keys
 
-__all__ = ["REPORTS", "TRADE_ERROR", "TRADE_SEVERITY", "toy_metrics", "toy_trial", "toy_value"]
+__all__ = ["REPORTS", "TRADE_ERROR", "TRADE_SEVERITY", "seed_noise", "toy_metrics", "toy_test_results",
+           "toy_trial", "toy_value"]
 
 REPORTS = ("val_top1_error", "val_mistake_severity", "val_hdist@1", "val_hdist@5")
 """The metrics a toy trial reports (what a search with ``--trainable toy`` may read)."""
@@ -38,10 +40,46 @@ TRADE_SEVERITY = 1.0
 
 
 def toy_metrics(config: dict[str, Any], epoch: int) -> tuple[float, float]:
-    """The toy ``(val_top1_error, val_mistake_severity)`` of ``config`` after ``epoch`` (1-based) epochs."""
-    base = toy_value(config)
+    """The toy ``(val_top1_error, val_mistake_severity)`` of ``config`` after ``epoch`` (1-based) epochs; a
+    ``seed`` the config sets (a grid over seeds) moves both by :func:`seed_noise`."""
+    base = toy_value(config) + seed_noise(config)
     alpha = float(config.get("alpha", 0.0) or 0.0)
     return min(1.0, base + TRADE_ERROR * alpha + 1.0 / epoch), 2.0 + base - TRADE_SEVERITY * alpha
+
+
+def seed_noise(config: dict[str, Any]) -> float:
+    """A deterministic stand-in for seed-to-seed variation: 0 without a ``seed`` key, else a number in
+    [-0.005, 0.005) from the seed (Knuth's multiplicative hash)."""
+    seed = config.get("seed")
+    return 0.0 if seed is None else ((int(seed) * 2654435761) % 1000) / 100_000 - 0.005
+
+
+def toy_test_results(config: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The toy ``final_test_results.json`` of a run of ``epochs``: the last epoch's toy metrics, 0.01 worse
+    on the test set, in the engine's layout (``metrics`` as fractions, ``test_accuracy`` in percent)."""
+    error, severity = toy_metrics(config, epochs)
+    error = min(1.0, error + 0.01)
+    metrics = {"top1_error": error, "mistake_severity": severity, "hdist@1": error * severity,
+               "hdist@5": 1.5 * error * severity, "hdist@20": 2.0 * error * severity,
+               "coarse_error": 0.5 * error}
+    return {"test_accuracy": 100.0 * (1.0 - error), "epoch": epochs, "metrics": metrics}
+
+
+def toy_split(config: dict[str, Any], setup: TrialSetup) -> str:
+    """The toy's stand-in for ``val_split_sha256``: SHA-256 of ``toy split N`` with ``N`` the trial's split
+    seed (the search's ``split_seed``, else the trial's own seed), so a toy search has one split, or one
+    per trial under ``split_seed: trial``, as a real one."""
+    split = setup.base.get("split_seed")
+    if split is None:
+        index = config.get(TRIAL_INDEX, tune_trial_id())
+        split = config.get("seed", trial_seed(setup.search_seed, index))
+    return hashlib.sha256(f"toy split {split}".encode()).hexdigest()
+
+
+def tune_trial_id() -> str:
+    from ray import tune
+
+    return tune.get_context().get_trial_id()
 
 
 def toy_value(config: dict[str, Any]) -> float:
@@ -49,7 +87,7 @@ def toy_value(config: dict[str, Any]) -> float:
     index, which Ray's config also holds, is not one of them)."""
     value = _LOSS_OFFSET.get(config.get("loss"), 0.0)
     for key, v in sorted(config.items()):
-        if key == TRIAL_INDEX or isinstance(v, bool) or not isinstance(v, (int, float)):
+        if key in (TRIAL_INDEX, "seed") or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if key in ("lr", "weight_decay", "eta_min", "min_lr", "beta") and v > 0:
             value += 0.01 * (math.log10(v) - math.log10({"lr": 0.05, "beta": 10}.get(key, 1e-4))) ** 2
@@ -106,7 +144,7 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "status": "nan" if diverges else "ok",
             "loss": config.get("loss", setup.base.get("loss", "cross-entropy")),
             "lr_schedule": config.get("lr_schedule", setup.base.get("lr_schedule", "cosine")),
-            "node_id": node, "pid": os.getpid(),
+            "node_id": node, "pid": os.getpid(), "val_split_sha256": toy_split(config, setup),
             **_values(config),  # the values in effect this epoch (PB2 changes them)
         }
         history.append({"epoch": epoch, **_values(config)})
@@ -117,6 +155,10 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             return
         if epoch == epochs:  # before the last report: ASHA stops a trial at max_t as soon as it reports
             _append(setup, "toy_ends.log", f"{trial_id} {epochs} {time.time():.3f}")
+            if setup.base.get("evaluate_test"):  # once, as the engine scores the test set at the end
+                _append(setup, "toy_tests.log", trial_id)
+                (trial_folder(setup) / "final_test_results.json").write_text(
+                    json.dumps(toy_test_results(config, epochs)))
         with tempfile.TemporaryDirectory() as folder:
             state = {"epoch": epoch, "trial_id": trial_id, "history": history}
             (Path(folder) / "state.json").write_text(json.dumps(state))

@@ -180,6 +180,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     cap_gpu_memory(setup.gpu_fraction, train_config.device if ":" in train_config.device else "cuda:0")
     try:
         fit(train_config, reporter, resume=resume, overwrite=not resume, continue_from=donor,
-            checkpoint_dir=ckpt_dir, data=_load_data(setup, keep=not on_gpu), progress=False)
+            checkpoint_dir=ckpt_dir, data=_load_data(setup, keep=not on_gpu), progress=False,
+            keep_predictions=(objective,))  # the predictions of its best epoch by the search's objective
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
