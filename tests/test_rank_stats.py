@@ -18,6 +18,7 @@ from test_analysis import spec_dict as synthetic_spec
 
 from analysis import compare as compare_cli
 from analysis import rank as rank_cli
+from analysis import significance
 from analysis.experiment import load_experiment, split_problem
 from analysis.rank import build_table
 from analysis.stats import bootstrap_ratio_ci, mcnemar_exact, paired_bootstrap_diff_ci
@@ -192,7 +193,7 @@ def test_the_baseline_is_the_best_cross_entropy_trial_or_the_one_named(experimen
 def test_a_trial_without_predictions_has_empty_statistics_and_a_note(table):
     f = rows(table)["ffff0006"]
     assert f["compared"] and not math.isnan(f["val_top1_error"])
-    assert all(math.isnan(f[c]) for c in (*rank_cli.INTERVAL_COLUMNS, *rank_cli.PAIRED_COLUMNS))
+    assert all(math.isnan(f[c]) for c in (*significance.INTERVAL_COLUMNS, *significance.PAIRED_COLUMNS))
     assert pd.isna(f["tied_with_best"]) and pd.isna(f["pareto_resolved"])
     notes = table.attrs["statistics"]["notes"]
     assert len(notes) == 1 and notes[0].startswith("1 of 6 compared trials have no saved per-image "
@@ -214,7 +215,7 @@ def test_the_resolved_front_drops_only_resolved_dominated_trials(table):
 def test_no_bootstrap_no_statistics(experiment_dir):
     plain = build_table(load_experiment(experiment_dir))  # what export and the plots of other tools call
     assert plain.attrs["statistics"] is None and plain["tied_with_best"].isna().all()
-    assert plain[list(rank_cli.INTERVAL_COLUMNS)].isna().all().all()
+    assert plain[list(significance.INTERVAL_COLUMNS)].isna().all().all()
     assert list(plain.columns) == list(build_table(load_experiment(experiment_dir), bootstrap=20).columns)
 
 
