@@ -195,3 +195,23 @@ def test_ctrl_c_then_resume_runs_no_finished_run_again(searched, tmp_path):
     for trial_id in done:  # a run that had scored the test set never started again
         assert [first for t, first in starts if t == trial_id] == ["1"]
     assert len(pd.read_csv(experiment / "confirm" / "runs.csv")) == 9
+
+
+@pytest.mark.slow  # a toy TPE search, then its growth: about 30 s
+def test_a_grown_search_keeps_its_split(ray_session, tmp_path):
+    import tune_main
+    from analysis.experiment import load_experiment
+
+    space = {"num_samples": 2, "epochs": 1, "grace_period": 1, "seed": 3, "max_concurrent": 2,
+             "cpus_per_trial": 0.5, "startup_trials": 1, "train": {"architecture": "plainnet"},
+             "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}}}
+    path = tmp_path / "grow.yaml"
+    path.write_text(yaml.safe_dump(space))
+    storage = tmp_path / "storage"
+    argv = ["--space", str(path), "--storage-path", str(storage), "--trainable", "toy", "--name", "grow"]
+    assert tune_main.main(argv) == 0
+    assert tune_main.main(["--name", "grow", "--storage-path", str(storage), "--resume", "--num-samples",
+                           "4"]) == 0
+    trials = load_experiment(storage / "grow").trials
+    assert len(trials) == 4
+    assert len({t.val_split_sha256 for t in trials}) == 1 and trials[0].val_split_sha256 is not None
