@@ -45,7 +45,7 @@ from analysis.experiment import FINISHED, AnalysisError, Experiment, Trial, load
 from analysis.rank import build_table
 from analysis.stats import paired_t_interval, t_interval
 from hiercls.experiment.layout import SPEC_FILE, TRIAL_INDEX, searched_values, trial_seed
-from hiercls.storage import EXIT_OK, StorageError, atomic_write_text
+from hiercls.storage import EXIT_OK, EXIT_WRITE, StorageError, atomic_write_text, describe_os_error
 
 __all__ = ["CONFIRM_DIR", "TEST_METRICS", "build_parser", "candidates", "collect", "confirm_space", "main",
            "summarise"]
@@ -58,6 +58,7 @@ TEST_METRICS = ("top1_error", "mistake_severity", "hdist@1", "hdist@5", "hdist@2
 """The test metrics of ``runs.csv`` (as ``test_<metric>``) and ``table.csv``, from
 ``final_test_results.json``'s ``metrics`` (the last epoch's model)."""
 BASELINE_LOSS = "cross-entropy"
+DEFAULT_TOP, DEFAULT_SEEDS = 2, 3
 
 
 # ---------------------------------------------------------------------------------------------- choosing
@@ -67,8 +68,12 @@ def _values(trial: Trial) -> dict[str, Any]:
 
 
 def _label(trial: Trial, values: Mapping[str, Any]) -> str:
-    shown = ", ".join(f"{k}={v}" for k, v in values.items() if k != "loss")
-    return f"{trial.loss}{f' ({shown})' if shown else ''} [trial {trial.trial_id}]"
+    """``loss (key=value, ...)`` with numbers to 4 significant digits (the trial is in ``source_trial``)."""
+    def short(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    shown = ", ".join(f"{k}={short(v)}" for k, v in values.items() if k != "loss")
+    return f"{trial.loss}{f' ({shown})' if shown else ''}"
 
 
 def _check_one_split(experiment: Experiment) -> None:
@@ -128,8 +133,10 @@ def candidates(experiment: Experiment, top: int, baseline: str | None, no_baseli
         if role == "candidate" and sum(c["role"] == "candidate" for c in out) >= top:
             break
         seen.append(values)
-        out.append({"label": _label(trial, values), "role": role, "source_trial": trial.trial_id,
-                    "values": values})
+        label = _label(trial, values)
+        if any(c["label"] == label for c in out):  # equal at 4 digits, different values
+            label += f" [trial {trial.trial_id}]"
+        out.append({"label": label, "role": role, "source_trial": trial.trial_id, "values": values})
     return out
 
 
@@ -189,8 +196,10 @@ def summarise(runs: pd.DataFrame, chosen: Sequence[Mapping[str, Any]]) -> pd.Dat
     ``m_mean``, ``m_std`` (ddof 1), ``m_ci_low`` and ``m_ci_high`` (95 % t-interval over seeds:
     :func:`analysis.stats.t_interval`; NaN with one seed), and for candidates ``diff_m_mean``,
     ``diff_m_ci_low``, ``diff_m_ci_high`` (:func:`analysis.stats.paired_t_interval` of candidate minus
-    baseline over the seeds both finished); ``val_objective_mean``; ``winner`` (lowest
-    ``val_objective_mean``)."""
+    baseline over the seeds both finished) and ``diff_m_std`` (their standard deviation over seeds: what
+    :func:`analysis.stats.seeds_needed` takes); ``val_objective_mean``; ``winner`` (lowest
+    ``val_objective_mean``; of equal means the first, the baseline first) and ``tied_winner`` (another
+    configuration with the winner's mean)."""
     done = runs[runs["status"] == "complete"]
     base = next((c["label"] for c in chosen if c["role"] == "baseline"), None)
     base_runs = done[done["label"] == base] if base else None
@@ -208,32 +217,35 @@ def summarise(runs: pd.DataFrame, chosen: Sequence[Mapping[str, Any]]) -> pd.Dat
                 paired = mine.merge(base_runs, on="seed", suffixes=("", "_base"))  # the same seeds
                 a, b = paired[f"test_{m}"].to_numpy(float), paired[f"test_{m}_base"].to_numpy(float)
                 diff = paired_t_interval(a, b) if len(a) else (math.nan,) * 4
-                row.update({f"diff_{m}_mean": diff[0], f"diff_{m}_ci_low": diff[2],
+                row.update({f"diff_{m}_mean": diff[0], f"diff_{m}_std": diff[1], f"diff_{m}_ci_low": diff[2],
                             f"diff_{m}_ci_high": diff[3]})
         row["val_objective_mean"] = float(mine["val_objective"].mean()) if len(mine) else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     finite = table["val_objective_mean"].notna()
     table["winner"] = False
-    if finite.any():
+    if finite.any():  # the first of equal means (the baseline first): no configuration beat it
         table.loc[table.loc[finite, "val_objective_mean"].idxmin(), "winner"] = True
+    best = table.loc[finite, "val_objective_mean"].min() if finite.any() else math.nan
+    table["tied_winner"] = finite & (table["val_objective_mean"] == best) & ~table["winner"]
     return table
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hiercls-confirm",
+        prog="python -m analysis.confirm",
         description="Train the K best configurations of a finished search and its cross-entropy baseline "
         "again with S new seeds each, on the search's validation split, as one Ray Tune grid; score every "
         "run once on the test set; write EXPERIMENT/confirm/ (runs.csv, table.csv). Exit status: 0 done, "
         "2 bad input, 3 a write failed, 130 interrupted (rerun with --resume).")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR",
                         help="the finished search (STORAGE_PATH/NAME)")
-    parser.add_argument("--top", type=int, default=2, help="configurations to confirm besides the baseline "
-                        "(default 2)")
-    parser.add_argument("--seeds", type=int, default=3, help="new training seeds per configuration, at least "
-                        "2 for an interval (default 3; the field reports 3-5)")
+    parser.add_argument("--top", type=int, default=None,
+                        help=f"configurations to confirm besides the baseline (default {DEFAULT_TOP})")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"new training seeds per configuration, at least 2 for an interval (default "
+                        f"{DEFAULT_SEEDS}; the field reports 3-5)")
     parser.add_argument("--baseline", metavar="TRIAL_ID", help="the baseline trial (default: the best "
                         "complete cross-entropy trial)")
     parser.add_argument("--no-baseline", action="store_true", help="confirm without a baseline (no paired "
@@ -256,12 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_args(args: argparse.Namespace, confirm: Path) -> None:
     """Raises: AnalysisError: a bad number, or a confirm folder that exists (new) or does not (resume)."""
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise AnalysisError(f"--top {args.top}: confirm at least 1 configuration besides the baseline")
-    if args.seeds < 2:
-        raise AnalysisError(f"--seeds {args.seeds}: one seed gives no interval and no paired test; use at "
-                            "least 2 (3 to 5 as the field reports), or train the configuration once with "
-                            "python -m hiercls.train")
+    if args.seeds is not None and args.seeds < 2:
+        raise AnalysisError(f"--seeds {args.seeds}: fewer than 2 seeds give no interval and no paired "
+                            "test; use at least 2 (3 to 5 as the field reports), or train the configuration "
+                            "once with python -m hiercls.train")
     if args.no_baseline and args.baseline:
         raise AnalysisError("--baseline and --no-baseline exclude each other")
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -271,12 +283,15 @@ def _check_args(args: argparse.Namespace, confirm: Path) -> None:
                             "(finished runs are kept), or move it away to start again")
     if args.resume and not (confirm / "candidates.json").is_file():
         raise AnalysisError(f"nothing to resume: {str(confirm / 'candidates.json')!r} does not exist")
+    if args.resume and (args.top is not None or args.seeds is not None or args.baseline or args.no_baseline):
+        raise AnalysisError("--resume continues the confirmation planned in confirm/candidates.json: --top, "
+                            "--seeds and the baseline cannot change (move confirm/ away to plan another)")
 
 
 def _confirm(args: argparse.Namespace) -> int:
     from hiercls.tune.cli import main as tune_main  # Ray and the search stay out of --help and input errors
 
-    experiment = load_experiment(args.experiment)
+    experiment = load_experiment(Path(args.experiment).resolve())
     confirm = experiment.path / CONFIRM_DIR
     _check_args(args, confirm)
     tune_args = ["--storage-path", str(confirm), "--name", SEARCH_NAME]
@@ -291,8 +306,13 @@ def _confirm(args: argparse.Namespace) -> int:
         else:  # interrupted before the search saved its spec: start it
             tune_args += ["--space", str(confirm / "space.yaml"), "--trainable", trainable]
     else:
-        chosen = candidates(experiment, args.top, args.baseline, args.no_baseline)
-        seeds = [trial_seed(int(experiment.spec.get("seed", 0)), f"confirm-{j}") for j in range(args.seeds)]
+        top, count = args.top or DEFAULT_TOP, args.seeds or DEFAULT_SEEDS
+        chosen = candidates(experiment, top, args.baseline, args.no_baseline)
+        found = sum(c["role"] == "candidate" for c in chosen)
+        if found < top:
+            print(f"note: --top {top}, but the search has {found} distinct feasible complete "
+                  "configuration(s) besides the baseline: confirming those")
+        seeds = [trial_seed(int(experiment.spec.get("seed", 0)), f"confirm-{j}") for j in range(count)]
         space = confirm_space(experiment, chosen, seeds, {"address": args.address,
                                                           "max_concurrent": args.max_concurrent})
         try:
@@ -301,8 +321,9 @@ def _confirm(args: argparse.Namespace) -> int:
                               json.dumps({"candidates": chosen, "seeds": seeds}, indent=2))
             atomic_write_text(confirm / "space.yaml", yaml.safe_dump(space, sort_keys=False))
         except OSError as err:
-            print(f"hiercls-confirm: error: {err}", file=sys.stderr)
-            return 3
+            print(f"python -m analysis.confirm: error: {describe_os_error(err, err.filename or confirm)}",
+                  file=sys.stderr)
+            return EXIT_WRITE
         tune_args += ["--space", str(confirm / "space.yaml"), "--trainable", trainable]
         print(f"confirming {len(chosen)} configuration(s) x {len(seeds)} seeds "
               f"({len(chosen) * len(seeds)} runs) in {confirm}:")
@@ -311,8 +332,9 @@ def _confirm(args: argparse.Namespace) -> int:
     status = tune_main(tune_args)
     if status != EXIT_OK:
         if status == 130:
-            print(f"hiercls-confirm: resume with: hiercls-confirm {experiment.path} --resume",
-                  file=sys.stderr)
+            print(f"python -m analysis.confirm: resume with: python -m analysis.confirm {experiment.path} "
+                  "--resume (hiercls-confirm ... --resume; not the tune_main.py line above, which would not "
+                  "write runs.csv and table.csv)", file=sys.stderr)
         return status
     return _write_results(confirm, chosen)
 
@@ -324,11 +346,12 @@ def _write_results(confirm: Path, chosen: Sequence[Mapping[str, Any]]) -> int:
         atomic_write_text(confirm / "runs.csv", runs.to_csv(index=False))
         atomic_write_text(confirm / "table.csv", table.to_csv(index=False))
     except StorageError as err:
-        print(f"hiercls-confirm: error: {err}", file=sys.stderr)
-        return 3
+        print(f"python -m analysis.confirm: error: {err}", file=sys.stderr)
+        return EXIT_WRITE
     for _, row in table.iterrows():
-        spread = f" ± {row['top1_error_std']:.4f}" if row["n_seeds"] > 1 else ""
-        mark = "  <- winner (lowest mean validation objective)" if row["winner"] else ""
+        spread = f" ± {row['top1_error_std']:.4f} (std)" if row["n_seeds"] > 1 else ""
+        mark = ("  <- winner (lowest mean validation objective)" if row["winner"] else
+                "  (ties the winner's mean validation objective)" if row["tied_winner"] else "")
         print(f"{row['role']:9s} {row['label']}: test top-1 error {row['top1_error_mean']:.4f}{spread}, "
               f"mistake severity {row['mistake_severity_mean']:.4f}, {row['n_seeds']} seeds{mark}")
     print(f"wrote {confirm / 'runs.csv'} and {confirm / 'table.csv'}; the paper table: python -m "

@@ -67,6 +67,7 @@ from hiercls.config import ConfigError, TrainConfig, fill_added_keys, upgrade_sa
 from hiercls.experiment.layout import SPEC_FILE, TRIAL_INDEX, searched_values, trial_config
 from hiercls.experiment.parts import part_folders
 from hiercls.experiment.state import UNFINISHED, newest_state_file, read_trial_states
+from hiercls.storage import EXIT_WRITE, describe_os_error
 from hiercls.tune.spec import SearchSpec, SpecError, iter_params, parse_objective, parse_params
 from hiercls.value_schedule import upgrade_record
 
@@ -293,10 +294,15 @@ def loss_family(loss: str | None, config: Mapping[str, Any]) -> str | None:
 def run_cli(parser: Any, argv: Sequence[str] | None, command: Callable[[Any], int]) -> int:
     """The shared ``main`` of the analysis CLIs: parse ``argv`` with the argparse ``parser`` and return
     ``command(args)``; an :class:`AnalysisError` is printed as ``PROG: error: MESSAGE`` on stderr (no
-    traceback) and gives exit status 2. Argparse's own usage errors exit 2 through argparse."""
+    traceback) and gives exit status 2, an OS error while writing (a read-only experiment, a full disk) one
+    line and exit status 3. Argparse's own usage errors exit 2 through argparse."""
     args = parser.parse_args(argv)
     try:
         return command(args)
+    except OSError as err:  # a read-only experiment, a full disk: one line, the write-error status
+        where = err.filename or "the output folder"
+        print(f"{parser.prog}: error: {describe_os_error(err, where, 'write')}", file=sys.stderr)
+        return EXIT_WRITE
     except AnalysisError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -179,6 +179,7 @@ def exported_config(
     changes: dict[str, Any] = {"evaluate_test": True}
     if retrain_full:
         changes["val_size"] = 0
+        changes["val_split_sha256"] = None  # no validation split left to identify
         name += "-full"
         if config.max_train_samples is not None:
             notes.append(f"--retrain-full: the search's max_train_samples {config.max_train_samples} is "

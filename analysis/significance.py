@@ -232,16 +232,21 @@ def add_statistics(table: pd.DataFrame, experiment: Experiment, n_boot: int, see
     at = rest.index("pareto_index") + 1
     df = df[[*rest[:at], *STAT_COLUMNS, *rest[at:]]]
     df.attrs["statistics"] = None if n_boot == 0 else _statistics_info(
-        n_boot, seed, evidence, problems, best, base, [t for t, c in zip(ids, compared) if c])
+        n_boot, seed, evidence, problems, best, base, [t for t, c in zip(ids, compared) if c],
+        toy=experiment.spec.get("trainable") == "toy")
     return df
 
 
 def _statistics_info(n_boot: int, seed: int, evidence: Mapping[str, _Evidence], problems: list[str],
-                     best: str | None, base: str | None, compared: list[str]) -> dict[str, Any]:
+                     best: str | None, base: str | None, compared: list[str], *, toy: bool = False
+                     ) -> dict[str, Any]:
     """``table.attrs["statistics"]`` (see :func:`add_statistics`)."""
     notes = list(problems)
     lacking = [t for t in compared if t not in evidence]
-    if lacking and len(lacking) == len(compared):
+    if lacking and toy:
+        notes.append("the toy trainable (--trainable toy) trains nothing and saves no per-image predictions: "
+                     "no intervals, paired tests or resolved fronts")
+    elif lacking and len(lacking) == len(compared):
         notes.append(f"none of the {len(compared)} compared trials has saved per-image predictions for the "
                      "epoch the scope selected (a search of a hiercls before they were saved, or epochs "
                      "whose files were not kept): no intervals, paired tests or resolved fronts")

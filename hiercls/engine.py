@@ -504,9 +504,10 @@ class Run:
         if config.val_split_sha256 is not None and config.val_split_sha256 != sha:
             raise DataError(
                 f"the validation split (val_size {config.val_size}, split_seed {config.data_split_seed}) is "
-                f"not the one this config records: val_split_sha256 {str(sha)[:12]}... vs recorded "
+                f"not the one this config records: "
+                f"{'no validation split' if sha is None else f'val_split_sha256 {sha[:12]}...'} vs recorded "
                 f"{config.val_split_sha256[:12]}... (another data set or another split); unset "
-                "val_split_sha256 to run on this split")
+                "val_split_sha256 (--set val_split_sha256=null) to run on this split")
         # the run's config records the identity of its validation images (config.yaml, every record)
         self.config = config = dataclasses.replace(config, val_split_sha256=sha)
         self.val_indices = splits.val.indices if splits.val is not None else None

@@ -116,11 +116,15 @@ def test_confirm_runs_the_grid_once_and_writes_the_table(searched, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists: pass --resume" in err[0]
     assert (confirm / "runs.csv").read_bytes() == before
+    # a resume continues the plan: another --top is refused
+    assert confirm_cli.main([str(experiment), "--resume", "--top", "3"]) == 2
+    assert "cannot change" in capsys.readouterr().err
+    assert (confirm / "runs.csv").read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--top", "0"], "--top 0: confirm at least 1"),
-    (["--seeds", "1"], "--seeds 1: one seed gives no interval"),
+    (["--seeds", "1"], "--seeds 1: fewer than 2 seeds give no interval"),
     (["--baseline", "nope"], "trial 'nope' is not in experiment"),
     (["--baseline", "x", "--no-baseline"], "exclude each other"),
     (["--resume"], "nothing to resume"),

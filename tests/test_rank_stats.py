@@ -353,3 +353,26 @@ def test_the_search_summary_names_the_split_and_warns_once(tmp_path):
     write_summary(outcome)
     lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert lines[0].endswith(",val_split,path") and f",{OTHER_SPLIT[:12]}," in lines[4]
+
+
+def test_export_names_the_split_and_retrain_full_drops_it(experiment_dir, tmp_path):
+    """The exported config replays the search's split (its val_split_sha256 checked by the run); a
+    --retrain-full config has no validation split, so it records none (it would be refused otherwise)."""
+    from analysis import export as export_cli
+    from hiercls.config import TrainConfig
+
+    assert export_cli.main([str(experiment_dir), "--out", str(tmp_path / "best.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["val_split_sha256"] == SPLIT
+    assert export_cli.main([str(experiment_dir), "--out", str(tmp_path / "full.yaml"), "--retrain-full"]) == 0
+    values = yaml.safe_load((tmp_path / "full.yaml").read_text())
+    values.pop("source", None)
+    assert values["val_size"] == 0 and values["val_split_sha256"] is None
+    TrainConfig.from_dict(values).validate()
+
+
+def test_a_write_failure_is_one_line_with_the_write_status(experiment_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert rank_cli.main([str(experiment_dir), "--out", str(blocker / "analysis"), "--no-plots"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "Traceback" not in err[0], err
