@@ -186,7 +186,7 @@ def test_ctrl_c_then_resume_runs_no_finished_run_again(searched, tmp_path):
             time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
-    assert f"hiercls-confirm {experiment} --resume" in log.read_text()
+    assert f"python -m analysis.confirm {experiment} --resume" in log.read_text()
     done = set(tested.read_text().split())
     assert not (experiment / "confirm" / "runs.csv").exists()
     resumed = subprocess.run([*command[:3], str(experiment), "--resume", "--trainable", "toy"], cwd=ROOT,

@@ -50,7 +50,9 @@ def test_reports_and_files(tiny_run, cifar) -> None:
     saved = json.loads((out / "all_epoch_results.json").read_text())
     assert saved == [r for r, _ in reports]
     resolved = load_config(out / "config.yaml")
-    assert resolved == config.resolved().replace(out_folder=config.out_folder)
+    assert len(resolved.val_split_sha256) == 64  # the run records its validation images
+    assert resolved == config.resolved().replace(out_folder=config.out_folder,
+                                                 val_split_sha256=resolved.val_split_sha256)
     assert resolved.t0 == 12 and resolved.t_mult == 2  # the schedule's defaults are written out
     assert result["best_epoch"] in (1, 2)
     best = min(saved, key=lambda r: r["val_top1_error"])
@@ -148,7 +150,8 @@ def test_every_loss_and_schedule_trains_one_epoch(tiny_run, cifar, loss, schedul
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
     assert 0.0 <= record["val_top1_error"] <= 1.0
     # every metric reported: finite, but CRM (which needs class probabilities) NaN for the embedding losses
-    metrics = [k for k in record if k.startswith("val_") and not k.startswith("val_crm/")]
+    metrics = [k for k in record if k.startswith("val_") and not k.startswith("val_crm/")
+               and k != "val_split_sha256"]
     assert all(math.isfinite(record[k]) for k in metrics)
     crm = [record["val_crm/" + k[4:]] for k in metrics if k != "val_loss"]
     probabilistic = LOSSES.get(loss).probabilistic
