@@ -1338,9 +1338,6 @@ def _train(
         compile_seconds = 0.0
         record["status"] = status
         history.append(record)
-        if ranked is not None and status == "ok":  # per-image evidence: the last and the best epochs kept
-            save_predictions(out, epoch + 1, ranked, run.val_indices, config.val_split_sha256)
-            prune_predictions(out, kept_epochs(history, (_val_top1, *keep_predictions)))
 
         written = None
         if status == "ok":
@@ -1356,6 +1353,9 @@ def _train(
                 atomic_write_files(files)
                 pending_best, written = None, ckpt_dir
         atomic_write_text(out / "all_epoch_results.json", json.dumps(history, indent=2))
+        if ranked is not None and status == "ok":  # per-image evidence: the last and the best epochs kept
+            save_predictions(out, epoch + 1, ranked, run.val_indices, config.val_split_sha256)
+            prune_predictions(out, kept_epochs(history, (_val_top1, *keep_predictions)))
         log.info(_log_line(record, config.epochs))
         if reporter is not None:
             reporter(dict(record), written)
