@@ -94,6 +94,7 @@ class MetricAccumulator:
         # best_sum[t, k-1]: the largest sum of similarities 1 - d/d_max that any k classes reach for t.
         sims = 1.0 - hierarchy.distances.double().sort(dim=1).values / self.d_max
         self.best_sum = sims.cumsum(dim=1)
+        self._device_distances: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -123,8 +124,14 @@ class MetricAccumulator:
             return
         crm = None
         if self.crm:
-            crm = crm_scores(logits, self.distances.to(logits.device)).topk(self.max_k, dim=1).indices
+            crm = crm_scores(logits, self._distances_on(logits.device)).topk(self.max_k, dim=1).indices
         self.update_ranked(logits.float().topk(self.max_k, dim=1).indices, targets, crm)
+
+    def _distances_on(self, device: torch.device) -> torch.Tensor:
+        """The LCA distances on ``device``, copied there once (not once per batch)."""
+        if self._device_distances is None or self._device_distances.device != device:
+            self._device_distances = self.distances.to(device)
+        return self._device_distances
 
     def update_ranked(self, ranked: torch.Tensor, targets: torch.Tensor,
                       crm_ranked: torch.Tensor | None = None) -> None:
