@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 from scipy import stats
+from test_tune_faults import _driver_output
 
 from analysis import confirm as confirm_cli
 from analysis import export as export_cli
@@ -41,10 +41,9 @@ SPACE = {
 
 
 def driver_lines(stderr: str) -> list[str]:
-    """The driver's own stderr lines: Ray forwards its workers' output, prefixed "(toy_trial pid=N)", at any
-    time (a worker of an earlier search stopped by Ray's SIGTERM handler may print "Exception ignored"), so
-    those lines are left out, as tests/test_tune_faults.py's _driver_output does."""
-    return [ln for ln in stderr.strip().splitlines() if ln.strip() and not re.search(r"\(\w+ pid=\d+\)", ln)]
+    """The driver's own non-empty stderr lines (:func:`test_tune_faults._driver_output`: Ray forwards its
+    workers' output at any time, e.g. "Exception ignored" from a worker its SIGTERM handler stopped)."""
+    return [ln for ln in _driver_output(stderr).splitlines() if ln.strip()]
 
 
 def _search(tmp_path: Path, name: str = "toy", **changes) -> Path:
