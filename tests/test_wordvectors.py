@@ -1,4 +1,4 @@
-"""DeViSE class word vectors: a tiny fastText model trained here, hand-written .vec files, refusals."""
+"""DeViSE class word vectors: a tiny fastText model written here, hand-written .vec files, refusals."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import fasttext  # the embeddings extra, which the README's install and CI insta
 import numpy as np
 import pytest
 import torch
+from fasttext_file import write_fasttext_bin
 
 from hiercls.wordvectors import (
     FASTTEXT_MAGIC,
@@ -27,36 +28,12 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _train(corpus, attempts: int = 20):
-    """A tiny skipgram model. fasttext-numpy2 0.10.4's trainer is not reliable on a corpus this small: even
-    with thread=1 some attempts raise ``RuntimeError("Encountered NaN.")`` or give different vectors,
-    depending on the process's memory, so it is retried until every word's vector is finite and of a sane
-    size. The assertions compare the module with the loaded model itself, never with fixed numbers."""
-    for _ in range(attempts):
-        try:
-            model = fasttext.train_unsupervised(str(corpus), model="skipgram", dim=8, epoch=5, minCount=1,
-                                                thread=1, bucket=1000, verbose=0)
-        except RuntimeError as err:
-            if "NaN" not in str(err):
-                raise
-            continue
-        vectors = np.stack([model.get_word_vector(w) for w in model.words])
-        if np.isfinite(vectors).all() and np.abs(vectors).max() < 1e3 and (vectors != 0).any(axis=1).all():
-            return model
-    pytest.fail(f"fastText gave no usable model in {attempts} attempts")
-
-
 @pytest.fixture(scope="module")
 def ft_bin(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fasttext")
-    rng = random.Random(0)
+    """A tiny skipgram model written directly in fastText's format (``fasttext_file``: the trainer is not
+    reliable on a corpus this small). The assertions compare the module with the loaded model itself."""
     vocabulary = "apple aquarium fish maple tree otter".split() + FILLER
-    corpus = folder / "corpus.txt"
-    lines = (" ".join(rng.choice(vocabulary) for _ in range(12)) for _ in range(300))
-    corpus.write_text("\n".join(lines) + "\n")
-    path = folder / "tiny.bin"
-    _train(corpus).save_model(str(path))
-    return path
+    return write_fasttext_bin(tmp_path_factory.mktemp("fasttext") / "tiny.bin", vocabulary)
 
 
 @pytest.fixture(scope="module")
