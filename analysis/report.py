@@ -295,7 +295,8 @@ def tradeoff_figure(own: Sequence[dict], refs: Sequence[dict]):
         ax.set_xlabel("Top-1 error (%)")
         ax.set_ylabel(f"{HEADERS[TABLE_METRICS.index(m)]} (LCA height)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Test metrics: mean ± 95% t-interval over seeds (hollow: published)", fontsize=9)
+    fig.suptitle("Test metrics: mean ± 95% t-interval over seeds" + (" (hollow: published)" if refs else ""),
+                 fontsize=9)
     return fig
 
 
@@ -356,6 +357,10 @@ def _report(args: argparse.Namespace) -> int:
         raise AnalysisError(f"{where!r} cannot be read: {str(err).strip() or type(err).__name__}") from err
     own, notes = summarize_runs(runs, where)
     refs = read_reference(args.reference) if args.reference else []
+    tops = [r["mean"]["top1_error"] for r in refs if math.isfinite(r["mean"]["top1_error"])]
+    if tops and max(tops) <= 0.01:  # CIFAR-100 errors are tens of percent: fractions written by mistake?
+        notes.append(f"every top1_error in --reference {args.reference!r} is at most 1: the column is read "
+                     "in percent (35.2 means 35.2 %), so these rows show errors under 1 %")
     figure = tradeoff_figure(own, refs)
     files = {"table.md": markdown_report(own, refs, args.digits).encode(),
              "table.tex": latex_report(own, refs, args.digits).encode(),

@@ -24,6 +24,7 @@ per-epoch reports, rewritten after every epoch), ``checkpoints/last.pth`` and ``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -1397,11 +1398,15 @@ def _final_test(run: Run, out: Path, best_path: Path | None, best: Mapping[str, 
     if best_path is not None:
         scored = run.eval_model
         last_weights = {k: v.clone() for k, v in scored.state_dict().items()}
-        scored.load_state_dict(load_checkpoint(best_path)["model"])
-        best_results = test_results(run.evaluate(loader, ks=TEST_KS))
+        best_weights = load_checkpoint(best_path)["model"]
+        if _same_weights(last_weights, best_weights):  # the last epoch was the best: scored already
+            best_results = copy.deepcopy(results)
+        else:
+            scored.load_state_dict(best_weights)
+            best_results = test_results(run.evaluate(loader, ks=TEST_KS))
+            scored.load_state_dict(last_weights)
         best_results["epoch"] = best["epoch"]
         results["best_val_model"] = best_results
-        scored.load_state_dict(last_weights)
     atomic_write_text(out / "final_test_results.json", json.dumps(results, indent=2))
     log.info(
         "test: accuracy %.2f%%, mistake severity %.4f, hdist@1 %.4f (last model, epoch %d)",
@@ -1410,6 +1415,13 @@ def _final_test(run: Run, out: Path, best_path: Path | None, best: Mapping[str, 
     )
     return results
 
+
+
+def _same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same keys and bit-identical tensors (compared on the CPU)."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k].cpu(), b[k].cpu())
+        for k in a)
 
 
 _Run = Run  # the name before hiercls 0.3 (tests and scripts that built a run directly)

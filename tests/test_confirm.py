@@ -226,3 +226,45 @@ def test_a_grown_search_keeps_its_split(ray_session, tmp_path):
     trials = load_experiment(storage / "grow").trials
     assert len(trials) == 4
     assert len({t.val_split_sha256 for t in trials}) == 1 and trials[0].val_split_sha256 is not None
+
+
+# ---------------------------------------------------------------------------------------------- real data
+@pytest.mark.realdata
+@pytest.mark.slow  # 9 real plainnet runs of 2 epochs, each scoring the 10,000 test images: a few minutes
+def test_confirm_on_the_real_smoke_search(smoke_search, tmp_path, capsys):
+    """``hiercls-confirm --top 2 --seeds 3`` on the finished real smoke search: the baseline and the two
+    best configurations, 3 new seeds each, 9 real runs as one Ray Tune experiment on the search's split and
+    at its length, each scoring the official test set once; then the paper table."""
+    from analysis.experiment import load_experiment
+
+    experiment = tmp_path / "smoke"
+    shutil.copytree(smoke_search["outcome"].experiment_dir, experiment)
+    spec = smoke_search["spec"]
+    split = {load_experiment(experiment).trials[0].val_split_sha256}
+    assert confirm_cli.main([str(experiment), "--top", "2", "--seeds", "3"]) == 0
+    assert "confirming 3 configuration(s) x 3 seeds (9 runs)" in capsys.readouterr().out
+    confirm = experiment / "confirm"
+    chosen = json.loads((confirm / "candidates.json").read_text())
+    assert [c["role"] for c in chosen["candidates"]] == ["baseline", "candidate", "candidate"]
+    assert chosen["candidates"][0]["values"]["loss"] == "cross-entropy"
+    runs = pd.read_csv(confirm / "runs.csv")
+    assert len(runs) == 9 and set(runs["status"]) == {"complete"}
+    assert sorted(set(runs["seed"])) == sorted(trial_seed(spec.seed, f"confirm-{j}") for j in range(3))
+    trials = load_experiment(confirm / "search").trials  # one Ray Tune experiment of the 9 runs
+    assert len(trials) == 9 and {t.val_split_sha256 for t in trials} == split
+    for _, run in runs.iterrows():
+        folder = Path(run["path"])
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["epochs"] == spec.epochs and config["split_seed"] == spec.seed
+        assert config["max_train_samples"] == 2000 and config["evaluate_test"] is True
+        records = json.loads((folder / "all_epoch_results.json").read_text())
+        assert len(records) == spec.epochs and not any(k.startswith("test_") for r in records for k in r)
+        test = json.loads((folder / "final_test_results.json").read_text())
+        assert run["test_top1_error"] == test["metrics"]["top1_error"]
+        assert 0 < run["test_top1_error"] < 1 and math.isfinite(run["test_mistake_severity"])
+    table = pd.read_csv(confirm / "table.csv")
+    assert table["n_seeds"].tolist() == [3, 3, 3] and table["winner"].sum() == 1
+    assert table.iloc[1:]["diff_top1_error_ci_low"].notna().all()
+    assert report_cli.main([str(experiment)]) == 0
+    for name in ("table.md", "table.tex", "table.csv", "tradeoff.png"):
+        assert (confirm / "report" / name).stat().st_size > 0

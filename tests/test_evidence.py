@@ -211,6 +211,57 @@ def test_records_are_json(data, tmp_path):
     assert isinstance(records[0]["val_split_sha256"], str)
 
 
+# ------------------------------------------------------------------------------------ the final test score
+def _count_test_passes(monkeypatch) -> list[int]:
+    from hiercls import engine
+
+    passes: list[int] = []
+    evaluate = engine.Run.evaluate
+
+    def counting(self, loader, ks=engine.VAL_KS, **kwargs):
+        if ks == engine.TEST_KS:
+            passes.append(len(loader.labels))
+        return evaluate(self, loader, ks, **kwargs)
+
+    monkeypatch.setattr(engine.Run, "evaluate", counting)
+    return passes
+
+
+def test_the_test_set_is_scored_once_when_the_last_epoch_is_the_best(data, tmp_path, monkeypatch):
+    """The best checkpoint holds the last weights: its test results are the last model's, not a second
+    pass over the test images."""
+    passes = _count_test_passes(monkeypatch)
+    result = fit(tiny(tmp_path / "run", epochs=1, evaluate_test=True), data=data, progress=False)
+    assert passes == [100]
+    test = json.loads((tmp_path / "run" / "final_test_results.json").read_text())
+    assert result["best_epoch"] == 1 and test["best_val_model"]["epoch"] == 1
+    assert test["best_val_model"]["metrics"] == test["metrics"]
+
+
+def test_an_earlier_best_model_is_scored_on_its_own_weights(data, tmp_path, monkeypatch):
+    """Best weights other than the last: a second pass with them, then the last weights back in the model
+    (final_model.pth stays the last model)."""
+    from hiercls import engine
+
+    passes = _count_test_passes(monkeypatch)
+    load = engine.load_checkpoint
+
+    def other_best(path, **kwargs):  # the best checkpoint as if an earlier epoch had other weights
+        state = load(path, **kwargs)
+        state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+        return state
+
+    monkeypatch.setattr(engine, "load_checkpoint", other_best)
+    run = tmp_path / "run"
+    fit(tiny(run, epochs=1, evaluate_test=True), data=data, progress=False)
+    assert passes == [100, 100]
+    final = torch.load(run / "final_model.pth", weights_only=True)
+    best = load(run / "checkpoints" / "best.pth")["model"]
+    assert all(torch.equal(final[k], best[k]) for k in best)  # the last (= saved best) weights, put back
+    test = json.loads((run / "final_test_results.json").read_text())
+    assert test["best_val_model"]["metrics"] != test["metrics"]
+
+
 # ---------------------------------------------------------------------------------------------- real data
 def test_a_real_search_trains_and_validates_every_trial_on_one_split(smoke_search, cifar):
     """The smoke search on the real data: one val_split_sha256 for all its trials (config.yaml and every

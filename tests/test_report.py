@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import OUTPUTS, _t_halfwidth, main, summarize_runs
+from analysis.report import METRICS, OUTPUTS, _t_halfwidth, main, summarize_runs, tradeoff_figure
 
 BASELINE = "cross-entropy"
 CANDIDATE = "hxe_a=0.4 (trial 00003)"  # an underscore for the LaTeX escape
@@ -154,6 +154,26 @@ def test_reference_rows_follow_with_their_source(tmp_path):
     assert ref["top1_error_mean"] == pytest.approx(0.2941) and ref["top1_error_std"] == pytest.approx(0.0035)
     assert ref["mistake_severity_mean"] == pytest.approx(1.79) and math.isnan(ref["hdist@1_mean"])
     assert (out / "tradeoff.pdf").is_file()
+
+
+def test_a_reference_written_in_fractions_gets_a_note(tmp_path, capsys):
+    exp = _experiment(tmp_path)
+    assert main([str(exp), "--reference", str(_reference(tmp_path, "method,top1_error\nA,0.35\nB,\n"))]) == 0
+    out = capsys.readouterr().out
+    assert "note: every top1_error in --reference" in out and "35.2 means 35.2 %" in out
+    rows = _md_rows((exp / "confirm" / "report" / "table.md").read_text(encoding="utf-8"))
+    assert rows[2][:2] == ["A", "0.35"]
+    # percent as documented: no note
+    assert main([str(exp), "--reference", str(_reference(tmp_path)), "--overwrite"]) == 0
+    assert "note: every top1_error" not in capsys.readouterr().out
+
+
+def test_the_plot_title_mentions_published_rows_only_when_there_are_some():
+    own = [{"label": "ce", "role": "baseline", "n": 3, "mean": {m: 0.5 for m in METRICS},
+            "std": {m: 0.1 for m in METRICS}, "hw": {m: 0.2 for m in METRICS}}]
+    ref = {**own[0], "label": "HAF", "role": "reference", "n": None}
+    assert "published" not in tradeoff_figure(own, [])._suptitle.get_text()
+    assert "(hollow: published)" in tradeoff_figure(own, [ref])._suptitle.get_text()
 
 
 def _bad_reference(tmp_path, text):
