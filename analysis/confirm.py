@@ -41,7 +41,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analysis.experiment import FINISHED, AnalysisError, Experiment, Trial, load_experiment, run_cli
+from analysis.experiment import (
+    FINISHED,
+    AnalysisError,
+    Experiment,
+    Trial,
+    load_experiment,
+    run_cli,
+    split_problem,
+)
 from analysis.rank import build_table
 from analysis.stats import paired_t_interval, t_interval
 from hiercls.experiment.layout import SPEC_FILE, TRIAL_INDEX, searched_values, trial_seed
@@ -78,21 +86,18 @@ def _label(trial: Trial, values: Mapping[str, Any]) -> str:
 
 def _check_one_split(experiment: Experiment) -> None:
     """The search's finished trials must share one validation split, else their ranks (and the runs'
-    common split) mean nothing.
+    common split) mean nothing (:func:`analysis.experiment.split_problem`).
 
     Raises:
         AnalysisError: the trials name several splits, or none (made before splits were recorded).
     """
-    hashes = {t.val_split_sha256 for t in experiment.trials if t.status in FINISHED}
-    if None in hashes:
-        raise AnalysisError(f"experiment {str(experiment.path)!r} was made before hiercls recorded "
-                            "validation splits (no val_split_sha256): each trial was validated on its own "
-                            "images, so its ranks cannot choose what to confirm; run the search again with "
-                            "this hiercls")
-    if len(hashes) > 1:
-        raise AnalysisError(f"experiment {str(experiment.path)!r} validated its trials on {len(hashes)} "
-                            "different splits: its ranks mix real differences with which images each drew; "
-                            "confirm needs one split (run the search again with one split_seed)")
+    finished = [t for t in experiment.trials if t.status in FINISHED]
+    problem = split_problem(finished, advice=False)
+    if problem is None and any(t.val_split_sha256 is None for t in finished):
+        problem = "made before hiercls recorded validation splits (no val_split_sha256)"
+    if problem:
+        raise AnalysisError(f"experiment {str(experiment.path)!r}: {problem}; confirm needs one split to "
+                            "choose what to confirm (run the search again with one split_seed)")
 
 
 def candidates(experiment: Experiment, top: int, baseline: str | None, no_baseline: bool

@@ -172,7 +172,23 @@ def test_mixed_splits_are_refused(ray_session, tmp_path, capsys):
     experiment = _search(tmp_path, name="mixed", split_seed="trial")
     assert confirm_cli.main([str(experiment), "--trainable", "toy"]) == 2
     err = driver_lines(capsys.readouterr().err)
-    assert len(err) == 1 and "different splits" in err[0]
+    assert len(err) == 1 and "different validation splits" in err[0] and "confirm needs one split" in err[0]
+    assert not (experiment / "confirm").exists()
+
+
+def test_an_experiment_from_before_recorded_splits_is_refused(searched, tmp_path, capsys):
+    """Trials without val_split_sha256 (a hiercls before splits were recorded) were each validated on their
+    own images."""
+    experiment = tmp_path / "old"
+    shutil.copytree(searched, experiment)
+    for path in experiment.glob("trial_*/result.json"):  # one JSON record per line
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for record in records:
+            assert record.pop("val_split_sha256")
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert confirm_cli.main([str(experiment), "--trainable", "toy"]) == 2
+    err = driver_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "made before hiercls recorded validation splits" in err[0], err
     assert not (experiment / "confirm").exists()
 
 
