@@ -758,7 +758,7 @@ def test_two_node_local_cluster(tmp_path):
     (only the processes started here)."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of the Python under test
     token = tmp_path / "auth_token"
     token.write_text(os.urandom(32).hex())
     driver_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -772,7 +772,7 @@ def test_two_node_local_cluster(tmp_path):
     marker = Path("/tmp/ray/ray_current_cluster")
     marker_before = marker.read_bytes() if marker.is_file() else None
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+        [*ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--include-dashboard", "false", *common],
         env=node_env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -790,7 +790,7 @@ def test_two_node_local_cluster(tmp_path):
             alive = int(out.stdout.strip().splitlines()[-1]) if ok else 0
             if alive >= 1 and worker is None:
                 worker = subprocess.Popen(
-                    [ray_bin, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                    [*ray_cli, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
                     env=node_env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
                 )
             if alive >= 2:
