@@ -104,7 +104,9 @@ def candidates(experiment: Experiment, top: int, baseline: str | None, no_baseli
                ) -> list[dict[str, Any]]:
     """The configurations to confirm: the baseline first (role ``baseline``), then the ``top`` best
     feasible complete trials other than it (role ``candidate``), each as ``{label, role, source_trial,
-    values}``; trials with the same values count once.
+    values, search_rank}`` (``search_rank``: 1 for the search's best trial, None for a baseline outside the
+    ranking); trials with the same values count once. When the best trial is the cross-entropy baseline,
+    the candidates are the next best.
 
     Raises:
         AnalysisError: no finished trial; trials on several validation splits; the named baseline is
@@ -129,6 +131,7 @@ def candidates(experiment: Experiment, top: int, baseline: str | None, no_baseli
                                 "to be the baseline: name one with --baseline TRIAL_ID, or pass "
                                 "--no-baseline")
         base = found[0]
+    rank = {t.trial_id: i + 1 for i, t in enumerate(trials)}  # 1: the search's best (or first on its front)
     out: list[dict[str, Any]] = []
     seen: list[dict[str, Any]] = []
     for trial, role in [*([(base, "baseline")] if base else []), *((t, "candidate") for t in trials)]:
@@ -141,7 +144,8 @@ def candidates(experiment: Experiment, top: int, baseline: str | None, no_baseli
         label = _label(trial, values)
         if any(c["label"] == label for c in out):  # equal at 4 digits, different values
             label += f" [trial {trial.trial_id}]"
-        out.append({"label": label, "role": role, "source_trial": trial.trial_id, "values": values})
+        out.append({"label": label, "role": role, "source_trial": trial.trial_id, "values": values,
+                    "search_rank": rank.get(trial.trial_id)})
     return out
 
 
@@ -333,7 +337,10 @@ def _confirm(args: argparse.Namespace) -> int:
         print(f"confirming {len(chosen)} configuration(s) x {len(seeds)} seeds "
               f"({len(chosen) * len(seeds)} runs) in {confirm}:")
         for c in chosen:
-            print(f"  {c['role']}: {c['label']}")
+            print(f"  {c['role']}: {c['label']}" + (f" (search rank {c['search_rank']})" if c["search_rank"]
+                                                   else ""))
+        if chosen[0]["role"] == "baseline" and chosen[0]["search_rank"] == 1:
+            print("note: the search's best trial is the baseline itself; the candidates are the next best")
     status = tune_main(tune_args)
     if status != EXIT_OK:
         if status == 130:

@@ -346,6 +346,7 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else confirm / "report"
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out {str(out)!r} is a file, not a folder")
+    refs = read_reference(args.reference) if args.reference else []  # its errors first
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and not args.overwrite:
         raise AnalysisError(f"refusing to overwrite the report in {str(out)!r} ({', '.join(existing)}): pass "
@@ -356,7 +357,6 @@ def _report(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise AnalysisError(f"{where!r} cannot be read: {str(err).strip() or type(err).__name__}") from err
     own, notes = summarize_runs(runs, where)
-    refs = read_reference(args.reference) if args.reference else []
     tops = [r["mean"]["top1_error"] for r in refs if math.isfinite(r["mean"]["top1_error"])]
     if tops and max(tops) <= 0.01:  # CIFAR-100 errors are tens of percent: fractions written by mistake?
         notes.append(f"every top1_error in --reference {args.reference!r} is at most 1: the column is read "

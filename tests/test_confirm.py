@@ -76,6 +76,8 @@ def test_confirm_runs_the_grid_once_and_writes_the_table(searched, tmp_path, cap
     seeds = [trial_seed(5, f"confirm-{j}") for j in range(3)]
     assert chosen["seeds"] == seeds
     roles = [(c["role"], c["values"]) for c in chosen["candidates"]]
+    assert [c["search_rank"] for c in chosen["candidates"]] == [4, 1, 2]  # 4 trials, CE the worst
+    assert "  baseline: cross-entropy (search rank 4)" in out and "note: the search's best" not in out
     # the toy's HXE sits 0.2 below cross-entropy, its error growing with alpha; soft labels 0.1 below:
     # the two best besides the baseline are HXE alpha 0.1 and 0.4
     assert roles == [("baseline", {"loss": "cross-entropy"}),
@@ -143,6 +145,20 @@ def test_bad_arguments_are_one_line_and_write_nothing(searched, tmp_path, capsys
     err = driver_lines(capsys.readouterr().err)
     assert len(err) == 1 and message in err[0], err
     assert not (experiment / "confirm").exists()
+
+
+def test_a_best_trial_as_the_baseline_is_said_and_the_next_best_confirmed(searched, tmp_path, capsys):
+    experiment = tmp_path / "experiment"
+    shutil.copytree(searched, experiment)
+    best = next(t.name.removeprefix("trial_") for t in experiment.glob("trial_*")
+                if json.loads((t / "params.json").read_text()).get("alpha") == 0.1)
+    assert confirm_cli.main([str(experiment), "--baseline", best, "--top", "1", "--seeds", "2",
+                             "--trainable", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert "(search rank 1)" in out and "note: the search's best trial is the baseline itself" in out
+    chosen = json.loads((experiment / "confirm" / "candidates.json").read_text())["candidates"]
+    assert [(c["role"], c["search_rank"], c["values"].get("alpha")) for c in chosen] == [
+        ("baseline", 1, 0.1), ("candidate", 2, 0.4)]
 
 
 def test_an_experiment_without_a_finished_trial_or_a_baseline_is_refused(searched, tmp_path, capsys):

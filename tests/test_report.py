@@ -228,6 +228,10 @@ def test_an_earlier_report_is_kept_without_overwrite(tmp_path, capsys):
     assert len(err) == 1 and "refusing to overwrite the report" in err[0] and "--overwrite" in err[0]
     assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary file left behind
+    # a bad --reference is named first: not hidden behind the refusal to overwrite
+    assert main([str(exp), "--reference", str(tmp_path / "absent.csv")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "absent.csv' does not exist" in err[0]
     assert main([str(exp), "--overwrite"]) == 0
     assert (out / "table.md").read_bytes() != before["table.md"]
 
