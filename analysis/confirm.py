@@ -105,8 +105,8 @@ def candidates(experiment: Experiment, top: int, baseline: str | None, no_baseli
     """The configurations to confirm: the baseline first (role ``baseline``), then the ``top`` best
     feasible complete trials other than it (role ``candidate``), each as ``{label, role, source_trial,
     values, search_rank}`` (``search_rank``: 1 for the search's best trial, None for a baseline outside the
-    ranking); trials with the same values count once. When the best trial is the cross-entropy baseline,
-    the candidates are the next best.
+    ranking); trials with the same values count once. When the best trial is the baseline itself (the
+    best cross-entropy trial, or the one ``--baseline`` names), the candidates are the next best.
 
     Raises:
         AnalysisError: no finished trial; trials on several validation splits; the named baseline is
