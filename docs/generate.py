@@ -89,7 +89,8 @@ SPACE_FILE_ONLY = {
                           "search; in a grid search, configurations each run at every point of the grid "
                           "(a grid over `seed` repeats them: what `hiercls-confirm` runs)",
     "evaluate_test": "score the official test set once at the end of every trial (`final_test_results.json`"
-                     " in its folder): what `hiercls-confirm` sets; a search chooses on validation only",
+                     " in its folder): what `hiercls-confirm` sets; a search chooses on validation only; "
+                     "refused with `scheduler: asha` (it stops a trial at its last report, before its test)",
     "split_seed": "the seed of the one validation split (and `max_train_samples` subset) all trials share; "
                   "null: the search `seed`; `trial`: each trial its own, as searches before it "
                   "([../statistics.md](../statistics.md))",

@@ -1366,7 +1366,11 @@ def _train(
     atomic_torch_save(run.eval_model.state_dict(), out / "final_model.pth")
     test = None
     if config.evaluate_test and status == "ok":
-        test = _final_test(run, out, best_path if best["epoch"] is not None else None, best)
+        # a finished run resumed (interrupted after its test, before a search recorded its end) trains
+        # nothing: its test results stand, and the test set is not scored a second time
+        test = _scored_already(out, config) if start_epoch == config.epochs else None
+        if test is None:
+            test = _final_test(run, out, best_path if best["epoch"] is not None else None, best)
     elif (out / "final_test_results.json").exists():
         test = json.loads((out / "final_test_results.json").read_text())
     return {
@@ -1389,6 +1393,20 @@ def evaluate_keys(hierarchy: Hierarchy) -> list[str]:
     probe = MetricAccumulator(hierarchy, VAL_KS, cifar100_superclass_labels())
     probe.update(torch.zeros(1, hierarchy.num_classes), torch.zeros(1, dtype=torch.long))
     return [*probe.compute().keys(), "loss"]
+
+
+def _scored_already(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The run's ``final_test_results.json`` when it scored the model of its last epoch
+    (``config.epochs``), else None (none, unreadable, or of another length: scored again)."""
+    try:
+        results = json.loads((out / "final_test_results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("epoch") != config.epochs:
+        return None
+    log.info("test: scored already at the end of this run (%s); not scored again",
+             out / "final_test_results.json")
+    return results
 
 
 def _final_test(run: Run, out: Path, best_path: Path | None, best: Mapping[str, Any]) -> dict[str, Any]:

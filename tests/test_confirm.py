@@ -232,11 +232,15 @@ def test_ctrl_c_then_resume_runs_no_finished_run_again(searched, tmp_path):
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     tests = tested.read_text().split()
-    assert len(tests) == 9 and len(set(tests)) == 9 and done <= set(tests)
-    starts = [line.split() for line in (experiment / "confirm" / "search" / "toy_starts.log").read_text()
-              .splitlines()]
-    for trial_id in done:  # a run that had scored the test set never started again
-        assert [first for t, first in starts if t == trial_id] == ["1"]
+    assert len(tests) == 9 and len(set(tests)) == 9 and done <= set(tests)  # each run scored the test once
+    epochs = yaml.safe_load((experiment / "confirm" / "space.yaml").read_text())["epochs"]
+    search = experiment / "confirm" / "search"
+    starts = [line.split() for line in (search / "toy_starts.log").read_text().splitlines()]
+    trained = [json.loads(line)["trial_id"] for line in (search / "toy_epochs.log").read_text().splitlines()]
+    for trial_id in done:  # a run that had scored the test set trained no epoch again; Ray may restart it
+        # (interrupted after its test, before Ray recorded its end) with nothing left to do
+        assert trained.count(trial_id) == epochs
+        assert [first for t, first in starts if t == trial_id] in (["1"], ["1", str(epochs + 1)])
     assert len(pd.read_csv(experiment / "confirm" / "runs.csv")) == 9
 
 
@@ -262,28 +266,29 @@ def test_a_grown_search_keeps_its_split(ray_session, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- real data
 @pytest.mark.realdata
-@pytest.mark.slow  # 9 real plainnet runs of 2 epochs, each scoring the 10,000 test images: a few minutes
+@pytest.mark.slow  # 4 real plainnet runs of 2 epochs, each scoring the 10,000 test images: a few minutes
 def test_confirm_on_the_real_smoke_search(smoke_search, tmp_path, capsys):
-    """``hiercls-confirm --top 2 --seeds 3`` on the finished real smoke search: the baseline and the two
-    best configurations, 3 new seeds each, 9 real runs as one Ray Tune experiment on the search's split and
-    at its length, each scoring the official test set once; then the paper table."""
+    """``hiercls-confirm --top 1 --seeds 2`` on the finished real smoke search: the baseline and the best
+    configuration, 2 new seeds each, 4 real runs as one Ray Tune experiment on the search's split and at its
+    length, each scoring the official test set once; then the paper table (the toy tests cover more
+    configurations and seeds)."""
     from analysis.experiment import load_experiment
 
     experiment = tmp_path / "smoke"
     shutil.copytree(smoke_search["outcome"].experiment_dir, experiment)
     spec = smoke_search["spec"]
     split = {load_experiment(experiment).trials[0].val_split_sha256}
-    assert confirm_cli.main([str(experiment), "--top", "2", "--seeds", "3"]) == 0
-    assert "confirming 3 configuration(s) x 3 seeds (9 runs)" in capsys.readouterr().out
+    assert confirm_cli.main([str(experiment), "--top", "1", "--seeds", "2"]) == 0
+    assert "confirming 2 configuration(s) x 2 seeds (4 runs)" in capsys.readouterr().out
     confirm = experiment / "confirm"
     chosen = json.loads((confirm / "candidates.json").read_text())
-    assert [c["role"] for c in chosen["candidates"]] == ["baseline", "candidate", "candidate"]
+    assert [c["role"] for c in chosen["candidates"]] == ["baseline", "candidate"]
     assert chosen["candidates"][0]["values"]["loss"] == "cross-entropy"
     runs = pd.read_csv(confirm / "runs.csv")
-    assert len(runs) == 9 and set(runs["status"]) == {"complete"}
-    assert sorted(set(runs["seed"])) == sorted(trial_seed(spec.seed, f"confirm-{j}") for j in range(3))
-    trials = load_experiment(confirm / "search").trials  # one Ray Tune experiment of the 9 runs
-    assert len(trials) == 9 and {t.val_split_sha256 for t in trials} == split
+    assert len(runs) == 4 and set(runs["status"]) == {"complete"}
+    assert sorted(set(runs["seed"])) == sorted(trial_seed(spec.seed, f"confirm-{j}") for j in range(2))
+    trials = load_experiment(confirm / "search").trials  # one Ray Tune experiment of the 4 runs
+    assert len(trials) == 4 and {t.val_split_sha256 for t in trials} == split
     for _, run in runs.iterrows():
         folder = Path(run["path"])
         config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -295,7 +300,7 @@ def test_confirm_on_the_real_smoke_search(smoke_search, tmp_path, capsys):
         assert run["test_top1_error"] == test["metrics"]["top1_error"]
         assert 0 < run["test_top1_error"] < 1 and math.isfinite(run["test_mistake_severity"])
     table = pd.read_csv(confirm / "table.csv")
-    assert table["n_seeds"].tolist() == [3, 3, 3] and table["winner"].sum() == 1
+    assert table["n_seeds"].tolist() == [2, 2] and table["winner"].sum() == 1
     assert table.iloc[1:]["diff_top1_error_ci_low"].notna().all()
     assert report_cli.main([str(experiment)]) == 0
     for name in ("table.md", "table.tex", "table.csv", "tradeoff.png"):

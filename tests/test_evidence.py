@@ -262,6 +262,30 @@ def test_an_earlier_best_model_is_scored_on_its_own_weights(data, tmp_path, monk
     assert test["best_val_model"]["metrics"] != test["metrics"]
 
 
+def test_a_finished_run_resumed_keeps_its_test_results_and_scores_nothing_again(data, tmp_path, monkeypatch):
+    """A run interrupted after its test but before a search recorded its end is restarted from its last
+    checkpoint: nothing left to train, its test results stand, no second pass over the test images. A
+    results file that is missing or of another length is scored (once)."""
+    passes = _count_test_passes(monkeypatch)
+    run = tmp_path / "run"
+    first = fit(tiny(run, epochs=1, evaluate_test=True), data=data, progress=False)
+    assert passes == [100]
+    written = (run / "final_test_results.json").read_bytes()
+    again = fit(tiny(run, epochs=1, evaluate_test=True), data=data, progress=False, resume=True)
+    assert passes == [100] and again["test"] == first["test"] and again["epochs_run"] == 1
+    assert (run / "final_test_results.json").read_bytes() == written
+    stale = json.loads(written)
+    stale["epoch"] = 7  # of another length: not this run's last model
+    (run / "final_test_results.json").write_text(json.dumps(stale))
+    assert fit(tiny(run, epochs=1, evaluate_test=True), data=data, progress=False,
+               resume=True)["test"] == first["test"]
+    assert passes == [100, 100]
+    (run / "final_test_results.json").write_text("{torn")
+    fit(tiny(run, epochs=1, evaluate_test=True), data=data, progress=False, resume=True)
+    assert passes == [100, 100, 100] and json.loads((run / "final_test_results.json").read_bytes()) == \
+        json.loads(written)
+
+
 # ---------------------------------------------------------------------------------------------- real data
 def test_a_real_search_trains_and_validates_every_trial_on_one_split(smoke_search, cifar):
     """The smoke search on the real data: one val_split_sha256 for all its trials (config.yaml and every

@@ -399,6 +399,7 @@ def test_growing_a_search(ray_session, tmp_path):
         run_search(SearchSpec.from_dict({**values, "num_samples": 5}).resolved(), resume=True)
 
 
+@pytest.mark.timeout(360)  # ~1 min; a synchronous-PB2 stall in Ray (once in CI) fails in 6 min, not 20
 def test_pb2_continues_trials_from_others_checkpoints_with_new_values(ray_session, tmp_path):
     """scheduler: pb2 on the toy: every perturbation_interval epochs a weak trial continues from a strong
     one's checkpoint with values PB2 chose; the values of every epoch are in the trial's reports."""
@@ -1057,6 +1058,7 @@ def test_a_new_search_mode_is_one_row_and_one_builder(ray_session, tmp_path):
         builders.SEARCHER_BUILDERS.pop("random")
 
 
+@pytest.mark.timeout(360)  # ~1 min; a synchronous-PB2 stall in Ray (once in CI) fails in 6 min, not 20
 def test_pb2_moves_a_loguniform_value_in_log_space(ray_session, tmp_path):
     """lr loguniform over four decades: a PB2 trial carries log10(lr) (PB2 moves values linearly within
     their bounds, so it moves lr in log space); every value a trial trains with, first or perturbed, lies

@@ -147,6 +147,7 @@ def test_a_cluster_smaller_than_the_population_is_refused_before_any_trial(ray_s
 
 
 @pytest.mark.slow  # every member restarts at each perturbation (Ray's PB2): about 2 minutes on 2 cores
+@pytest.mark.timeout(360)  # ~1 min; a synchronous-PB2 stall in Ray (once in CI) fails in 6 min, not 20
 def test_members_continue_from_others_checkpoints_at_the_shipped_settings(ray_session, tmp_path):
     """The shipped space's population (8 members) and perturbation interval (3 epochs), all running at
     once, for 12 of its 30 epochs (three perturbations; the rest repeats them): the whole population is
@@ -183,6 +184,7 @@ def test_members_continue_from_others_checkpoints_at_the_shipped_settings(ray_se
 
 
 @pytest.mark.slow  # a real PB2 search: about 30 s on 2 cores
+@pytest.mark.timeout(360)  # ~1 min; a synchronous-PB2 stall in Ray (once in CI) fails in 6 min, not 20
 def test_the_opt_in_runs_a_time_multiplexed_population(ray_session, tmp_path):
     """pb2_time_multiplexed on the tests' 2-CPU Ray at 0.5 CPU a trial: 4 of the 8 members run at once
     (as in the issue); Ray pauses members at each perturbation epoch and runs the others, so the whole

@@ -186,6 +186,7 @@ def test_all_problems_listed_at_once_and_ray_not_started(monkeypatch, tmp_path):
         ({"objective": "val_top1_error + -2 * val_mistake_severity"}, "is not accepted"),
         ({"grace_period": 11}, "grace_period=11 is out of range"),
         ({"reduction_factor": 1}, "reduction_factor=1.0 is out of range"),
+        ({"evaluate_test": True}, "evaluate_test: true with scheduler asha"),
         ({"num_samples": 0}, "num_samples=0 is out of range"),
         ({"search": {"lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
           "points_to_evaluate": [{"lr": 0.5}]}, "outside its distribution"),

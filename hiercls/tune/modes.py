@@ -138,6 +138,10 @@ def _asha_checks(spec: Any, params: Mapping[str, Param]) -> tuple[list[str], lis
         ("reduction_factor", spec.reduction_factor > 1, "> 1"),
     ])
     notes = []
+    if spec.evaluate_test:
+        problems.append("evaluate_test: true with scheduler asha: ASHA stops every trial at its last "
+                        "report (max_t), before its test set is scored; use scheduler: none (as "
+                        "hiercls-confirm does)")
     if spec.grace_period == spec.epochs:
         notes.append(f"grace_period={spec.grace_period} equals epochs: ASHA stops no trial before its last "
                      "epoch, so every trial runs in full; lower grace_period to let ASHA stop weak trials "

@@ -134,7 +134,8 @@ class SearchSpec:
     of the search uses: null = the search ``seed``; ``trial`` = each trial its own (searches made before
     it existed). Trials still differ in their own ``seed`` (weights, batches, augmentation).
     ``evaluate_test`` scores the official test set once at the end of every trial (``hiercls-confirm``'s
-    runs; a search chooses on validation and never needs it).
+    runs; a search chooses on validation and never needs it; refused with ASHA, which stops a trial at its
+    last report, before its test).
 
     ``given`` (not saved) names the settings the file, the command line or the dict set: a setting the
     search mode does not take is refused or warned about only when someone set it.

@@ -6,7 +6,8 @@ Every epoch a toy trial reports ``toy_value + TRADE_ERROR * alpha + 1 / epoch`` 
 one for the other as in Bertinetto et al. 2020, Fig. 3, so constrained searches have a known optimum); it
 goes NaN when ``lr >= 1e5``. Logs in the experiment folder, so tests can check no finished trial ran
 twice: ``toy_starts.log`` (``trial_id first_epoch``), ``toy_start_times.log`` (``trial_id unix_time``),
-``toy_ends.log`` (``trial_id epochs unix_time``).
+``toy_ends.log`` (``trial_id epochs unix_time``); with ``evaluate_test``, ``toy_tests.log`` (``trial_id``, a
+line each time a trial scores the test set) and the trial's ``final_test_results.json``.
 """
 
 from __future__ import annotations
@@ -155,11 +156,13 @@ def toy_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             return
         if epoch == epochs:  # before the last report: ASHA stops a trial at max_t as soon as it reports
             _append(setup, "toy_ends.log", f"{trial_id} {epochs} {time.time():.3f}")
-            if setup.base.get("evaluate_test"):  # once, as the engine scores the test set at the end
-                _append(setup, "toy_tests.log", trial_id)
-                (trial_folder(setup) / "final_test_results.json").write_text(
-                    json.dumps(toy_test_results(config, epochs)))
         with tempfile.TemporaryDirectory() as folder:
             state = {"epoch": epoch, "trial_id": trial_id, "history": history}
             (Path(folder) / "state.json").write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    tested = trial_folder(setup) / "final_test_results.json"
+    # as the engine: after the last report (ASHA refuses evaluate_test), and not again when a finished
+    # trial is restarted with nothing to train (interrupted after its test, before Ray recorded its end)
+    if setup.base.get("evaluate_test") and (start < epochs or not tested.is_file()):
+        _append(setup, "toy_tests.log", trial_id)
+        tested.write_text(json.dumps(toy_test_results(config, epochs)))
